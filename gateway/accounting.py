@@ -1,0 +1,47 @@
+"""Usage, cost and spend for a finished request: one place, streamed or not."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from gateway.catalog import Deployment
+from gateway.context import RequestContext
+from gateway.keys import Caller
+from gateway.pricing import TokenUsage, cost_usd, estimate_tokens
+from gateway.types import Usage
+
+if TYPE_CHECKING:
+    from gateway.services import Services
+
+
+def request_cost_usd(usage: Usage, d: Deployment) -> float:
+    tokens = TokenUsage(
+        usage.prompt_tokens,
+        usage.completion_tokens,
+        usage.cached_tokens,
+        usage.cache_write_tokens,
+        usage.estimated,
+    )
+    return cost_usd(tokens, d.prices)
+
+
+class Accountant:
+    def __init__(self, services: Services) -> None:
+        self.s = services
+
+    @staticmethod
+    def usage_or_estimate(usage: Usage | None, prompt_chars: int, completion_chars: int) -> Usage:
+        """The provider's usage when it sent one, else an estimate marked as such."""
+        if usage is not None:
+            return usage
+        return Usage(
+            estimate_tokens(prompt_chars), estimate_tokens(completion_chars), estimated=True
+        )
+
+    async def settle(
+        self, ctx: RequestContext, caller: Caller, d: Deployment, usage: Usage
+    ) -> None:
+        ctx.usage = usage
+        ctx.cost_usd = request_cost_usd(usage, d)
+        self.s.metrics.record_usage(ctx, caller.name, caller.team or "none")
+        await self.s.limits.settle(ctx, caller)

@@ -1,0 +1,41 @@
+"""POST /v1/chat/completions: authenticate, parse, plan, then JSON or SSE."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from gateway.api.deps import (
+    authenticate,
+    context_of,
+    json_response,
+    pipeline_of,
+    read_body,
+    services_of,
+)
+from gateway.planning import controls_from_headers
+from gateway.validation import parse_chat_request
+
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+async def chat_completions(request: Request) -> Response:
+    services, pipeline, ctx = services_of(request), pipeline_of(request), context_of(request)
+    caller = authenticate(request)
+    raw = await read_body(request, services.config.server.max_body_bytes)
+    req = parse_chat_request(raw, services.request_limits)
+    route = services.catalog.route_for(req.model)
+    ctx.route, ctx.stream = route.name, req.stream
+    caller.check_route(route.name)
+    plan = pipeline.plan_chat(req, route, controls_from_headers(request.headers))
+    ctx.policy = plan.policy
+    if req.stream:
+        stream = await pipeline.chat_stream(req, route, plan, caller, ctx)
+        headers = {**SSE_HEADERS, **ctx.response_headers()}
+        return StreamingResponse(stream.body(), media_type="text/event-stream", headers=headers)
+    response = await pipeline.chat(req, route, plan, caller, ctx)
+    return json_response(response.body, headers=ctx.response_headers())
+
+
+routes = [Route("/v1/chat/completions", chat_completions, methods=["POST"])]

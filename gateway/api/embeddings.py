@@ -1,0 +1,40 @@
+"""POST /v1/embeddings."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway.api.deps import (
+    authenticate,
+    context_of,
+    json_response,
+    pipeline_of,
+    read_body,
+    services_of,
+)
+from gateway.planning import controls_from_headers, route_request
+from gateway.validation import parse_embedding_request
+
+
+async def create_embeddings(request: Request) -> Response:
+    services, pipeline, ctx = services_of(request), pipeline_of(request), context_of(request)
+    caller = authenticate(request)
+    raw = await read_body(request, services.config.server.max_body_bytes)
+    req = parse_embedding_request(raw, services.request_limits)
+    route = services.catalog.route_for(req.model, mode="embedding")
+    ctx.route = route.name
+    caller.check_route(route.name)
+    controls = controls_from_headers(request.headers)
+    chars = sum(len(str(i)) for i in req.inputs)
+    needs = frozenset({"embeddings"})
+    plan = services.planner.plan(
+        route, route_request(chars, None, needs, controls), controls.policy
+    )
+    ctx.policy = plan.policy
+    response = await pipeline.embeddings(req, route, plan, caller, ctx)
+    return json_response(response.body, headers=ctx.response_headers())
+
+
+routes = [Route("/v1/embeddings", create_embeddings, methods=["POST"])]

@@ -1,0 +1,148 @@
+"""create_app(config) -> the ASGI app. Lifespan builds the services; one error handler."""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway import jsonutil
+from gateway.api import all_routes
+from gateway.catalog import build_catalog
+from gateway.catalog_data import ModelCatalog, default_catalog_path
+from gateway.config import ConfigError, GatewayConfig, env_config_path, load_config, multiproc_dir
+from gateway.errors import GatewayError, InvalidRequestError, NotFoundError
+from gateway.keys import KeyStore
+from gateway.limits import Limits
+from gateway.logs import configure_logging
+from gateway.metrics import Metrics
+from gateway.middleware import RequestContextMiddleware
+from gateway.pipeline import Pipeline
+from gateway.planning import Planner
+from gateway.providers.registry import build_providers
+from gateway.providers.simulated import SimulatedTransport
+from gateway.retry_budget import RetryBudget
+from gateway.services import Services
+from gateway.stats import StatsStore
+from gateway.upstream import AiohttpUpstream, DispatchingUpstream
+from gateway.validate_config import reference_problems
+from gateway.validation import RequestLimits
+
+log = logging.getLogger("gateway")
+
+
+def build_services(config: GatewayConfig, registry: CollectorRegistry | None = None) -> Services:
+    problems = reference_problems(config)
+    if problems:
+        raise ConfigError(problems)
+    models = ModelCatalog.load(config.catalog_path or default_catalog_path())
+    catalog = build_catalog(config, models)
+    active = {d.provider for d in catalog.deployments.values()}
+    provider_configs = {n: p for n, p in config.providers.items() if n in active}
+    providers = build_providers(provider_configs)
+    simulated = {n: p.simulation for n, p in provider_configs.items() if p.kind == "simulated"}
+    upstream = DispatchingUpstream(AiohttpUpstream(), {"simulated": SimulatedTransport(simulated)})
+    stats = StatsStore(
+        cooldown_failures=config.routing.cooldown_failures, cooldown_s=config.routing.cooldown_s
+    )
+    metrics = Metrics(registry or CollectorRegistry(), multiproc_dir())
+    metrics.initialise((d.id, d.provider) for d in catalog.deployments.values())
+    return Services(
+        config=config,
+        catalog=catalog,
+        providers=providers,
+        upstream=upstream,
+        planner=Planner(catalog.routes, catalog.deployments, stats),
+        stats=stats,
+        retry_budget=RetryBudget(
+            config.routing.retry_budget_ratio, config.routing.retry_budget_min
+        ),
+        metrics=metrics,
+        keys=KeyStore(config.auth),
+        limits=Limits(),
+        request_limits=RequestLimits(max_messages=config.server.max_messages),
+    )
+
+
+def create_app(config: GatewayConfig) -> Starlette:
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        services = build_services(config)
+        _announce(services)
+        try:
+            yield {"services": services, "pipeline": Pipeline(services)}
+        finally:
+            await services.upstream.aclose()
+
+    return Starlette(
+        routes=all_routes(),
+        middleware=[Middleware(RequestContextMiddleware)],
+        exception_handlers={
+            GatewayError: gateway_error_handler,
+            HTTPException: http_error_handler,
+            Exception: unexpected_error_handler,
+        },
+        lifespan=lifespan,
+    )
+
+
+def create_app_from_env() -> Starlette:
+    """Factory for `uvicorn --factory` with several workers: the CLI passes the path."""
+    config = load_config(env_config_path())
+    configure_logging(config.server.log_level)
+    return create_app(config)
+
+
+def error_response(error: GatewayError) -> Response:
+    return Response(
+        jsonutil.dumps(error.to_openai_body()),
+        error.status,
+        error.headers(),
+        media_type="application/json",
+    )
+
+
+async def gateway_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    ctx = getattr(request.state, "ctx", None)
+    if ctx is not None:
+        ctx.error_code = exc.error_code
+    return error_response(exc)
+
+
+async def http_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return error_response(NotFoundError(f"Unknown path: {request.url.path}"))
+    error = InvalidRequestError(exc.detail or "Bad request.")
+    response = error_response(error)
+    response.status_code = exc.status_code
+    return response
+
+
+async def unexpected_error_handler(request: Request, exc: Exception) -> Response:
+    # Type and place only: tracebacks may hold request data or secrets.
+    frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    where = f"{frame.filename}:{frame.lineno}" if frame else "?"
+    log.error("unhandled error %s at %s", type(exc).__name__, where)
+    return error_response(GatewayError("The gateway hit an internal error."))
+
+
+def _announce(services: Services) -> None:
+    config = services.config
+    if config.auth.mode == "open":
+        log.warning(
+            "AUTH IS OPEN: any caller may use this gateway (auth.mode: open). "
+            "Use gateway keys before exposing it beyond localhost."
+        )
+    routes = ", ".join(sorted(services.catalog.routes)) or "(none)"
+    log.info("gateway ready: %d deployments, routes: %s", len(services.catalog.deployments), routes)

@@ -1,0 +1,98 @@
+"""One upstream attempt: build, send, parse. For streams, peek until the commit point.
+
+A stream attempt returns only once the first chunk with real content (text, a tool
+call or a finish reason) has arrived and parsed, holding back the role-only preamble
+(rule 2). Until then every failure is an ordinary attempt error the pipeline can
+fail over from; after it, the stream belongs to the client.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+
+from gateway.catalog import Deployment
+from gateway.errors import UpstreamUnavailableError
+from gateway.providers.base import Provider, StreamTranslator
+from gateway.streaming import iter_events
+from gateway.types import (
+    ChatRequest,
+    ChatResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    JSONObject,
+    SSEEvent,
+)
+from gateway.upstream import Upstream, UpstreamStream
+
+
+async def chat_once(
+    upstream: Upstream, provider: Provider, req: ChatRequest, d: Deployment
+) -> ChatResponse:
+    response = await upstream.send(provider.chat_request(req, d))
+    if response.status != 200:
+        raise provider.classify_error(response.status, response.body, response.headers)
+    return provider.chat_response(response.body, d)
+
+
+async def embeddings_once(
+    upstream: Upstream, provider: Provider, req: EmbeddingRequest, d: Deployment
+) -> EmbeddingResponse:
+    response = await upstream.send(provider.embeddings_request(req, d))
+    if response.status != 200:
+        raise provider.classify_error(response.status, response.body, response.headers)
+    return provider.embeddings_response(response.body, d)
+
+
+@dataclass(slots=True)
+class OpenedStream:
+    """A stream past its commit point: held chunks first, then the rest of the events."""
+
+    held: list[JSONObject]
+    events: AsyncIterator[SSEEvent]
+    translator: StreamTranslator
+    context: AbstractAsyncContextManager[UpstreamStream]
+    first_content_at: float
+
+    async def aclose(self) -> None:
+        await self.context.__aexit__(None, None, None)
+
+
+def is_content(chunk: JSONObject) -> bool:
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") or {}
+        if delta.get("content") or delta.get("tool_calls") or delta.get("refusal"):
+            return True
+        if choice.get("finish_reason") or delta.get("function_call"):
+            return True
+    return False
+
+
+async def open_stream(
+    upstream: Upstream, provider: Provider, req: ChatRequest, d: Deployment
+) -> OpenedStream:
+    context = upstream.stream(provider.chat_request(req, d))
+    stream = await context.__aenter__()
+    try:
+        if stream.status != 200:
+            body = await stream.read_all()
+            raise provider.classify_error(stream.status, body, stream.headers)
+        translator = provider.chat_stream(req, d)
+        events = iter_events(stream.lines())
+        held = await _peek(events, translator)
+        return OpenedStream(held, events, translator, context, time.perf_counter())
+    except BaseException:
+        await context.__aexit__(None, None, None)
+        raise
+
+
+async def _peek(events: AsyncIterator[SSEEvent], translator: StreamTranslator) -> list[JSONObject]:
+    held: list[JSONObject] = []
+    async for event in events:
+        chunks = translator.feed(event)
+        held.extend(chunks)
+        if translator.done or any(is_content(c) for c in chunks):
+            return held
+    raise UpstreamUnavailableError("The upstream closed the stream before sending any content.")

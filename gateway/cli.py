@@ -1,0 +1,110 @@
+"""`gateway serve | check-config | explain`: the console script."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from gateway import jsonutil
+from gateway.config import (
+    ConfigError,
+    GatewayConfig,
+    default_config_path,
+    load_config,
+    set_worker_environment,
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gateway", description="OpenAI-compatible gateway")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the HTTP server")
+    serve.add_argument("--config", type=Path, default=default_config_path())
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int)
+    check = commands.add_parser("check-config", help="validate a config file")
+    check.add_argument("path", type=Path)
+    explain = commands.add_parser("explain", help="print the routing plan for a chat body")
+    explain.add_argument("--config", type=Path, default=default_config_path())
+    explain.add_argument("body", nargs="?", default="-", help="JSON file, or - for stdin")
+    args = parser.parse_args(argv)
+    handlers = {"serve": _serve, "check-config": _check_config, "explain": _explain}
+    return handlers[args.command](args)
+
+
+def _load(path: Path) -> GatewayConfig | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for line in exc.errors:
+            sys.stderr.write(f"{line}\n")
+        return None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gateway.app import create_app
+    from gateway.logs import configure_logging
+
+    config = _load(args.config)
+    if config is None:
+        return 2
+    host = args.host or config.server.host
+    port = args.port if args.port is not None else config.server.port
+    workers = args.workers or config.server.workers
+    configure_logging(config.server.log_level)
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "access_log": False,
+        "log_level": "warning",
+        "lifespan": "on",
+        "server_header": False,
+    }
+    if workers > 1:
+        metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
+        set_worker_environment(args.config.resolve(), metrics_dir)
+        uvicorn.run("gateway.app:create_app_from_env", factory=True, workers=workers, **options)
+    else:
+        uvicorn.run(create_app(config), **options)
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from gateway.validate_config import describe_config
+
+    config = _load(args.path)
+    if config is None:
+        return 1
+    problems, summary = describe_config(config)
+    for line in summary:
+        sys.stdout.write(f"{line}\n")
+    for line in problems:
+        sys.stderr.write(f"{args.path}: {line}\n")
+    return 1 if problems else 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from gateway.validate_config import explain_body
+
+    config = _load(args.config)
+    if config is None:
+        return 2
+    raw = sys.stdin.buffer.read() if args.body == "-" else Path(args.body).read_bytes()
+    result, error = explain_body(config, raw)
+    if error is not None:
+        sys.stderr.write(f"{jsonutil.dumps(error).decode()}\n")
+        return 1
+    sys.stdout.write(f"{jsonutil.dumps(result).decode()}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""Per-request facts gathered along the pipeline, for headers, the access log and metrics."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from gateway.types import Usage
+
+
+@dataclass(slots=True)
+class RequestContext:
+    request_id: str
+    endpoint: str
+    started: float = field(default_factory=time.perf_counter)
+    stream: bool = False
+    route: str | None = None
+    policy: str | None = None
+    deployment_id: str | None = None
+    provider: str | None = None
+    model: str | None = None  # upstream model id of the deployment that answered
+    attempts: int = 0
+    fallbacks: int = 0
+    retries: int = 0
+    usage: Usage | None = None
+    cost_usd: float | None = None
+    saved_usd: float | None = None
+    cache: str | None = None  # HIT | MISS | BYPASS, None when caching is off for the route
+    ttft_s: float | None = None
+    upstream_s: float | None = None
+    status: int = 200
+    error_code: str | None = None
+    key_id: str | None = None
+    key_name: str | None = None
+    team: str | None = None
+    stream_outcome: str | None = None  # complete | error | client_disconnect
+
+    def elapsed_s(self) -> float:
+        return time.perf_counter() - self.started
+
+    def response_headers(self) -> dict[str, str]:
+        headers = {"x-request-id": self.request_id}
+        if self.deployment_id:
+            headers["x-gateway-deployment"] = self.deployment_id
+            headers["x-gateway-provider"] = self.provider or ""
+        if self.policy:
+            headers["x-gateway-policy"] = self.policy
+        if self.attempts:
+            headers["x-gateway-attempts"] = str(self.attempts)
+        if self.cache:
+            headers["x-gateway-cache"] = self.cache
+        if self.saved_usd is not None:
+            headers["x-gateway-cost-saved-usd"] = f"{self.saved_usd:.10f}"
+        if self.usage is not None and not self.stream:
+            headers["x-gateway-tokens-input"] = str(self.usage.prompt_tokens)
+            headers["x-gateway-tokens-output"] = str(self.usage.completion_tokens)
+        if self.cost_usd is not None and not self.stream:
+            headers["x-gateway-cost-usd"] = f"{self.cost_usd:.10f}"
+        return headers

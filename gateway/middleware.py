@@ -1,0 +1,101 @@
+"""Pure ASGI middleware (no BaseHTTPMiddleware: it breaks streaming and contextvars).
+
+Gives every request a `RequestContext` and an `x-request-id` (the client's if it is
+sane, else a new one), then writes one access-log line and the request metrics when
+the response has been fully sent, streams included.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.context import RequestContext
+
+access_log = logging.getLogger("gateway.access")
+
+_SANE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_ENDPOINTS = {
+    "/v1/chat/completions": "chat",
+    "/v1/embeddings": "embeddings",
+    "/v1/route/explain": "explain",
+}
+
+
+def endpoint_label(path: str) -> str:
+    return _ENDPOINTS.get(path, "other")
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        ctx = RequestContext(_request_id(scope), endpoint_label(scope["path"]))
+        state = scope.setdefault("state", {})
+        state["ctx"] = ctx
+        header = (b"x-request-id", ctx.request_id.encode())
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                ctx.status = message["status"]
+                headers = [h for h in message.get("headers", ()) if h[0] != b"x-request-id"]
+                message["headers"] = [*headers, header]
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                _finished(state, ctx)
+
+        await self.app(scope, receive, send_wrapper)
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            candidate = str(value.decode("latin-1"))
+            if _SANE_ID.match(candidate):
+                return candidate
+            break
+    return uuid.uuid4().hex
+
+
+def _finished(state: dict[str, Any], ctx: RequestContext) -> None:
+    services = state.get("services")
+    if services is None or ctx.endpoint == "other":
+        return
+    services.metrics.record_request(ctx)
+    if services.config.server.access_log:
+        access_log.info("access", extra={"fields": access_fields(ctx)})
+
+
+def access_fields(ctx: RequestContext) -> dict[str, object]:
+    usage = ctx.usage
+    return {
+        "event": "access",
+        "request_id": ctx.request_id,
+        "endpoint": ctx.endpoint,
+        "route": ctx.route,
+        "policy": ctx.policy,
+        "deployment": ctx.deployment_id,
+        "provider": ctx.provider,
+        "status": ctx.status,
+        "error_code": ctx.error_code,
+        "latency_ms": round(ctx.elapsed_s() * 1000, 2),
+        "ttft_ms": round(ctx.ttft_s * 1000, 2) if ctx.ttft_s is not None else None,
+        "attempts": ctx.attempts,
+        "stream": ctx.stream,
+        "stream_outcome": ctx.stream_outcome,
+        "input_tokens": usage.prompt_tokens if usage else None,
+        "output_tokens": usage.completion_tokens if usage else None,
+        "usage_estimated": usage.estimated if usage else None,
+        "cost_usd": ctx.cost_usd,
+        "cache": ctx.cache,
+        "key": ctx.key_name,
+        "team": ctx.team,
+    }

@@ -1,0 +1,219 @@
+"""The request pipeline: plan -> attempts (the only fallback loop) -> accounting.
+
+for each deployment in plan.ordered (bounded by max_attempts and the deadline):
+    attempt it; a connection error, or a short 429 on the last candidate, may be
+    retried in place (retry budget permitting);
+    success -> record stats and cost -> return;
+    a non-retryable error (the upstream's own 4xx about the request) -> raise it;
+    otherwise record the failure (maybe cooling the deployment down) and go on.
+nothing left -> AllProvidersFailedError with every attempt's error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from gateway import attempt as attempts
+from gateway.accounting import Accountant
+from gateway.catalog import Deployment, Route
+from gateway.context import RequestContext
+from gateway.errors import (
+    AllProvidersFailedError,
+    NoEligibleDeploymentError,
+    ProviderError,
+    UpstreamAuthError,
+    UpstreamContextLengthError,
+    UpstreamRateLimitedError,
+    UpstreamRejectedError,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
+)
+from gateway.keys import Caller
+from gateway.planning import RequestControls, route_request
+from gateway.providers.base import Provider
+from gateway.services import Services
+from gateway.streams import ChatStream
+from gateway.types import ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse
+from routers import Plan
+
+T = TypeVar("T")
+Attempt = Callable[[Deployment, Provider], Awaitable[T]]
+
+# Errors about the request, not the deployment's health: no cooldown for these.
+_NOT_HEALTH = (UpstreamRejectedError, UpstreamContextLengthError)
+
+
+class Pipeline:
+    def __init__(self, services: Services) -> None:
+        self.s = services
+        self.accountant = Accountant(services)
+
+    def plan_chat(self, req: ChatRequest, route: Route, controls: RequestControls) -> Plan:
+        request = route_request(
+            req.prompt_chars(), req.max_tokens, req.required_capabilities(), controls
+        )
+        return self.s.planner.plan(route, request, controls.policy)
+
+    async def chat(
+        self, req: ChatRequest, route: Route, plan: Plan, caller: Caller, ctx: RequestContext
+    ) -> ChatResponse:
+        upstream = self.s.upstream
+
+        async def once(d: Deployment, provider: Provider) -> ChatResponse:
+            return await attempts.chat_once(upstream, provider, req, d)
+
+        response = await self.run_plan(ctx, route, plan, once)
+        usage = self.accountant.usage_or_estimate(
+            response.usage, req.prompt_chars(), _completion_chars(response)
+        )
+        d = self.s.catalog.deployments[ctx.deployment_id or ""]
+        self.s.stats.success(
+            d.id, ctx.upstream_s or 0.0, usage.completion_tokens, ctx.upstream_s or 0.0
+        )
+        await self.accountant.settle(ctx, caller, d, usage)
+        return response
+
+    async def chat_stream(
+        self, req: ChatRequest, route: Route, plan: Plan, caller: Caller, ctx: RequestContext
+    ) -> ChatStream:
+        upstream = self.s.upstream
+
+        async def once(d: Deployment, provider: Provider) -> attempts.OpenedStream:
+            return await attempts.open_stream(upstream, provider, req, d)
+
+        opened = await self.run_plan(ctx, route, plan, once)
+        d = self.s.catalog.deployments[ctx.deployment_id or ""]
+        ctx.ttft_s = opened.first_content_at - ctx.started
+        return ChatStream(opened, req, d, caller, ctx, self.s, self.accountant)
+
+    async def embeddings(
+        self, req: EmbeddingRequest, route: Route, plan: Plan, caller: Caller, ctx: RequestContext
+    ) -> EmbeddingResponse:
+        upstream = self.s.upstream
+
+        async def once(d: Deployment, provider: Provider) -> EmbeddingResponse:
+            return await attempts.embeddings_once(upstream, provider, req, d)
+
+        response = await self.run_plan(ctx, route, plan, once)
+        chars = sum(len(str(i)) for i in req.inputs)
+        usage = self.accountant.usage_or_estimate(response.usage, chars, 0)
+        d = self.s.catalog.deployments[ctx.deployment_id or ""]
+        await self.accountant.settle(ctx, caller, d, usage)
+        return response
+
+    async def run_plan(
+        self, ctx: RequestContext, route: Route, plan: Plan, attempt: Attempt[T]
+    ) -> T:
+        if not plan.ordered:
+            raise NoEligibleDeploymentError(_why_empty(route, plan))
+        errors: list[ProviderError] = []
+        deadline = ctx.started + self.s.config.server.request_timeout_s
+        ordered = plan.ordered
+        for index, ranked in enumerate(ordered):
+            if ctx.attempts >= self.s.config.routing.max_attempts:
+                break
+            if index and not self.s.retry_budget.try_acquire():
+                break
+            d = self.s.catalog.deployments[ranked.candidate.deployment_id]
+            try:
+                return await self._attempt(ctx, d, attempt, deadline, index == len(ordered) - 1)
+            except ProviderError as error:
+                error.deployment_id = d.id
+                errors.append(error)
+                if not error.retryable:
+                    raise
+                if index < len(ordered) - 1:
+                    ctx.fallbacks += 1
+                    self.s.metrics.fallbacks.labels(route.name, error.outcome).inc()
+            finally:
+                if index:
+                    self.s.retry_budget.release()
+        raise AllProvidersFailedError(errors)
+
+    async def _attempt(
+        self,
+        ctx: RequestContext,
+        d: Deployment,
+        attempt: Attempt[T],
+        deadline: float,
+        is_last: bool,
+    ) -> T:
+        provider = self.s.providers[d.provider]
+        retries = 0
+        while True:
+            ctx.attempts += 1
+            started = time.perf_counter()
+            try:
+                result = await _within(deadline - started, attempt(d, provider))
+            except ProviderError as error:
+                self._record_failure(d, error, time.perf_counter() - started)
+                if not self._retry_in_place(error, is_last, retries):
+                    raise
+                retries += 1
+                ctx.retries += 1
+                self.s.metrics.retries.labels(d.id).inc()
+                await asyncio.sleep(min(error.retry_after_s or 0.0, max(0.0, deadline - started)))
+                continue
+            ctx.upstream_s = time.perf_counter() - started
+            ctx.deployment_id, ctx.provider, ctx.model = d.id, d.provider, d.model
+            self.s.metrics.record_attempt(d.provider, d.id, "ok", ctx.upstream_s)
+            return result
+
+    def _retry_in_place(self, error: ProviderError, is_last: bool, retries: int) -> bool:
+        routing = self.s.config.routing
+        if retries >= routing.same_deployment_retries:
+            return False
+        connection_error = isinstance(error, UpstreamUnavailableError) and not error.upstream_status
+        short_429 = (
+            isinstance(error, UpstreamRateLimitedError)
+            and is_last
+            and error.retry_after_s is not None
+            and error.retry_after_s <= routing.max_retry_after_s
+        )
+        if not (connection_error or short_429):
+            return False
+        if not self.s.retry_budget.try_acquire():
+            return False
+        self.s.retry_budget.release()  # a retry in place holds no concurrent slot after this
+        return True
+
+    def _record_failure(self, d: Deployment, error: ProviderError, duration_s: float) -> None:
+        self.s.metrics.record_attempt(d.provider, d.id, error.outcome, duration_s)
+        if isinstance(error, _NOT_HEALTH):
+            return
+        cooldown_s = None
+        if isinstance(error, UpstreamRateLimitedError) and error.retry_after_s:
+            cooldown_s = error.retry_after_s
+        elif isinstance(error, UpstreamAuthError):
+            cooldown_s = self.s.config.routing.cooldown_s
+        if self.s.stats.failure(d.id, cooldown_s=cooldown_s):
+            self.s.metrics.cooldown.labels(d.id).set(1)
+
+
+async def _within(remaining_s: float, work: Awaitable[T]) -> T:
+    if remaining_s <= 0:
+        raise UpstreamTimeoutError("The request deadline passed before this attempt.")
+    try:
+        async with asyncio.timeout(remaining_s):
+            return await work
+    except TimeoutError:
+        raise UpstreamTimeoutError("The request deadline passed during the attempt.") from None
+
+
+def _completion_chars(response: ChatResponse) -> int:
+    total = 0
+    for choice in response.body.get("choices") or ():
+        message = choice.get("message") or {}
+        content = message.get("content")
+        total += len(content) if isinstance(content, str) else 0
+    return total
+
+
+def _why_empty(route: Route, plan: Plan) -> str:
+    reasons = "; ".join(f"{r.candidate.deployment_id}: {r.detail}" for r in plan.rejected)
+    return (
+        f"No deployment of '{route.name}' can serve this request ({reasons or 'none configured'})."
+    )

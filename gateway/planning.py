@@ -1,0 +1,156 @@
+"""From a request and its route to a routing `Plan`: the pure policies do the ranking."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+from gateway.catalog import Deployment, Route
+from gateway.errors import InvalidRequestError
+from gateway.pricing import estimate_tokens
+from gateway.stats import StatsStore
+from routers import (
+    Candidate,
+    LiveStats,
+    Plan,
+    Policy,
+    PolicyConfigError,
+    RouteRequest,
+    build_policy,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestControls:
+    """Per-request routing and cache controls, read from `x-gateway-*` headers."""
+
+    policy: str | None = None
+    max_cost_usd: float | None = None
+    allowed_providers: frozenset[str] | None = None
+    excluded_providers: frozenset[str] = frozenset()
+    task_tag: str | None = None
+    cache_read: bool = True
+    cache_write: bool = True
+    cache_ttl_s: int | None = None
+
+
+def controls_from_headers(headers: Any) -> RequestControls:
+    """`headers` is a case-insensitive mapping (Starlette's Headers)."""
+    cache_control = (headers.get("cache-control") or "").lower()
+    return RequestControls(
+        policy=headers.get("x-gateway-policy") or None,
+        max_cost_usd=_float_header(headers, "x-gateway-max-cost-usd"),
+        allowed_providers=_set_header(headers, "x-gateway-providers"),
+        excluded_providers=_set_header(headers, "x-gateway-exclude-providers") or frozenset(),
+        task_tag=headers.get("x-gateway-task") or None,
+        cache_read="no-cache" not in cache_control and "no-store" not in cache_control,
+        cache_write="no-store" not in cache_control,
+        cache_ttl_s=_int_header(headers, "x-gateway-cache-ttl"),
+    )
+
+
+def _float_header(headers: Any, name: str) -> float | None:
+    value = headers.get(name)
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        raise InvalidRequestError(f"Header {name} must be a number.", param=name) from None
+    if number < 0:
+        raise InvalidRequestError(f"Header {name} must not be negative.", param=name)
+    return number
+
+
+def _int_header(headers: Any, name: str) -> int | None:
+    value = headers.get(name)
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise InvalidRequestError(f"Header {name} must be a whole number of seconds.", param=name)
+    return int(value)
+
+
+def _set_header(headers: Any, name: str) -> frozenset[str] | None:
+    value = headers.get(name)
+    if not value:
+        return None
+    return frozenset(part.strip() for part in value.split(",") if part.strip())
+
+
+def candidate(d: Deployment, stats: LiveStats) -> Candidate:
+    return Candidate(
+        deployment_id=d.id,
+        provider=d.provider,
+        input_price_per_mtok_usd=d.prices.input_per_mtok_usd,
+        output_price_per_mtok_usd=d.prices.output_per_mtok_usd,
+        context_window_tokens=d.context_window_tokens,
+        max_output_tokens=d.max_output_tokens,
+        capabilities=d.capabilities,
+        quality_score=d.quality,
+        quality_by_tag=d.quality_by_tag,
+        weight=d.weight,
+        stats=stats,
+    )
+
+
+def route_request(
+    input_chars: int, max_tokens: int | None, needs: frozenset[str], controls: RequestControls
+) -> RouteRequest:
+    return RouteRequest(
+        estimated_input_tokens=estimate_tokens(input_chars),
+        max_output_tokens=max_tokens,
+        required_capabilities=needs,
+        max_cost_usd=controls.max_cost_usd,
+        allowed_providers=controls.allowed_providers,
+        excluded_providers=controls.excluded_providers,
+        task_tag=controls.task_tag,
+        now=time.time(),
+    )
+
+
+class Planner:
+    """Holds one policy instance per route (built once) and makes plans."""
+
+    def __init__(
+        self, routes: dict[str, Route], deployments: dict[str, Deployment], stats: StatsStore
+    ) -> None:
+        self._deployments = deployments
+        self._stats = stats
+        self._policies: dict[str, Policy] = {
+            name: build_policy(route.policy, route.params) for name, route in routes.items()
+        }
+
+    def plan(self, route: Route, request: RouteRequest, override: str | None = None) -> Plan:
+        policy = self._policies[route.name]
+        if override and override != route.policy:
+            policy = _override_policy(override)
+        candidates = [
+            candidate(self._deployments[i], self._stats.snapshot(i)) for i in route.deployment_ids
+        ]
+        plan = policy.plan(request, candidates)
+        if (
+            not plan.ordered
+            and plan.rejected
+            and all(r.reason == "cooldown" for r in plan.rejected)
+        ):
+            # Panic mode (Envoy's panic threshold): when cooldown alone excludes every
+            # deployment, trying them beats failing every request until one recovers.
+            plan = policy.plan(replace(request, now=math.inf), candidates)
+            plan = replace(
+                plan,
+                reasons=(
+                    *plan.reasons,
+                    "all deployments cooling down: trying them anyway (panic mode)",
+                ),
+            )
+        return plan
+
+
+def _override_policy(name: str) -> Policy:
+    try:
+        return build_policy(name, {})
+    except PolicyConfigError as exc:
+        raise InvalidRequestError(str(exc), param="x-gateway-policy") from None

@@ -1,0 +1,61 @@
+"""Pure request cost arithmetic. Prices are USD per million tokens."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+_TOKENS_PER_MTOK = 1_000_000
+# Rough chars-per-token ratio for English text with BPE tokenizers; only used when the
+# upstream reports no usage, so the result is flagged as estimated.
+_CHARS_PER_TOKEN = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Prices:
+    input_per_mtok_usd: float
+    output_per_mtok_usd: float
+    cached_input_per_mtok_usd: float | None = None  # None -> priced as normal input
+    cache_write_per_mtok_usd: float | None = None  # None -> priced as normal input
+
+
+@dataclass(frozen=True, slots=True)
+class TokenUsage:
+    # OpenAI convention: input_tokens (prompt_tokens) already includes cached and
+    # cache-write tokens; output_tokens includes reasoning tokens.
+    input_tokens: int
+    output_tokens: int
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+    estimated: bool = False
+
+
+def cost_usd(usage: TokenUsage, prices: Prices) -> float:
+    """USD cost of one request; cached/cache-write tokens are carved out of input_tokens."""
+    cached = max(usage.cached_input_tokens, 0)
+    cache_write = max(usage.cache_write_tokens, 0)
+    # Providers occasionally report more cached than total prompt tokens; never bill < 0.
+    uncached = max(usage.input_tokens - cached - cache_write, 0)
+    cached_rate = _or_default(prices.cached_input_per_mtok_usd, prices.input_per_mtok_usd)
+    write_rate = _or_default(prices.cache_write_per_mtok_usd, prices.input_per_mtok_usd)
+    # Sum token*price first and divide once: fewer rounding steps than per-token prices.
+    total = math.fsum(
+        (
+            uncached * prices.input_per_mtok_usd,
+            cached * cached_rate,
+            cache_write * write_rate,
+            max(usage.output_tokens, 0) * prices.output_per_mtok_usd,
+        )
+    )
+    return total / _TOKENS_PER_MTOK
+
+
+def estimate_tokens(text_chars: int) -> int:
+    """Cheap token estimate: ceil(chars / 4), so any non-empty text counts at least 1."""
+    if text_chars <= 0:
+        return 0
+    return -(-text_chars // _CHARS_PER_TOKEN)
+
+
+def _or_default(value: float | None, default: float) -> float:
+    return default if value is None else value

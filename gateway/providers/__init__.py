@@ -1,0 +1,1 @@
+"""Provider adapters: each translates the normalized request out and the answer back."""

@@ -1,0 +1,117 @@
+"""OpenAI and every OpenAI-compatible server (vLLM, Ollama, Groq, Together, ...).
+
+Parameters pass through untouched; only `model` is rewritten to the upstream's id
+and `stream_options.include_usage` is forced on so usage is always captured (the
+usage chunk is then withheld from clients that did not ask for it).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from gateway import jsonutil
+from gateway.catalog import Deployment
+from gateway.errors import UpstreamUnavailableError
+from gateway.providers.base import BaseProvider, classify_status
+from gateway.types import (
+    ChatRequest,
+    ChatResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    JSONObject,
+    SSEEvent,
+    Usage,
+)
+from gateway.upstream import UpstreamRequest
+
+
+class OpenAIProvider(BaseProvider):
+    kind: ClassVar[str] = "openai"
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def chat_url(self, d: Deployment) -> str:
+        return f"{self.base_url}/chat/completions"
+
+    def embeddings_url(self, d: Deployment) -> str:
+        return f"{self.base_url}/embeddings"
+
+    def chat_request(self, req: ChatRequest, d: Deployment) -> UpstreamRequest:
+        body = dict(req.body)
+        body["model"] = d.model
+        if req.stream:
+            options = dict(body.get("stream_options") or {})
+            options["include_usage"] = True
+            body["stream_options"] = options
+        return self.upstream_request(self.chat_url(d), self.auth_headers(), body)
+
+    def chat_response(self, body: bytes, d: Deployment) -> ChatResponse:
+        data = self.parse_json(body)
+        if not isinstance(data.get("choices"), list):
+            raise UpstreamUnavailableError("The upstream returned a body without choices.")
+        return ChatResponse(data, Usage.from_openai(data.get("usage")))
+
+    def chat_stream(self, req: ChatRequest, d: Deployment) -> OpenAIStream:
+        return OpenAIStream(req.include_usage, self)
+
+    def embeddings_request(self, req: EmbeddingRequest, d: Deployment) -> UpstreamRequest:
+        body = dict(req.body)
+        body["model"] = d.model
+        return self.upstream_request(self.embeddings_url(d), self.auth_headers(), body)
+
+    def embeddings_response(self, body: bytes, d: Deployment) -> EmbeddingResponse:
+        data = self.parse_json(body)
+        if not isinstance(data.get("data"), list):
+            raise UpstreamUnavailableError("The upstream returned a body without data.")
+        return EmbeddingResponse(data, Usage.from_openai(data.get("usage")))
+
+
+class OpenAIStream:
+    """Chunks pass through; the usage chunk is captured and re-emitted only if asked."""
+
+    __slots__ = ("_client_wants_usage", "_provider", "_usage_chunk", "done", "usage")
+
+    def __init__(self, client_wants_usage: bool, provider: BaseProvider) -> None:
+        self._client_wants_usage = client_wants_usage
+        self._provider = provider
+        self._usage_chunk: JSONObject | None = None
+        self.usage: Usage | None = None
+        self.done = False
+
+    def feed(self, event: SSEEvent) -> list[JSONObject]:
+        if event.data == "[DONE]":
+            self.done = True
+            return []
+        try:
+            chunk = jsonutil.loads(event.data)
+        except jsonutil.JSONDecodeError:
+            raise UpstreamUnavailableError("The upstream sent an invalid stream event.") from None
+        if not isinstance(chunk, dict):
+            raise UpstreamUnavailableError("The upstream sent an invalid stream event.")
+        if "error" in chunk:
+            raise self._in_band_error(chunk)
+        usage = chunk.get("usage")
+        if usage:
+            self.usage = Usage.from_openai(usage)
+            if not chunk.get("choices"):
+                self._usage_chunk = chunk
+                return []
+        if not self._client_wants_usage:
+            chunk.pop("usage", None)
+        return [chunk]
+
+    def usage_chunk(self) -> JSONObject | None:
+        return self._usage_chunk
+
+    def _in_band_error(self, chunk: JSONObject) -> UpstreamUnavailableError:
+        raw = jsonutil.dumps(chunk)
+        error = self._provider.classify_error(500, raw, {})
+        return (
+            error
+            if isinstance(error, UpstreamUnavailableError)
+            else UpstreamUnavailableError(error.message)
+        )
+
+
+__all__ = ["OpenAIProvider", "OpenAIStream", "classify_status"]

@@ -1,0 +1,67 @@
+"""Server-sent events: decoding upstream streams and encoding what clients receive."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from gateway import jsonutil
+from gateway.types import JSONObject, SSEEvent
+
+DONE_LINE = b"data: [DONE]\n\n"
+
+
+class SSEDecoder:
+    """Incremental SSE parser over lines (WHATWG event-stream rules, minus `id`/`retry`)."""
+
+    __slots__ = ("_data", "_event")
+
+    def __init__(self) -> None:
+        self._data: list[str] = []
+        self._event: str | None = None
+
+    def feed_line(self, raw: bytes) -> SSEEvent | None:
+        line = raw.decode("utf-8").rstrip("\r\n")
+        if not line:
+            return self._dispatch()
+        if line.startswith(":"):
+            return None  # comment / keep-alive
+        name, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        return None
+
+    def flush(self) -> SSEEvent | None:
+        return self._dispatch()
+
+    def _dispatch(self) -> SSEEvent | None:
+        if not self._data:
+            self._event = None
+            return None
+        event = SSEEvent("\n".join(self._data), self._event)
+        self._data = []
+        self._event = None
+        return event
+
+
+async def iter_events(lines: AsyncIterator[bytes]) -> AsyncIterator[SSEEvent]:
+    decoder = SSEDecoder()
+    async for line in lines:
+        event = decoder.feed_line(line)
+        if event is not None:
+            yield event
+    last = decoder.flush()
+    if last is not None:
+        yield last
+
+
+def encode_chunk(chunk: JSONObject) -> bytes:
+    return b"data: " + jsonutil.dumps(chunk) + b"\n\n"
+
+
+def encode_error(body: JSONObject) -> bytes:
+    """The in-band error after the commit point: the SDK raises APIError on it (rule 3)."""
+    return b"data: " + jsonutil.dumps(body) + b"\n\n"

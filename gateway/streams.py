@@ -1,0 +1,118 @@
+"""The client-facing side of a committed stream: relay, account, fail loudly in band.
+
+After the commit point a failure becomes one OpenAI-shaped `data: {"error": ...}`
+event and the stream closes without `[DONE]` (rule 3): never a clean end, never a
+synthesized `finish_reason`. A client disconnect cancels the upstream at once and
+still bills what was produced, marked estimated if the final usage never came.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from gateway.accounting import Accountant
+from gateway.attempt import OpenedStream
+from gateway.catalog import Deployment
+from gateway.context import RequestContext
+from gateway.errors import GatewayError, ProviderError, UpstreamUnavailableError
+from gateway.keys import Caller
+from gateway.streaming import DONE_LINE, encode_chunk, encode_error
+from gateway.types import ChatRequest, JSONObject
+
+if TYPE_CHECKING:
+    from gateway.services import Services
+
+
+class ChatStream:
+    def __init__(
+        self,
+        opened: OpenedStream,
+        req: ChatRequest,
+        d: Deployment,
+        caller: Caller,
+        ctx: RequestContext,
+        services: Services,
+        accountant: Accountant,
+    ) -> None:
+        self._opened = opened
+        self._req = req
+        self._d = d
+        self._caller = caller
+        self._ctx = ctx
+        self._s = services
+        self._accountant = accountant
+        self._completion_chars = 0
+        self.collected: list[JSONObject] | None = None  # set by the cache to assemble
+
+    async def body(self) -> AsyncIterator[bytes]:
+        self._s.stats.started(self._d.id)
+        outcome = "client_disconnect"
+        try:
+            for chunk in self._opened.held:
+                yield self._emit(chunk)
+            async for piece in self._relay():
+                yield piece
+            outcome = "complete"
+        except ProviderError as error:
+            outcome = "error"
+            self._ctx.error_code = error.error_code
+            yield encode_error(error.to_openai_body())
+        finally:
+            await self._finish(outcome)
+
+    async def _relay(self) -> AsyncIterator[bytes]:
+        translator = self._opened.translator
+        if not translator.done:
+            async for event in self._opened.events:
+                for chunk in translator.feed(event):
+                    yield self._emit(chunk)
+                if translator.done:
+                    break
+        if not translator.done:
+            raise UpstreamUnavailableError("The upstream stream ended before it was complete.")
+        usage_chunk = translator.usage_chunk()
+        if usage_chunk is not None and self._collect(usage_chunk) and self._req.include_usage:
+            yield encode_chunk(usage_chunk)
+        yield DONE_LINE
+
+    def _emit(self, chunk: JSONObject) -> bytes:
+        for choice in chunk.get("choices") or ():
+            content = (choice.get("delta") or {}).get("content")
+            if isinstance(content, str):
+                self._completion_chars += len(content)
+        self._collect(chunk)
+        return encode_chunk(chunk)
+
+    def _collect(self, chunk: JSONObject) -> bool:
+        if self.collected is not None:
+            self.collected.append(chunk)
+        return True
+
+    async def _finish(self, outcome: str) -> None:
+        ctx = self._ctx
+        ctx.stream_outcome = outcome
+        # Shielded: a cancelled (disconnected) request must still close and bill.
+        await asyncio.shield(self._close_and_settle(outcome))
+
+    async def _close_and_settle(self, outcome: str) -> None:
+        ctx, d = self._ctx, self._d
+        try:
+            await self._opened.aclose()
+        finally:
+            self._s.stats.ended(d.id)
+            usage = self._accountant.usage_or_estimate(
+                self._opened.translator.usage, self._req.prompt_chars(), self._completion_chars
+            )
+            total_s = time.perf_counter() - ctx.started
+            ctx.upstream_s = total_s
+            if outcome == "complete":
+                self._s.stats.success(d.id, ctx.ttft_s or total_s, usage.completion_tokens, total_s)
+            else:
+                self.collected = None  # partial streams are never cached
+            try:
+                await self._accountant.settle(ctx, self._caller, d, usage)
+            except GatewayError:
+                pass  # a budget settle failure after the fact cannot reach the client

@@ -1,0 +1,158 @@
+"""Normalized request/response types at the seam between the pipeline and the providers.
+
+The internal shape is OpenAI's wire shape (what clients send and receive), held in
+typed wrappers so adapters only translate out and back. Request bodies are kept as
+dicts after validation so that parameters an OpenAI-compatible upstream understands
+pass through untouched (unlike an allow-list, which drops what it does not know).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+JSONObject = dict[str, Any]
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0  # included in prompt_tokens (OpenAI convention)
+    cache_write_tokens: int = 0  # included in prompt_tokens (Anthropic cache creation)
+    reasoning_tokens: int = 0  # included in completion_tokens
+    estimated: bool = False
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_openai(self) -> JSONObject:
+        out: JSONObject = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+        if self.cached_tokens:
+            out["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        if self.reasoning_tokens:
+            out["completion_tokens_details"] = {"reasoning_tokens": self.reasoning_tokens}
+        return out
+
+    @classmethod
+    def from_openai(cls, data: object) -> Usage | None:
+        if not isinstance(data, dict):
+            return None
+        prompt_details = data.get("prompt_tokens_details") or {}
+        completion_details = data.get("completion_tokens_details") or {}
+        return cls(
+            prompt_tokens=_int(data.get("prompt_tokens")),
+            completion_tokens=_int(data.get("completion_tokens")),
+            cached_tokens=_int(prompt_details.get("cached_tokens")),
+            reasoning_tokens=_int(completion_details.get("reasoning_tokens")),
+        )
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    """A validated chat request. `body` is what the client sent, minus nothing."""
+
+    model: str
+    messages: list[JSONObject]
+    body: JSONObject
+    stream: bool = False
+    include_usage: bool = False  # the client asked for the final usage chunk
+    max_tokens: int | None = None  # max_tokens or max_completion_tokens
+
+    @property
+    def has_tools(self) -> bool:
+        return bool(self.body.get("tools"))
+
+    @property
+    def has_images(self) -> bool:
+        return any(_has_image(m.get("content")) for m in self.messages)
+
+    @property
+    def wants_json_schema(self) -> bool:
+        fmt = self.body.get("response_format")
+        return isinstance(fmt, dict) and fmt.get("type") == "json_schema"
+
+    def required_capabilities(self) -> frozenset[str]:
+        needs = set()
+        if self.has_tools:
+            needs.add("tools")
+        if self.has_images:
+            needs.add("vision")
+        if self.wants_json_schema:
+            needs.add("json_schema")
+        if self.stream:
+            needs.add("stream")
+        return frozenset(needs)
+
+    def prompt_chars(self) -> int:
+        """Characters of text in the prompt, for the cheap token estimate."""
+        total = 0
+        for message in self.messages:
+            total += _text_chars(message.get("content"))
+            for call in message.get("tool_calls") or ():
+                if isinstance(call, dict):
+                    fn = call.get("function") or {}
+                    total += len(str(fn.get("arguments", ""))) + len(str(fn.get("name", "")))
+        for tool in self.body.get("tools") or ():
+            total += len(str(tool))
+        return total
+
+
+def _has_image(content: object) -> bool:
+    if not isinstance(content, list):
+        return False
+    return any(isinstance(p, dict) and p.get("type") == "image_url" for p in content)
+
+
+def _text_chars(content: object) -> int:
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):
+        return sum(len(p.get("text", "")) for p in content if isinstance(p, dict))
+    return 0
+
+
+@dataclass(slots=True)
+class ChatResponse:
+    """An OpenAI `chat.completion` object plus the usage read from it."""
+
+    body: JSONObject
+    usage: Usage | None = None
+
+
+@dataclass(slots=True)
+class EmbeddingRequest:
+    model: str
+    inputs: list[str] | list[list[int]]
+    body: JSONObject
+
+
+@dataclass(slots=True)
+class EmbeddingResponse:
+    body: JSONObject
+    usage: Usage | None = None
+
+
+@dataclass(slots=True)
+class SSEEvent:
+    data: str
+    event: str | None = None
+
+
+@dataclass(slots=True)
+class StreamResult:
+    """What a finished stream produced, for accounting."""
+
+    usage: Usage | None = None
+    finish_reason: str | None = None
+    completion_chars: int = 0
+    chunks: list[JSONObject] = field(default_factory=list)

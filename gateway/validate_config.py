@@ -1,0 +1,100 @@
+"""Checks that span sections of the config, and the summaries `check-config` prints."""
+
+from __future__ import annotations
+
+from gateway.catalog import Catalog, build_catalog
+from gateway.catalog_data import ModelCatalog, default_catalog_path
+from gateway.config import GatewayConfig
+from gateway.errors import GatewayError
+from gateway.planning import Planner, RequestControls, route_request
+from gateway.providers.presets import PRESETS
+from gateway.stats import StatsStore
+from gateway.types import JSONObject
+from gateway.validation import RequestLimits, parse_chat_request
+from routers import POLICIES, PolicyConfigError, build_policy
+
+
+def reference_problems(config: GatewayConfig) -> list[str]:
+    problems: list[str] = []
+    for name, provider in config.providers.items():
+        if provider.kind not in PRESETS:
+            problems.append(
+                f"providers.{name}.kind: unknown kind {provider.kind!r} "
+                f"(known: {', '.join(sorted(PRESETS))})"
+            )
+        if provider.kind in ("openai_compatible", "azure") and not provider.base_url:
+            problems.append(f"providers.{name}.base_url: required for kind {provider.kind}")
+    seen: set[str] = set()
+    for index, model in enumerate(config.models):
+        if model.provider not in config.providers:
+            problems.append(f"models[{index}].provider: no provider named {model.provider!r}")
+        deployment_id = model.id or f"{model.provider}/{model.model}"
+        if deployment_id in seen:
+            problems.append(f"models[{index}]: duplicate deployment id {deployment_id!r}")
+        seen.add(deployment_id)
+    known = seen | {m.name for m in config.models}
+    for index, route in enumerate(config.routes):
+        problems.extend(_route_problems(index, route.name, route.models, known))
+        problems.extend(_policy_problems(f"routes[{index}]", route.policy, route.params))
+    problems.extend(_policy_problems("routing.default_policy", config.routing.default_policy, {}))
+    return problems
+
+
+def _route_problems(index: int, name: str, refs: list[str], known: set[str]) -> list[str]:
+    missing = [ref for ref in refs if ref not in known]
+    if not refs:
+        return [f"routes[{index}] ({name}).models: must list at least one model"]
+    return [
+        f"routes[{index}] ({name}).models: unknown model or deployment {ref!r}" for ref in missing
+    ]
+
+
+def _policy_problems(where: str, policy: str, params: dict[str, object]) -> list[str]:
+    if policy not in POLICIES:
+        return [f"{where}.policy: unknown policy {policy!r} (known: {', '.join(sorted(POLICIES))})"]
+    try:
+        build_policy(policy, params)
+    except PolicyConfigError as exc:
+        return [f"{where}.params: {exc}"]
+    return []
+
+
+def load_catalog(config: GatewayConfig) -> Catalog:
+    return build_catalog(config, ModelCatalog.load(config.catalog_path or default_catalog_path()))
+
+
+def describe_config(config: GatewayConfig) -> tuple[list[str], list[str]]:
+    problems = reference_problems(config)
+    if problems:
+        return problems, []
+    catalog = load_catalog(config)
+    lines = ["models:"]
+    for d in catalog.deployments.values():
+        lines.append(
+            f"  {d.id}: name={d.name} provider={d.provider} ({d.kind}) model={d.model} "
+            f"in=${d.prices.input_per_mtok_usd}/Mtok out=${d.prices.output_per_mtok_usd}/Mtok "
+            f"({d.price_source}) window={d.context_window_tokens} "
+            f"caps={','.join(sorted(d.capabilities))}"
+        )
+    lines.append("routes:")
+    for route in catalog.routes.values():
+        lines.append(f"  {route.name}: policy={route.policy} -> {', '.join(route.deployment_ids)}")
+    return [], lines
+
+
+def explain_body(config: GatewayConfig, raw: bytes) -> tuple[JSONObject, JSONObject | None]:
+    catalog = load_catalog(config)
+    stats = StatsStore(
+        cooldown_failures=config.routing.cooldown_failures, cooldown_s=config.routing.cooldown_s
+    )
+    planner = Planner(catalog.routes, catalog.deployments, stats)
+    try:
+        req = parse_chat_request(raw, RequestLimits(max_messages=config.server.max_messages))
+        route = catalog.route_for(req.model)
+    except GatewayError as error:
+        return {}, error.to_openai_body()
+    request = route_request(
+        req.prompt_chars(), req.max_tokens, req.required_capabilities(), RequestControls()
+    )
+    plan = planner.plan(route, request)
+    return {"route": route.name, **plan.to_dict()}, None

@@ -1,0 +1,24 @@
+"""Pure routing-policy library: rank candidate deployments for a request.
+
+No I/O and stdlib only: the gateway passes in live stats and the clock, and gets back an
+explainable `Plan`.
+"""
+
+from __future__ import annotations
+
+from routers.params import PolicyConfigError
+from routers.registry import POLICIES, build_policy
+from routers.schema import Candidate, LiveStats, Plan, Policy, Ranked, Rejection, RouteRequest
+
+__all__ = [
+    "POLICIES",
+    "Candidate",
+    "LiveStats",
+    "Plan",
+    "Policy",
+    "PolicyConfigError",
+    "Ranked",
+    "Rejection",
+    "RouteRequest",
+    "build_policy",
+]

@@ -1,0 +1,93 @@
+"""Hard constraints every policy applies before ranking.
+
+Checks run in a fixed order and the first failure is recorded, so each ineligible candidate
+appears exactly once in a plan's `rejected` with the most fundamental reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from routers.estimates import expected_cost_usd, expected_output_tokens
+from routers.schema import Candidate, Rejection, RouteRequest
+
+
+def _provider(request: RouteRequest, c: Candidate) -> tuple[str, str] | None:
+    if request.allowed_providers is not None and c.provider not in request.allowed_providers:
+        return "provider_not_allowed", f"provider {c.provider!r} not in allowed providers"
+    if c.provider in request.excluded_providers:
+        return "provider_excluded", f"provider {c.provider!r} is excluded"
+    return None
+
+
+def _capability(request: RouteRequest, c: Candidate) -> tuple[str, str] | None:
+    missing = sorted(request.required_capabilities - c.capabilities)
+    if missing:
+        return "capability", f"missing capabilities: {', '.join(missing)}"
+    return None
+
+
+def _context(request: RouteRequest, c: Candidate) -> tuple[str, str] | None:
+    needed = request.estimated_input_tokens + (request.max_output_tokens or 0)
+    if needed > c.context_window_tokens:
+        return "context_window", f"needs {needed} tokens, window {c.context_window_tokens}"
+    client_max, own_max = request.max_output_tokens, c.max_output_tokens
+    if client_max is not None and own_max is not None and client_max > own_max:
+        return "context_window", f"max_tokens {client_max} exceeds deployment max {own_max}"
+    return None
+
+
+def _cooldown(request: RouteRequest, c: Candidate) -> tuple[str, str] | None:
+    if c.stats.cooldown_until > request.now:
+        remaining = c.stats.cooldown_until - request.now
+        return "cooldown", f"cooling down for another {remaining:.1f}s"
+    return None
+
+
+def _rate_limit(request: RouteRequest, c: Candidate, default_out: int) -> tuple[str, str] | None:
+    if c.stats.remaining_rpm == 0:
+        return "rate_limit", "no requests left this minute"
+    needed = request.estimated_input_tokens + expected_output_tokens(request, c, default_out)
+    tpm = c.stats.remaining_tpm
+    if tpm is not None and tpm < needed:
+        return "rate_limit", f"needs ~{needed} tokens, {tpm} left this minute"
+    return None
+
+
+def _cost(request: RouteRequest, c: Candidate, default_out: int) -> tuple[str, str] | None:
+    if request.max_cost_usd is None:
+        return None
+    cost = expected_cost_usd(request, c, default_out)
+    if cost > request.max_cost_usd:
+        return "max_cost", f"expected ${cost:.6f} exceeds max ${request.max_cost_usd:.6f}"
+    return None
+
+
+def check(request: RouteRequest, candidate: Candidate, default_out: int) -> Rejection | None:
+    """Return the first failed constraint for `candidate`, or None when it is eligible."""
+    failure = (
+        _provider(request, candidate)
+        or _capability(request, candidate)
+        or _context(request, candidate)
+        or _cooldown(request, candidate)
+        or _rate_limit(request, candidate, default_out)
+        or _cost(request, candidate, default_out)
+    )
+    if failure is None:
+        return None
+    return Rejection(candidate=candidate, reason=failure[0], detail=failure[1])
+
+
+def split(
+    request: RouteRequest, candidates: Sequence[Candidate], default_out: int
+) -> tuple[list[Candidate], list[Rejection]]:
+    """Partition candidates into eligible (input order kept) and rejected."""
+    eligible: list[Candidate] = []
+    rejected: list[Rejection] = []
+    for candidate in candidates:
+        rejection = check(request, candidate, default_out)
+        if rejection is None:
+            eligible.append(candidate)
+        else:
+            rejected.append(rejection)
+    return eligible, rejected

@@ -1,0 +1,178 @@
+"""A harness for fake upstreams: real aiohttp servers on 127.0.0.1 in a background thread.
+
+Each fake records what it received (for assertions), counts calls, validates requests
+the way the real API would (violations are answered 400 AND recorded, so a test can
+assert the gateway never sent anything invalid), and can be scripted per call:
+
+    fake.script(Behaviour(status=500), Behaviour(hang_s=5))   # next two calls
+    fake.reset()                                               # between tests
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass
+class Behaviour:
+    status: int = 200
+    body: Any = None  # JSON body for an error status (default: provider-shaped error)
+    headers: dict[str, str] = field(default_factory=dict)
+    hang_s: float = 0.0  # sleep before answering (timeouts)
+    delay_s: float = 0.0  # sleep before the first byte, then answer normally
+    chunk_delay_s: float = 0.0
+    drop_after_chunks: int | None = None  # streams: cut the connection after N chunks
+    drop_before_response: bool = False  # close the socket without answering
+    content: str | None = None  # override the reply text
+    usage: bool = True  # include usage in the answer
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    json: Any
+    query: dict[str, str]
+
+
+Handler = Callable[[web.Request, "FakeServer", Behaviour, Any], Awaitable[web.StreamResponse]]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class FakeServer:
+    """Subclasses register routes in `routes()` and validate in `validate()`."""
+
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.received: list[Received] = []
+        self.violations: list[str] = []
+        self._script: list[Behaviour] = []
+        self._lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._runner: web.AppRunner | None = None
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # --- lifecycle -------------------------------------------------------------
+    def start(self) -> FakeServer:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self
+
+    async def _start(self) -> None:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        for method, path, handler in self.routes():
+            app.router.add_route(method, path, self._wrap(handler))
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+    # --- scripting -------------------------------------------------------------
+    def script(self, *behaviours: Behaviour) -> None:
+        with self._lock:
+            self._script.extend(behaviours)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._script.clear()
+            self.received.clear()
+            self.violations.clear()
+
+    @property
+    def calls(self) -> int:
+        return len(self.received)
+
+    def _next_behaviour(self) -> Behaviour:
+        with self._lock:
+            return self._script.pop(0) if self._script else Behaviour()
+
+    # --- request handling ------------------------------------------------------
+    def routes(self) -> list[tuple[str, str, Handler]]:
+        raise NotImplementedError
+
+    def validate(self, request: web.Request, body: Any) -> list[str]:
+        return []
+
+    def error_body(self, status: int) -> Any:
+        return {"error": {"message": f"fake error {status}", "type": "server_error"}}
+
+    def _wrap(self, handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            try:
+                body = await request.json() if request.can_read_body else None
+            except ValueError:
+                body = None
+                self.violations.append("body is not JSON")
+            self.received.append(
+                Received(request.path, dict(request.headers), body, dict(request.query))
+            )
+            problems = self.validate(request, body)
+            if problems:
+                self.violations.extend(problems)
+                return web.json_response(self.invalid_body("; ".join(problems)), status=400)
+            behaviour = self._next_behaviour()
+            if behaviour.drop_before_response:
+                assert request.transport is not None
+                request.transport.close()
+                return web.Response(status=500)
+            if behaviour.hang_s:
+                await asyncio.sleep(behaviour.hang_s)
+            if behaviour.status != 200:
+                payload = (
+                    behaviour.body
+                    if behaviour.body is not None
+                    else self.error_body(behaviour.status)
+                )
+                return web.json_response(
+                    payload, status=behaviour.status, headers=behaviour.headers
+                )
+            if behaviour.delay_s:
+                await asyncio.sleep(behaviour.delay_s)
+            return await handler(request, self, behaviour, body)
+
+        return wrapped
+
+    def invalid_body(self, message: str) -> Any:
+        return {"error": {"message": message, "type": "invalid_request_error"}}
+
+
+async def write_sse(
+    request: web.Request, events: list[bytes], behaviour: Behaviour
+) -> web.StreamResponse:
+    """Send pre-encoded SSE events, honouring chunk delays and mid-stream drops."""
+    response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+    await response.prepare(request)
+    for index, event in enumerate(events):
+        if behaviour.drop_after_chunks is not None and index >= behaviour.drop_after_chunks:
+            assert request.transport is not None
+            request.transport.close()  # an abrupt end: no terminator, no clean close
+            return response
+        if index and behaviour.chunk_delay_s:
+            await asyncio.sleep(behaviour.chunk_delay_s)
+        await response.write(event)
+    await response.write_eof()
+    return response

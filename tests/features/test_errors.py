@@ -1,0 +1,235 @@
+"""Every error is OpenAI-shaped with the status that makes the SDK do the right thing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import GATEWAY_KEY, OPENAI_KEY
+from tests.fakes.openai_fake import FakeOpenAI
+from tests.fakes.server import Behaviour, free_port
+from tests.gatewayproc import GatewayProcess
+from tests.openai_schema import validate
+
+AUTH = {"authorization": f"Bearer {GATEWAY_KEY}"}
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    start_gateway: Callable[..., GatewayProcess], fake_openai: FakeOpenAI
+) -> GatewayProcess:
+    dead_port = free_port()  # nothing listens here: connection refused
+    config = {
+        "server": {"max_body_bytes": 2048, "request_timeout_s": 5},
+        "auth": {"mode": "keys", "keys": [{"name": "k", "key": GATEWAY_KEY}]},
+        "providers": {
+            "fake": {
+                "kind": "openai",
+                "base_url": f"{fake_openai.base_url}/v1",
+                "api_key": OPENAI_KEY,
+                "timeouts": {"read_s": 1.0},
+            },
+            "dead": {
+                "kind": "openai",
+                "base_url": f"http://127.0.0.1:{dead_port}/v1",
+                "api_key": OPENAI_KEY,
+            },
+        },
+        "routing": {"same_deployment_retries": 0},
+        "models": [
+            {"name": "gpt-test", "provider": "fake", "model": "gpt-4o-mini"},
+            {"name": "dead-model", "provider": "dead", "model": "gpt-4o-mini"},
+        ],
+    }
+    return start_gateway(config)
+
+
+@pytest.fixture
+def client(gateway: GatewayProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway.base_url, api_key=GATEWAY_KEY, max_retries=0)
+
+
+def post(
+    gateway: GatewayProcess,
+    content: bytes | None = None,
+    json: Any = None,
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
+    return httpx.post(
+        f"{gateway.base_url}/chat/completions",
+        content=content,
+        json=json,
+        headers={**AUTH, **(headers or {})},
+        timeout=10,
+    )
+
+
+def assert_openai_error(
+    response: httpx.Response, status: int, code: str | None = None, param: str | None = None
+) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body = response.json()
+    validate(body, "ErrorResponse")
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    if code is not None:
+        assert body["error"]["code"] == code
+    if param is not None:
+        assert body["error"]["param"] == param
+    assert "Traceback" not in response.text and OPENAI_KEY not in response.text
+    return body["error"]
+
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"messages": MESSAGES}, "model"),
+        ({"model": "gpt-test"}, "messages"),
+        (
+            {"model": "gpt-test", "messages": [{"role": "wizard", "content": "x"}]},
+            "messages[0].role",
+        ),
+        ({"model": "gpt-test", "messages": MESSAGES, "temperature": 7}, "temperature"),
+        ({"model": "gpt-test", "messages": MESSAGES, "n": 0}, "n"),
+        ({"model": "gpt-test", "messages": MESSAGES, "stream": "yes"}, "stream"),
+        (
+            {"model": "gpt-test", "messages": MESSAGES, "tools": [{"type": "function"}]},
+            "tools[0].function.name",
+        ),
+        ({"model": "gpt-test", "messages": MESSAGES, "api_base": "http://evil"}, "api_base"),
+    ],
+    ids=[
+        "no-model",
+        "no-messages",
+        "bad-role",
+        "temperature",
+        "n",
+        "stream-type",
+        "tool",
+        "egress",
+    ],
+)
+def test_bad_fields_are_400_naming_param(
+    gateway: GatewayProcess, fake_openai: FakeOpenAI, body: dict[str, Any], param: str
+) -> None:
+    assert_openai_error(post(gateway, json=body), 400, param=param)
+    assert fake_openai.calls == 0  # a malformed request never reaches an upstream
+
+
+def test_invalid_json_is_400(gateway: GatewayProcess) -> None:
+    assert_openai_error(post(gateway, content=b"{not json"), 400)
+
+
+def test_unknown_model_is_404(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as info:
+        client.chat.completions.create(model="nope", messages=MESSAGES)
+    assert info.value.code == "model_not_found"
+
+
+def test_body_over_limit_is_413(gateway: GatewayProcess) -> None:
+    big = {"model": "gpt-test", "messages": [{"role": "user", "content": "x" * 5000}]}
+    assert_openai_error(post(gateway, json=big), 413)
+
+    def chunked() -> Any:  # no Content-Length: the limit holds while streaming the read
+        yield b'{"model": "gpt-test", "messages": [{"role": "user", "content": "'
+        for _ in range(10):
+            yield b"x" * 500
+        yield b'"}]}'
+
+    assert_openai_error(post(gateway, content=chunked()), 413)
+
+
+def test_missing_or_wrong_key_is_401(gateway: GatewayProcess) -> None:
+    for client in (openai.OpenAI(base_url=gateway.base_url, api_key="wrong", max_retries=0),):
+        with pytest.raises(openai.AuthenticationError) as info:
+            client.chat.completions.create(model="gpt-test", messages=MESSAGES)
+        assert info.value.code == "invalid_api_key"
+    response = httpx.post(f"{gateway.base_url}/chat/completions", json={})
+    assert_openai_error(response, 401, code="invalid_api_key")
+
+
+def test_unknown_path_and_method(gateway: GatewayProcess) -> None:
+    assert_openai_error(httpx.get(f"{gateway.base_url}/nothing-here", headers=AUTH), 404)
+    assert_openai_error(httpx.get(f"{gateway.base_url}/chat/completions", headers=AUTH), 405)
+
+
+def test_upstream_429_keeps_retry_after(client: openai.OpenAI, fake_openai: FakeOpenAI) -> None:
+    fake_openai.script(Behaviour(status=429, headers={"retry-after": "7"}))
+    with pytest.raises(openai.RateLimitError) as info:
+        client.chat.completions.create(model="gpt-test", messages=MESSAGES)
+    assert info.value.response.headers["retry-after"] == "7"
+
+
+def test_upstream_500_is_502(client: openai.OpenAI, fake_openai: FakeOpenAI) -> None:
+    fake_openai.script(Behaviour(status=500))
+    with pytest.raises(openai.InternalServerError) as info:
+        client.chat.completions.create(model="gpt-test", messages=MESSAGES)
+    assert info.value.status_code == 502
+
+
+def test_upstream_timeout_is_504(client: openai.OpenAI, fake_openai: FakeOpenAI) -> None:
+    fake_openai.script(Behaviour(hang_s=3))
+    with pytest.raises(openai.InternalServerError) as info:
+        client.chat.completions.create(model="gpt-test", messages=MESSAGES)
+    assert info.value.status_code == 504
+
+
+def test_connection_refused_is_502(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.InternalServerError) as info:
+        client.chat.completions.create(model="dead-model", messages=MESSAGES)
+    assert info.value.status_code == 502
+
+
+def test_upstream_client_error_goes_back_as_is(
+    client: openai.OpenAI, fake_openai: FakeOpenAI
+) -> None:
+    body = {
+        "error": {
+            "message": "Invalid value for 'logit_bias'.",
+            "type": "invalid_request_error",
+            "param": "logit_bias",
+            "code": "invalid_value",
+        }
+    }
+    fake_openai.script(Behaviour(status=400, body=body))
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="gpt-test", messages=MESSAGES)
+    assert info.value.code == "invalid_value" and info.value.param == "logit_bias"
+    assert "logit_bias" in info.value.message
+
+
+def test_upstream_auth_failure_is_not_the_clients_401(
+    client: openai.OpenAI, fake_openai: FakeOpenAI
+) -> None:
+    body = {
+        "error": {
+            "message": f"Incorrect API key provided: {OPENAI_KEY}",
+            "type": "invalid_request_error",
+            "code": "invalid_api_key",
+        }
+    }
+    fake_openai.script(Behaviour(status=401, body=body))
+    with pytest.raises(openai.APIStatusError) as info:
+        client.chat.completions.create(model="gpt-test", messages=MESSAGES)
+    assert info.value.status_code == 502
+    assert OPENAI_KEY not in info.value.response.text
+
+
+def test_provider_key_never_in_logs_or_responses(
+    gateway: GatewayProcess, client: openai.OpenAI, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.script(Behaviour(status=401), Behaviour(status=500))
+    for _ in range(3):
+        try:
+            client.chat.completions.create(model="gpt-test", messages=MESSAGES)
+        except openai.APIError:
+            pass
+    log = gateway.log_text()
+    assert OPENAI_KEY not in log and GATEWAY_KEY not in log
+    assert "access" in log  # the access log is there, just without secrets
