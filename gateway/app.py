@@ -30,6 +30,7 @@ from gateway.pipeline import Pipeline
 from gateway.planning import Planner
 from gateway.providers.registry import build_providers
 from gateway.providers.simulated import SimulatedTransport
+from gateway.redis_client import SharedRedis, make_redis
 from gateway.retry_budget import RetryBudget
 from gateway.services import Services
 from gateway.stats import StatsStore
@@ -56,6 +57,9 @@ def build_services(config: GatewayConfig, registry: CollectorRegistry | None = N
     )
     metrics = Metrics(registry or CollectorRegistry(), multiproc_dir())
     metrics.initialise((d.id, d.provider) for d in catalog.deployments.values())
+    redis = None
+    if config.redis is not None:
+        redis = SharedRedis(make_redis(config.redis), metrics, config.redis.operation_deadline_s)
     return Services(
         config=config,
         catalog=catalog,
@@ -70,6 +74,7 @@ def build_services(config: GatewayConfig, registry: CollectorRegistry | None = N
         keys=KeyStore(config.auth),
         limits=Limits(),
         request_limits=RequestLimits(max_messages=config.server.max_messages),
+        redis=redis,
     )
 
 
@@ -82,6 +87,8 @@ def create_app(config: GatewayConfig) -> Starlette:
             yield {"services": services, "pipeline": Pipeline(services)}
         finally:
             await services.upstream.aclose()
+            if services.redis is not None:
+                await services.redis.aclose()
 
     return Starlette(
         routes=all_routes(),

@@ -122,6 +122,7 @@ class RedisConfig(_Model):
     url: str
     socket_timeout_s: float = Field(0.25, gt=0)
     connect_timeout_s: float = Field(0.25, gt=0)
+    operation_deadline_s: float = Field(0.5, gt=0)  # whole call, pool wait included
     max_connections: int = Field(64, ge=1)
 
 

@@ -11,6 +11,7 @@ from gateway.limits import Limits
 from gateway.metrics import Metrics
 from gateway.planning import Planner
 from gateway.providers.base import Provider
+from gateway.redis_client import SharedRedis
 from gateway.retry_budget import RetryBudget
 from gateway.stats import StatsStore
 from gateway.upstream import Upstream
@@ -30,3 +31,4 @@ class Services:
     keys: KeyStore
     limits: Limits
     request_limits: RequestLimits
+    redis: SharedRedis | None = None

@@ -21,7 +21,7 @@ async def readyz(request: Request) -> Response:
     services = services_of(request)
     checks: dict[str, str] = {"config": "ok"}
     ready = True
-    redis = getattr(services, "redis", None)
+    redis = services.redis
     if redis is not None:
         ok = await redis.ping()
         checks["redis"] = "ok" if ok else "unreachable"

@@ -1,0 +1,86 @@
+"""The one Redis connection pool, with explicit short timeouts and no hidden retries.
+
+Every call goes through `SharedRedis.run`, which bounds it by an overall deadline,
+counts failures in `gateway_redis_errors_total{operation}`, and logs once per
+outage transition (down, then recovered), never once per request (rule 7). Callers
+decide what a failure means: the cache and rate limits fail open, budgets closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from redis.asyncio import Redis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from gateway.config import RedisConfig
+from gateway.metrics import Metrics
+
+log = logging.getLogger("gateway")
+T = TypeVar("T")
+
+
+class RedisUnavailableError(Exception):
+    """Raised by `run_or_raise` when Redis failed or timed out."""
+
+
+def make_redis(config: RedisConfig) -> Redis:
+    return Redis.from_url(
+        config.url,
+        socket_timeout=config.socket_timeout_s,
+        socket_connect_timeout=config.connect_timeout_s,
+        retry=Retry(NoBackoff(), 0),  # no hidden retries: a slow Redis must not stall requests
+        max_connections=config.max_connections,
+        health_check_interval=0,
+    )
+
+
+class SharedRedis:
+    def __init__(self, client: Redis, metrics: Metrics, deadline_s: float) -> None:
+        self.client = client
+        self._metrics = metrics
+        self._deadline_s = deadline_s
+        self.healthy = True
+
+    async def run(self, operation: str, call: Callable[[Redis], Awaitable[T]]) -> T | None:
+        """The call's result, or None when Redis failed (already logged and counted)."""
+        try:
+            return await self.run_or_raise(operation, call)
+        except RedisUnavailableError:
+            return None
+
+    async def run_or_raise(self, operation: str, call: Callable[[Redis], Awaitable[T]]) -> T:
+        try:
+            async with asyncio.timeout(self._deadline_s):
+                result = await call(self.client)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._failed(operation, exc)
+            raise RedisUnavailableError(operation) from None
+        self._succeeded()
+        return result
+
+    async def ping(self) -> bool:
+        return bool(await self.run("ping", lambda r: r.ping()))
+
+    def _failed(self, operation: str, exc: BaseException) -> None:
+        self._metrics.redis_errors.labels(operation).inc()
+        if self.healthy:
+            self.healthy = False
+            log.warning(
+                "redis unavailable (%s during %s); failing open/closed per feature",
+                type(exc).__name__,
+                operation,
+            )
+
+    def _succeeded(self) -> None:
+        if not self.healthy:
+            self.healthy = True
+            log.warning("redis available again")
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
