@@ -55,6 +55,7 @@ def build_services(config: GatewayConfig, registry: CollectorRegistry | None = N
     stats = StatsStore(
         cooldown_failures=config.routing.cooldown_failures, cooldown_s=config.routing.cooldown_s
     )
+    limits = Limits()
     metrics = Metrics(registry or CollectorRegistry(), multiproc_dir())
     metrics.initialise((d.id, d.provider) for d in catalog.deployments.values())
     redis = None
@@ -65,14 +66,14 @@ def build_services(config: GatewayConfig, registry: CollectorRegistry | None = N
         catalog=catalog,
         providers=providers,
         upstream=upstream,
-        planner=Planner(catalog.routes, catalog.deployments, stats),
+        planner=Planner(catalog.routes, catalog.deployments, stats, limits.deployment_headroom),
         stats=stats,
         retry_budget=RetryBudget(
             config.routing.retry_budget_ratio, config.routing.retry_budget_min
         ),
         metrics=metrics,
         keys=KeyStore(config.auth),
-        limits=Limits(),
+        limits=limits,
         request_limits=RequestLimits(max_messages=config.server.max_messages),
         redis=redis,
     )

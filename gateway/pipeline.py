@@ -159,6 +159,7 @@ class Pipeline:
                 continue
             ctx.upstream_s = time.perf_counter() - started
             ctx.deployment_id, ctx.provider, ctx.model = d.id, d.provider, d.model
+            await self.s.limits.deployment_used(d.id, 0)
             self.s.metrics.record_attempt(d.provider, d.id, "ok", ctx.upstream_s)
             return result
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -115,10 +116,15 @@ class Planner:
     """Holds one policy instance per route (built once) and makes plans."""
 
     def __init__(
-        self, routes: dict[str, Route], deployments: dict[str, Deployment], stats: StatsStore
+        self,
+        routes: dict[str, Route],
+        deployments: dict[str, Deployment],
+        stats: StatsStore,
+        headroom: Callable[[str], tuple[int | None, int | None]] = lambda _: (None, None),
     ) -> None:
         self._deployments = deployments
         self._stats = stats
+        self._headroom = headroom
         self._policies: dict[str, Policy] = {
             name: build_policy(route.policy, route.params) for name, route in routes.items()
         }
@@ -127,9 +133,7 @@ class Planner:
         policy = self._policies[route.name]
         if override and override != route.policy:
             policy = _override_policy(override)
-        candidates = [
-            candidate(self._deployments[i], self._stats.snapshot(i)) for i in route.deployment_ids
-        ]
+        candidates = [candidate(self._deployments[i], self._live(i)) for i in route.deployment_ids]
         plan = policy.plan(request, candidates)
         if (
             not plan.ordered
@@ -147,6 +151,13 @@ class Planner:
                 ),
             )
         return plan
+
+    def _live(self, deployment_id: str) -> LiveStats:
+        stats = self._stats.snapshot(deployment_id)
+        rpm, tpm = self._headroom(deployment_id)
+        if rpm is None and tpm is None:
+            return stats
+        return replace(stats, remaining_rpm=rpm, remaining_tpm=tpm)
 
 
 def _override_policy(name: str) -> Policy:

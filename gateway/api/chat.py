@@ -15,7 +15,10 @@ from gateway.api.deps import (
     services_of,
 )
 from gateway.planning import controls_from_headers
+from gateway.pricing import estimate_tokens
+from gateway.types import ChatRequest
 from gateway.validation import parse_chat_request
+from routers import Plan
 
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
@@ -30,12 +33,26 @@ async def chat_completions(request: Request) -> Response:
     caller.check_route(route.name)
     plan = pipeline.plan_chat(req, route, controls_from_headers(request.headers))
     ctx.policy = plan.policy
-    if req.stream:
-        stream = await pipeline.chat_stream(req, route, plan, caller, ctx)
-        headers = {**SSE_HEADERS, **ctx.response_headers()}
-        return StreamingResponse(stream.body(), media_type="text/event-stream", headers=headers)
-    response = await pipeline.chat(req, route, plan, caller, ctx)
+    await services.limits.admit(ctx, caller, *estimate(plan, req))
+    try:
+        if req.stream:
+            stream = await pipeline.chat_stream(req, route, plan, caller, ctx)
+            headers = {**SSE_HEADERS, **ctx.response_headers()}
+            return StreamingResponse(stream.body(), media_type="text/event-stream", headers=headers)
+        response = await pipeline.chat(req, route, plan, caller, ctx)
+    except BaseException:
+        await services.limits.release(ctx, caller)
+        raise
     return json_response(response.body, headers=ctx.response_headers())
+
+
+def estimate(plan: Plan, req: ChatRequest) -> tuple[int, float]:
+    """(tokens, USD) this request is expected to cost on the first planned deployment."""
+    if not plan.ordered:
+        return 0, 0.0
+    breakdown = plan.ordered[0].breakdown
+    tokens = estimate_tokens(req.prompt_chars()) + int(breakdown.get("expected_output_tokens", 0))
+    return tokens, float(breakdown.get("expected_cost_usd", 0.0))
 
 
 routes = [Route("/v1/chat/completions", chat_completions, methods=["POST"])]
