@@ -34,6 +34,7 @@ from gateway.redis_client import SharedRedis, make_redis
 from gateway.retry_budget import RetryBudget
 from gateway.services import Services
 from gateway.stats import StatsStore
+from gateway.stats_sync import StatsSync
 from gateway.upstream import AiohttpUpstream, DispatchingUpstream
 from gateway.validate_config import reference_problems
 from gateway.validation import RequestLimits
@@ -84,9 +85,16 @@ def create_app(config: GatewayConfig) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         services = build_services(config)
         _announce(services)
+        sync = None
+        if services.redis is not None:
+            interval_s = config.routing.stats_sync_interval_s
+            sync = StatsSync(services.stats, services.redis, interval_s)
+            sync.start()
         try:
             yield {"services": services, "pipeline": Pipeline(services)}
         finally:
+            if sync is not None:
+                await sync.stop()
             await services.upstream.aclose()
             if services.redis is not None:
                 await services.redis.aclose()

@@ -37,12 +37,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _load(path: Path) -> GatewayConfig | None:
+    from gateway.validate_config import reference_problems
+
     try:
-        return load_config(path)
+        config = load_config(path)
     except ConfigError as exc:
         for line in exc.errors:
             sys.stderr.write(f"{line}\n")
         return None
+    problems = reference_problems(config)
+    for line in problems:
+        sys.stderr.write(f"{path}: {line}\n")
+    return None if problems else config
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -83,12 +89,10 @@ def _check_config(args: argparse.Namespace) -> int:
     config = _load(args.path)
     if config is None:
         return 1
-    problems, summary = describe_config(config)
+    _, summary = describe_config(config)
     for line in summary:
         sys.stdout.write(f"{line}\n")
-    for line in problems:
-        sys.stderr.write(f"{args.path}: {line}\n")
-    return 1 if problems else 0
+    return 0
 
 
 def _explain(args: argparse.Namespace) -> int:

@@ -145,6 +145,7 @@ class RoutingConfig(_Model):
     cooldown_failures: int = Field(3, ge=1)
     cooldown_s: float = Field(30.0, gt=0)
     expected_output_tokens: int = Field(256, ge=1)
+    stats_sync_interval_s: float = Field(1.0, gt=0)  # Redis sharing of stats and cooldowns
 
 
 class MetricsConfig(_Model):

@@ -166,6 +166,7 @@ class UpstreamTimeoutError(ProviderError):
 class UpstreamUnavailableError(ProviderError):
     status_code = 502
     code = "upstream_unavailable"
+    during_connect = False  # no response had started: safe to retry on the same deployment
 
 
 class UpstreamRateLimitedError(ProviderError):

@@ -167,7 +167,7 @@ class Pipeline:
         routing = self.s.config.routing
         if retries >= routing.same_deployment_retries:
             return False
-        connection_error = isinstance(error, UpstreamUnavailableError) and not error.upstream_status
+        connection_error = isinstance(error, UpstreamUnavailableError) and error.during_connect
         short_429 = (
             isinstance(error, UpstreamRateLimitedError)
             and is_last

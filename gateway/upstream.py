@@ -104,23 +104,27 @@ class AiohttpUpstream:
         timeout = aiohttp.ClientTimeout(
             total=t.total_s, sock_connect=t.connect_s, sock_read=t.read_s
         )
-        with _mapped_errors():
-            async with self._client().request(
+        with _mapped_errors(connecting=True):
+            response = await self._client().request(
                 req.method,
                 req.url,
                 data=req.body,
                 headers=dict(req.headers),
                 timeout=timeout,
                 allow_redirects=False,
-            ) as response:
+            )
+        try:
+            with _mapped_errors():
                 body = await response.read()
-                return UpstreamResponse(response.status, response.headers, body)
+            return UpstreamResponse(response.status, response.headers, body)
+        finally:
+            response.release()
 
     @asynccontextmanager
     async def stream(self, req: UpstreamRequest) -> AsyncIterator[UpstreamStream]:
         t = req.timeouts
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect_s, sock_read=t.read_s)
-        with _mapped_errors():
+        with _mapped_errors(connecting=True):
             response = await self._client().request(
                 req.method,
                 req.url,
@@ -143,16 +147,20 @@ class AiohttpUpstream:
 
 
 @contextmanager
-def _mapped_errors() -> Iterator[None]:
-    """Translate aiohttp/asyncio failures into provider errors (the only place that knows)."""
+def _mapped_errors(connecting: bool = False) -> Iterator[None]:
+    """Translate aiohttp/asyncio failures into provider errors (the only place that knows).
+
+    `connecting` marks failures before any response arrived: only those may be retried
+    on the same deployment (a stale pooled connection, a refused connect).
+    """
     try:
         yield
     except (TimeoutError, aiohttp.ServerTimeoutError):
         raise UpstreamTimeoutError("The upstream did not answer in time.") from None
     except (aiohttp.ClientError, ConnectionError, OSError) as exc:
-        raise UpstreamUnavailableError(
-            f"Could not reach the upstream ({type(exc).__name__})."
-        ) from None
+        error = UpstreamUnavailableError(f"Could not reach the upstream ({type(exc).__name__}).")
+        error.during_connect = connecting
+        raise error from None
 
 
 class DispatchingUpstream:

@@ -1,0 +1,123 @@
+"""Config loading: env substitution, validation errors with file:line, check-config CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.catalog import build_catalog
+from gateway.catalog_data import ModelCatalog, default_catalog_path
+from gateway.config import ConfigError, default_config_path, load_config, parse_config
+from gateway.validate_config import reference_problems
+from tests.gatewayproc import REPO
+
+GOOD = """
+providers:
+  main:
+    kind: openai
+    base_url: ${MAIN_URL:-http://127.0.0.1:9/v1}
+    api_key: ${MAIN_KEY}
+models:
+  - name: chat
+    provider: main
+    model: gpt-4o-mini
+routes:
+  - name: auto
+    policy: cheapest
+    models: [chat]
+"""
+
+
+def test_env_substitution_and_defaults() -> None:
+    config = parse_config(GOOD, "g.yaml", {"MAIN_KEY": "sk-x"})
+    assert config.providers["main"].api_key == "sk-x"
+    assert config.providers["main"].base_url == "http://127.0.0.1:9/v1"
+    config = parse_config(GOOD, "g.yaml", {"MAIN_KEY": "k", "MAIN_URL": "http://h/v1"})
+    assert config.providers["main"].base_url == "http://h/v1"
+
+
+def test_provider_without_key_is_skipped_with_its_routes(caplog: pytest.LogCaptureFixture) -> None:
+    config = parse_config(GOOD, "g.yaml", {})
+    catalog = build_catalog(config, ModelCatalog.load(default_catalog_path()))
+    assert catalog.routes == {} and catalog.deployments == {}
+    assert "provider main (openai) skipped: no API key configured" in caplog.text
+
+
+def test_catalog_fills_prices_and_config_overrides() -> None:
+    config = parse_config(GOOD, "g.yaml", {"MAIN_KEY": "k"})
+    catalog = build_catalog(config, ModelCatalog.load(default_catalog_path()))
+    deployment = catalog.deployments["main/gpt-4o-mini"]
+    assert deployment.price_source == "catalog"
+    assert deployment.prices.input_per_mtok_usd == pytest.approx(0.15)
+    assert deployment.context_window_tokens == 128000
+    override = GOOD.replace(
+        "model: gpt-4o-mini", "model: gpt-4o-mini\n    input_price_per_mtok_usd: 9"
+    )
+    catalog = build_catalog(parse_config(override, "g", {"MAIN_KEY": "k"}), None)
+    assert catalog.deployments["main/gpt-4o-mini"].prices.input_per_mtok_usd == 9
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("server:\n  port: nope\n", "g.yaml:2: server.port"),
+        (
+            "providers:\n  p:\n    kind: openai\n    timeouts:\n      read_s: x\n",
+            "g.yaml:5: providers.p.timeouts.read_s",
+        ),
+        ("server:\n  prot: 1\n", "g.yaml:2: server.prot: Extra inputs are not permitted"),
+        ("models:\n  - name: a\n    provider: p\n", "g.yaml:2: models.0.model: Field required"),
+        ("a: [1,\n", "invalid YAML"),
+    ],
+    ids=["type", "nested", "unknown-field", "missing-field", "yaml"],
+)
+def test_errors_name_field_and_line(text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "g.yaml", {})
+    assert expected in str(info.value)
+
+
+def test_reference_problems() -> None:
+    text = GOOD.replace("provider: main", "provider: nobody").replace("cheapest", "magic")
+    problems = reference_problems(parse_config(text, "g", {}))
+    assert any("no provider named 'nobody'" in p for p in problems)
+    assert any("unknown policy 'magic'" in p for p in problems)
+    bad_params = GOOD.replace("policy: cheapest", "policy: cheapest\n    params: {speed: 1}")
+    assert any("speed" in p for p in reference_problems(parse_config(bad_params, "g", {})))
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+
+
+def test_check_config_cli(tmp_path: Path) -> None:
+    result = run_cli("check-config", str(default_config_path()))
+    assert result.returncode == 0, result.stderr
+    assert "routes:" in result.stdout and "auto: policy=cheapest" in result.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("server:\n  port: nope\n")
+    result = run_cli("check-config", str(bad))
+    assert result.returncode != 0 and f"{bad}:2: server.port" in result.stderr
+
+
+def test_serve_refuses_a_bad_config(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("routes:\n  - name: x\n    models: [nothing]\n")
+    result = run_cli("serve", "--config", str(bad), "--port", "0")
+    assert result.returncode != 0
+    assert "unknown model or deployment 'nothing'" in result.stderr
+
+
+def test_default_config_loads() -> None:
+    config = load_config(default_config_path())
+    assert config.auth.mode == "open" and config.server.host == "127.0.0.1"
+    assert reference_problems(config) == []
