@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TypeVar
 
 from gateway import attempt as attempts
@@ -109,23 +109,30 @@ class Pipeline:
     ) -> T:
         if not plan.ordered:
             raise NoEligibleDeploymentError(_why_empty(route, plan))
+        self.s.retry_budget.request_started()
+        try:
+            return await self._walk(ctx, route, plan, attempt)
+        finally:
+            self.s.retry_budget.request_ended()
+
+    async def _walk(self, ctx: RequestContext, route: Route, plan: Plan, attempt: Attempt[T]) -> T:
         errors: list[ProviderError] = []
         deadline = ctx.started + self.s.config.server.request_timeout_s
-        ordered = plan.ordered
-        for index, ranked in enumerate(ordered):
+        last = len(plan.ordered) - 1
+        for index, ranked in enumerate(plan.ordered):
             if ctx.attempts >= self.s.config.routing.max_attempts:
                 break
             if index and not self.s.retry_budget.try_acquire():
-                break
+                break  # too many concurrent retries gateway-wide: don't amplify an outage
             d = self.s.catalog.deployments[ranked.candidate.deployment_id]
             try:
-                return await self._attempt(ctx, d, attempt, deadline, index == len(ordered) - 1)
+                return await self._attempt(ctx, d, attempt, deadline, index == last)
             except ProviderError as error:
                 error.deployment_id = d.id
                 errors.append(error)
                 if not error.retryable:
                     raise
-                if index < len(ordered) - 1:
+                if index < last:
                     ctx.fallbacks += 1
                     self.s.metrics.fallbacks.labels(route.name, error.outcome).inc()
             finally:
@@ -147,7 +154,7 @@ class Pipeline:
             ctx.attempts += 1
             started = time.perf_counter()
             try:
-                result = await _within(deadline - started, attempt(d, provider))
+                result = await self._timed(d, deadline - started, attempt(d, provider))
             except ProviderError as error:
                 self._record_failure(d, error, time.perf_counter() - started)
                 if not self._retry_in_place(error, is_last, retries):
@@ -162,6 +169,13 @@ class Pipeline:
             await self.s.limits.deployment_used(d.id, 0)
             self.s.metrics.record_attempt(d.provider, d.id, "ok", ctx.upstream_s)
             return result
+
+    async def _timed(self, d: Deployment, remaining_s: float, work: Awaitable[T]) -> T:
+        self.s.stats.started(d.id)  # the in-flight count least_busy ranks by
+        try:
+            return await _within(remaining_s, work)
+        finally:
+            self.s.stats.ended(d.id)
 
     def _retry_in_place(self, error: ProviderError, is_last: bool, retries: int) -> bool:
         routing = self.s.config.routing
@@ -196,6 +210,8 @@ class Pipeline:
 
 async def _within(remaining_s: float, work: Awaitable[T]) -> T:
     if remaining_s <= 0:
+        if isinstance(work, Coroutine):
+            work.close()  # never started: close it so it is not reported as never awaited
         raise UpstreamTimeoutError("The request deadline passed before this attempt.")
     try:
         async with asyncio.timeout(remaining_s):
