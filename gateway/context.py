@@ -16,7 +16,8 @@ class RequestContext:
     stream: bool = False
     route: str | None = None
     policy: str | None = None
-    deployment_id: str | None = None
+    deployment_id: str | None = None  # the deployment that answered
+    attempt_deployment_id: str | None = None  # the one being tried right now
     provider: str | None = None
     model: str | None = None  # upstream model id of the deployment that answered
     attempts: int = 0

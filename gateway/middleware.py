@@ -42,17 +42,24 @@ class RequestContextMiddleware:
         state = scope.setdefault("state", {})
         state["ctx"] = ctx
         header = (b"x-request-id", ctx.request_id.encode())
+        done = False
 
         async def send_wrapper(message: Message) -> None:
+            nonlocal done
             if message["type"] == "http.response.start":
                 ctx.status = message["status"]
                 headers = [h for h in message.get("headers", ()) if h[0] != b"x-request-id"]
                 message["headers"] = [*headers, header]
             await send(message)
             if message["type"] == "http.response.body" and not message.get("more_body"):
+                done = True
                 _finished(state, ctx)
 
-        await self.app(scope, receive, send_wrapper)
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            if not done:  # the client left mid-response: still one log line and metrics
+                _finished(state, ctx)
 
 
 def _request_id(scope: Scope) -> str:

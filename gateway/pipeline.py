@@ -104,6 +104,17 @@ class Pipeline:
         await self.accountant.settle(ctx, caller, d, usage)
         return response
 
+    async def bill_abandoned(self, prompt_chars: int, caller: Caller, ctx: RequestContext) -> None:
+        """The client left mid-attempt: the prompt was still sent, so it is still billed."""
+        if ctx.attempt_deployment_id is None:
+            await self.s.limits.release(ctx, caller)
+            return
+        d = self.s.catalog.deployments[ctx.attempt_deployment_id]
+        ctx.deployment_id, ctx.provider, ctx.model = d.id, d.provider, d.model
+        ctx.stream_outcome = "client_disconnect"
+        usage = self.accountant.usage_or_estimate(None, prompt_chars, 0)
+        await self.accountant.settle(ctx, caller, d, usage)
+
     async def run_plan(
         self, ctx: RequestContext, route: Route, plan: Plan, attempt: Attempt[T]
     ) -> T:
@@ -152,6 +163,7 @@ class Pipeline:
         retries = 0
         while True:
             ctx.attempts += 1
+            ctx.attempt_deployment_id = d.id
             started = time.perf_counter()
             try:
                 result = await self._timed(d, deadline - started, attempt(d, provider))

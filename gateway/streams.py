@@ -8,10 +8,11 @@ still bills what was produced, marked estimated if the final usage never came.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
+
+import anyio
 
 from gateway.accounting import Accountant
 from gateway.attempt import OpenedStream
@@ -94,8 +95,10 @@ class ChatStream:
     async def _finish(self, outcome: str) -> None:
         ctx = self._ctx
         ctx.stream_outcome = outcome
-        # Shielded: a cancelled (disconnected) request must still close and bill.
-        await asyncio.shield(self._close_and_settle(outcome))
+        # Shielded: a cancelled (disconnected) request must still close and bill. Starlette
+        # cancels through anyio scopes, which re-cancel every await, so shield with anyio.
+        with anyio.CancelScope(shield=True):
+            await self._close_and_settle(outcome)
 
     async def _close_and_settle(self, outcome: str) -> None:
         ctx, d = self._ctx, self._d

@@ -14,12 +14,14 @@ from gateway.api.deps import (
     read_body,
     services_of,
 )
+from gateway.api.disconnect import ClientDisconnectedError, until_disconnect
 from gateway.planning import controls_from_headers
 from gateway.pricing import estimate_tokens
 from gateway.types import ChatRequest
 from gateway.validation import parse_chat_request
 from routers import Plan
 
+CLIENT_CLOSED_REQUEST = 499  # nginx's code: for the access log, the client is gone
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
@@ -36,10 +38,15 @@ async def chat_completions(request: Request) -> Response:
     await services.limits.admit(ctx, caller, *estimate(plan, req))
     try:
         if req.stream:
-            stream = await pipeline.chat_stream(req, route, plan, caller, ctx)
+            stream = await until_disconnect(
+                request, pipeline.chat_stream(req, route, plan, caller, ctx)
+            )
             headers = {**SSE_HEADERS, **ctx.response_headers()}
             return StreamingResponse(stream.body(), media_type="text/event-stream", headers=headers)
-        response = await pipeline.chat(req, route, plan, caller, ctx)
+        response = await until_disconnect(request, pipeline.chat(req, route, plan, caller, ctx))
+    except ClientDisconnectedError:
+        await pipeline.bill_abandoned(req.prompt_chars(), caller, ctx)
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
     except BaseException:
         await services.limits.release(ctx, caller)
         raise

@@ -59,6 +59,7 @@ class FakeServer:
     def __init__(self) -> None:
         self.port = free_port()
         self.received: list[Received] = []
+        self.abandoned = 0  # requests whose caller hung up while we were still working
         self.violations: list[str] = []
         self._script: list[Behaviour] = []
         self._lock = threading.Lock()
@@ -101,6 +102,7 @@ class FakeServer:
             self._script.clear()
             self.received.clear()
             self.violations.clear()
+            self.abandoned = 0
 
     @property
     def calls(self) -> int:
@@ -139,8 +141,10 @@ class FakeServer:
                 assert request.transport is not None
                 request.transport.close()
                 return web.Response(status=500)
-            if behaviour.hang_s:
-                await asyncio.sleep(behaviour.hang_s)
+            if behaviour.hang_s and not await self._sleep_unless_abandoned(
+                request, behaviour.hang_s
+            ):
+                return web.Response(status=499)
             if behaviour.status != 200:
                 payload = (
                     behaviour.body
@@ -152,9 +156,24 @@ class FakeServer:
                 )
             if behaviour.delay_s:
                 await asyncio.sleep(behaviour.delay_s)
-            return await handler(request, self, behaviour, body)
+            try:
+                return await handler(request, self, behaviour, body)
+            except ConnectionResetError:
+                self.abandoned += 1  # the caller hung up mid-answer (mid-stream)
+                raise
 
         return wrapped
+
+    async def _sleep_unless_abandoned(self, request: web.Request, seconds: float) -> bool:
+        """Sleep; False (and counted) if the caller closed the connection meanwhile."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while loop.time() < deadline:
+            if request.transport is None or request.transport.is_closing():
+                self.abandoned += 1
+                return False
+            await asyncio.sleep(0.02)
+        return True
 
     def invalid_body(self, message: str) -> Any:
         return {"error": {"message": message, "type": "invalid_request_error"}}
@@ -173,6 +192,8 @@ async def write_sse(
             return response
         if index and behaviour.chunk_delay_s:
             await asyncio.sleep(behaviour.chunk_delay_s)
+        if request.transport is None or request.transport.is_closing():
+            raise ConnectionResetError("the caller closed the stream")
         await response.write(event)
     await response.write_eof()
     return response

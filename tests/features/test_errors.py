@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -233,3 +235,56 @@ def test_provider_key_never_in_logs_or_responses(
     log = gateway.log_text()
     assert OPENAI_KEY not in log and GATEWAY_KEY not in log
     assert "access" in log  # the access log is there, just without secrets
+
+
+def test_client_disconnect_cancels_upstream_and_still_bills(
+    gateway: GatewayProcess, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.script(Behaviour(hang_s=5))
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up after 0.5 s
+        httpx.post(
+            f"{gateway.base_url}/chat/completions",
+            headers=AUTH,
+            timeout=0.5,
+            json={"model": "gpt-test", "messages": MESSAGES},
+        )
+    deadline = time.monotonic() + 3
+    while fake_openai.abandoned == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert fake_openai.abandoned == 1  # the gateway hung up on the upstream too
+    access = [
+        json.loads(line)
+        for line in gateway.log_text().splitlines()
+        if '"access"' in line and '"status":499' in line
+    ]
+    assert access and access[-1]["usage_estimated"] is True and access[-1]["input_tokens"] > 0
+    assert access[-1]["stream_outcome"] == "client_disconnect"
+
+
+def test_stream_disconnect_cancels_upstream_and_still_bills(
+    gateway: GatewayProcess, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.reply = " ".join(f"w{i}" for i in range(40))
+    fake_openai.script(Behaviour(chunk_delay_s=0.05))
+    body = {"model": "gpt-test", "messages": MESSAGES, "stream": True}
+    try:
+        with httpx.stream(
+            "POST", f"{gateway.base_url}/chat/completions", json=body, headers=AUTH, timeout=5
+        ) as response:
+            lines = response.iter_lines()
+            first = [next(lines) for _ in range(4)]  # some content, then hang up
+    finally:
+        fake_openai.reply = "Hello from the fake OpenAI."
+    assert any("w0" in line for line in first)
+    deadline = time.monotonic() + 3
+    while fake_openai.abandoned == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert fake_openai.abandoned == 1  # the upstream stream was cut, not read to the end
+    time.sleep(0.2)
+    access = [
+        json.loads(line)
+        for line in gateway.log_text().splitlines()
+        if '"access"' in line and '"stream_outcome":"client_disconnect"' in line
+    ]
+    assert access and access[-1]["stream"] is True and access[-1]["usage_estimated"] is True
+    assert access[-1]["output_tokens"] > 0  # what was produced so far is billed
