@@ -101,7 +101,12 @@ def create_app(config: GatewayConfig) -> Starlette:
 
     return Starlette(
         routes=all_routes(),
-        middleware=[Middleware(RequestContextMiddleware)],
+        middleware=[
+            Middleware(
+                RequestContextMiddleware,
+                max_concurrent_requests=config.server.max_concurrent_requests,
+            )
+        ],
         exception_handlers={
             GatewayError: gateway_error_handler,
             HTTPException: http_error_handler,

@@ -114,6 +114,7 @@ class ServerConfig(_Model):
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     max_messages: int = Field(2048, ge=1)
     request_timeout_s: float = Field(300.0, gt=0)
+    max_concurrent_requests: int = Field(4096, ge=1)  # beyond: 503 with retry-after
     access_log: bool = True
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

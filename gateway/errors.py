@@ -127,6 +127,12 @@ class QuotaExceededError(GatewayError):
         return {"x-should-retry": "false"}
 
 
+class GatewayOverloadedError(GatewayError):
+    status_code = 503
+    type = "server_error"
+    code = "gateway_overloaded"
+
+
 class NoEligibleDeploymentError(GatewayError):
     status_code = 503
     type = "server_error"

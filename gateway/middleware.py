@@ -14,7 +14,9 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway import jsonutil
 from gateway.context import RequestContext
+from gateway.errors import GatewayOverloadedError
 
 access_log = logging.getLogger("gateway.access")
 
@@ -31,13 +33,25 @@ def endpoint_label(path: str) -> str:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, max_concurrent_requests: int = 4096) -> None:
         self.app = app
+        self._max_in_flight = max_concurrent_requests
+        self._in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if self._in_flight >= self._max_in_flight:
+            await _overloaded(send)
+            return
+        self._in_flight += 1
+        try:
+            await self._handle(scope, receive, send)
+        finally:
+            self._in_flight -= 1
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         ctx = RequestContext(_request_id(scope), endpoint_label(scope["path"]))
         state = scope.setdefault("state", {})
         state["ctx"] = ctx
@@ -60,6 +74,14 @@ class RequestContextMiddleware:
         finally:
             if not done:  # the client left mid-response: still one log line and metrics
                 _finished(state, ctx)
+
+
+async def _overloaded(send: Send) -> None:
+    """Bounded concurrency (rule 14): a retryable, OpenAI-shaped 503 instead of queueing."""
+    body = jsonutil.dumps(GatewayOverloadedError("The gateway is at capacity.").to_openai_body())
+    headers = [(b"content-type", b"application/json"), (b"retry-after", b"1")]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _request_id(scope: Scope) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable
@@ -288,3 +289,37 @@ def test_stream_disconnect_cancels_upstream_and_still_bills(
     ]
     assert access and access[-1]["stream"] is True and access[-1]["usage_estimated"] is True
     assert access[-1]["output_tokens"] > 0  # what was produced so far is billed
+
+
+def test_concurrency_bound_is_a_retryable_503(
+    start_gateway: Callable[..., GatewayProcess], fake_openai: FakeOpenAI
+) -> None:
+    config = {
+        "server": {"max_concurrent_requests": 2},
+        "auth": {"mode": "keys", "keys": [{"name": "k", "key": GATEWAY_KEY}]},
+        "providers": {
+            "fake": {
+                "kind": "openai",
+                "base_url": f"{fake_openai.base_url}/v1",
+                "api_key": OPENAI_KEY,
+            }
+        },
+        "models": [{"name": "gpt-test", "provider": "fake", "model": "gpt-4o-mini"}],
+    }
+    small = start_gateway(config)
+    fake_openai.script(*[Behaviour(delay_s=0.5)] * 4)
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=5) as client:
+            body = {"model": "gpt-test", "messages": MESSAGES}
+            calls = [
+                client.post(f"{small.base_url}/chat/completions", json=body, headers=AUTH)
+                for _ in range(4)
+            ]
+            return list(await asyncio.gather(*calls))
+
+    statuses = sorted(r.status_code for r in asyncio.run(burst()))
+    assert statuses == [200, 200, 503, 503]
+    rejected = [r for r in asyncio.run(burst()) if r.status_code == 503][0]
+    assert_openai_error(rejected, 503, code="gateway_overloaded")
+    assert rejected.headers["retry-after"] == "1"
