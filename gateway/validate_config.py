@@ -28,6 +28,8 @@ def reference_problems(config: GatewayConfig) -> list[str]:
     for index, model in enumerate(config.models):
         if model.provider not in config.providers:
             problems.append(f"models[{index}].provider: no provider named {model.provider!r}")
+        elif model.mode == "embedding" and config.providers[model.provider].kind == "anthropic":
+            problems.append(f"models[{index}].mode: Anthropic has no embeddings API")
         deployment_id = model.id or f"{model.provider}/{model.model}"
         if deployment_id in seen:
             problems.append(f"models[{index}]: duplicate deployment id {deployment_id!r}")

@@ -8,16 +8,25 @@ from typing import Any
 
 import pytest
 
+from tests.fakes.anthropic_fake import FakeAnthropic
 from tests.fakes.openai_fake import FakeOpenAI
 from tests.gatewayproc import GatewayProcess, RedisServer
 
 GATEWAY_KEY = "gw-test-key-0123456789"
 OPENAI_KEY = "sk-fake-openai-key-CANARY-7d1f"
+ANTHROPIC_KEY = "sk-ant-fake-key-CANARY-3b9e"
 
 
 @pytest.fixture(scope="session")
 def fake_openai() -> Iterator[FakeOpenAI]:
     fake = FakeOpenAI(api_key=OPENAI_KEY).start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_anthropic() -> Iterator[FakeAnthropic]:
+    fake = FakeAnthropic(api_key=ANTHROPIC_KEY).start()
     yield fake
     fake.stop()
 
