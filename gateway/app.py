@@ -21,16 +21,19 @@ from gateway.catalog import build_catalog
 from gateway.catalog_data import ModelCatalog, default_catalog_path
 from gateway.config import ConfigError, GatewayConfig, env_config_path, load_config, multiproc_dir
 from gateway.errors import GatewayError, InvalidRequestError, NotFoundError
+from gateway.key_admin import build_key_admin
 from gateway.keys import KeyStore
-from gateway.limits import Limits
+from gateway.limits import build_limits
 from gateway.logs import configure_logging
 from gateway.metrics import Metrics
+from gateway.metrics_server import start_in_process
 from gateway.middleware import RequestContextMiddleware
 from gateway.pipeline import Pipeline
 from gateway.planning import Planner
 from gateway.providers.registry import build_providers
 from gateway.providers.simulated import SimulatedTransport
 from gateway.redis_client import SharedRedis, make_redis
+from gateway.response_cache import build_response_cache
 from gateway.retry_budget import RetryBudget
 from gateway.services import Services
 from gateway.stats import StatsStore
@@ -56,12 +59,16 @@ def build_services(config: GatewayConfig, registry: CollectorRegistry | None = N
     stats = StatsStore(
         cooldown_failures=config.routing.cooldown_failures, cooldown_s=config.routing.cooldown_s
     )
-    limits = Limits()
     metrics = Metrics(registry or CollectorRegistry(), multiproc_dir())
-    metrics.initialise((d.id, d.provider) for d in catalog.deployments.values())
+    metrics.initialise(
+        ((d.id, d.provider) for d in catalog.deployments.values()),
+        ((k.name, k.team or "none") for k in config.auth.keys),
+    )
     redis = None
     if config.redis is not None:
         redis = SharedRedis(make_redis(config.redis), metrics, config.redis.operation_deadline_s)
+    limits = build_limits(config, redis, metrics, catalog.deployments)
+    keys = KeyStore(config.auth)
     return Services(
         config=config,
         catalog=catalog,
@@ -73,10 +80,12 @@ def build_services(config: GatewayConfig, registry: CollectorRegistry | None = N
             config.routing.retry_budget_ratio, config.routing.retry_budget_min
         ),
         metrics=metrics,
-        keys=KeyStore(config.auth),
+        keys=keys,
         limits=limits,
+        key_admin=build_key_admin(config, keys, redis, metrics),
         request_limits=RequestLimits(max_messages=config.server.max_messages),
         redis=redis,
+        cache=build_response_cache(config, redis, metrics, catalog.deployments),
     )
 
 
@@ -90,11 +99,19 @@ def create_app(config: GatewayConfig) -> Starlette:
             interval_s = config.routing.stats_sync_interval_s
             sync = StatsSync(services.stats, services.redis, interval_s)
             sync.start()
+        services.limits.start()
+        await services.key_admin.start()
+        listener = start_in_process(services)  # only with `metrics.port`
         try:
             yield {"services": services, "pipeline": Pipeline(services)}
         finally:
+            if listener is not None:
+                listener.stop()
+            services.metrics.close()
             if sync is not None:
                 await sync.stop()
+            await services.key_admin.aclose()
+            await services.limits.aclose()
             await services.upstream.aclose()
             if services.redis is not None:
                 await services.redis.aclose()

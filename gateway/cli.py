@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from gateway.config import (
     GatewayConfig,
     default_config_path,
     load_config,
+    multiproc_dir,
     set_worker_environment,
 )
 
@@ -31,8 +31,20 @@ def main(argv: list[str] | None = None) -> int:
     explain = commands.add_parser("explain", help="print the routing plan for a chat body")
     explain.add_argument("--config", type=Path, default=default_config_path())
     explain.add_argument("body", nargs="?", default="-", help="JSON file, or - for stdin")
+    usage = commands.add_parser("usage", help="spend per key, team, route and day (Redis)")
+    usage.add_argument("--config", type=Path, default=default_config_path())
+    usage.add_argument("--day", help="one UTC day, YYYY-MM-DD (default: today)")
+    usage.add_argument("--since", help="first UTC day of a range")
+    usage.add_argument("--until", help="last UTC day of a range (default: today)")
+    usage.add_argument("--by", choices=["key", "team", "route", "day"], help="totals per ...")
+    usage.add_argument("--json", action="store_true", help="the admin endpoint's JSON")
     args = parser.parse_args(argv)
-    handlers = {"serve": _serve, "check-config": _check_config, "explain": _explain}
+    handlers = {
+        "serve": _serve,
+        "check-config": _check_config,
+        "explain": _explain,
+        "usage": _usage,
+    }
     return handlers[args.command](args)
 
 
@@ -56,6 +68,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from gateway.app import create_app
     from gateway.logs import configure_logging
+    from gateway.metrics_server import multiprocess_dir, start_supervisor
 
     config = _load(args.config)
     if config is None:
@@ -74,12 +87,18 @@ def _serve(args: argparse.Namespace) -> int:
         "lifespan": "on",
         "server_header": False,
     }
-    if workers > 1:
-        metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
+    with multiprocess_dir(multiproc_dir(), workers) as metrics_dir:
         set_worker_environment(args.config.resolve(), metrics_dir)
-        uvicorn.run("gateway.app:create_app_from_env", factory=True, workers=workers, **options)
-    else:
-        uvicorn.run(create_app(config), **options)
+        listener = start_supervisor(config.metrics, metrics_dir)  # only with `metrics.port`
+        try:
+            if workers > 1:
+                app = "gateway.app:create_app_from_env"
+                uvicorn.run(app, factory=True, workers=workers, **options)
+            else:
+                uvicorn.run(create_app(config), **options)
+        finally:
+            if listener is not None:
+                listener.stop()
     return 0
 
 
@@ -108,6 +127,15 @@ def _explain(args: argparse.Namespace) -> int:
         return 1
     sys.stdout.write(f"{jsonutil.dumps(result).decode()}\n")
     return 0
+
+
+def _usage(args: argparse.Namespace) -> int:
+    from gateway.usage_report import run_usage
+
+    config = _load(args.config)
+    if config is None:
+        return 2
+    return run_usage(config, args.day, args.since, args.until, args.by, args.json)
 
 
 if __name__ == "__main__":

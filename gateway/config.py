@@ -149,9 +149,29 @@ class RoutingConfig(_Model):
     stats_sync_interval_s: float = Field(1.0, gt=0)  # Redis sharing of stats and cooldowns
 
 
+class RedisFailureConfig(_Model):
+    """What limits do while Redis is unreachable (rule 7)."""
+
+    rate_limits: Literal["open", "closed"] = "open"  # open: serve without counting
+    budgets: Literal["closed", "open"] = "closed"  # closed: refuse keys that have a budget
+    retry_after_s: int = Field(2, ge=1)  # on the 503 a closed rule answers
+
+
+class LimitsConfig(_Model):
+    window_s: float = Field(60.0, gt=0)  # rpm/tpm count over this sliding window
+    on_redis_error: RedisFailureConfig = Field(default_factory=RedisFailureConfig)
+    key_sync_interval_s: float = Field(0.5, gt=0)  # bound on revocation reaching every replica
+    deployment_sync_interval_s: float = Field(0.25, gt=0)  # sharing of deployment rpm/tpm use
+    usage_retention_days: int = Field(400, ge=1)
+    pending_writes_max: int = Field(10_000, ge=1)  # settlements held while Redis is down
+
+
 class MetricsConfig(_Model):
     enabled: bool = True
     token: str | None = None  # when set, /metrics needs `Authorization: Bearer <token>`
+    # When set, /metrics is served only on this port (its own listener), not the main one.
+    port: int | None = Field(None, ge=1, le=65535)
+    host: str = "127.0.0.1"  # bind address of that listener
 
 
 class GatewayConfig(_Model):
@@ -161,6 +181,7 @@ class GatewayConfig(_Model):
     cache: CacheConfig = Field(default_factory=CacheConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
     catalog_path: str | None = None
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     models: list[ModelConfig] = Field(default_factory=list)

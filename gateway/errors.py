@@ -10,6 +10,7 @@
     ├── NotFoundError                 404
     ├── RateLimitedError              429 rate_limit_exceeded (carries retry-after)
     ├── QuotaExceededError            429 insufficient_quota (x-should-retry: false)
+    ├── LimitsUnavailableError        503 limits_unavailable (Redis down, budget fails closed)
     ├── NoEligibleDeploymentError     503 no_eligible_deployment (the plan was empty)
     ├── ProviderError                 what one upstream attempt produced
     │   ├── UpstreamTimeoutError      504 retryable
@@ -25,6 +26,7 @@ pipeline is the only place that acts on it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import ClassVar
 
@@ -113,7 +115,11 @@ class RateLimitedError(GatewayError):
     def headers(self) -> dict[str, str]:
         if self.retry_after_s is None:
             return {}
-        return {"retry-after": str(max(1, round(self.retry_after_s)))}
+        # Rounded up: a client that comes back early is refused again. The SDKs prefer -ms.
+        return {
+            "retry-after": str(max(1, math.ceil(self.retry_after_s))),
+            "retry-after-ms": str(max(1, math.ceil(self.retry_after_s * 1000))),
+        }
 
 
 class QuotaExceededError(GatewayError):
@@ -125,6 +131,22 @@ class QuotaExceededError(GatewayError):
 
     def headers(self) -> dict[str, str]:
         return {"x-should-retry": "false"}
+
+
+class LimitsUnavailableError(GatewayError):
+    """Redis is unreachable and the rule for this key is to refuse (budgets by default)."""
+
+    status_code = 503
+    type = "server_error"
+    code = "limits_unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        # The SDK waits this long and retries at most its max_retries (2): no hammering.
+        return {"retry-after": str(self.retry_after_s)}
 
 
 class GatewayOverloadedError(GatewayError):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -65,8 +66,21 @@ def caller_from_config(spec: KeyConfig) -> Caller:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class RuntimeSecret:
+    """A key created at run time (`gateway.key_admin`), as mirrored from its store."""
+
+    caller: Caller
+    valid_until_s: float | None = None  # wall clock; set on the old secret of a rotation
+
+
 class KeyStore:
-    """Keys from config, by hash. Runtime keys (Redis) extend this in `gateway.admin_keys`."""
+    """Keys by hash: from config, plus a local mirror of the runtime keys.
+
+    `authenticate` never waits on Redis: `gateway.key_admin.KeyAdmin` refreshes the
+    mirror (runtime keys, and config keys revoked at run time) in the background, so
+    a revocation reaches every replica within `limits.key_sync_interval_s`.
+    """
 
     def __init__(self, auth: AuthConfig) -> None:
         self.open = auth.mode == "open"
@@ -74,6 +88,33 @@ class KeyStore:
             hash_key(spec.key): caller_from_config(spec) for spec in auth.keys if spec.key
         }
         self._admin_hashes = {hash_key(k) for k in auth.admin_keys if k}
+        self._runtime: Mapping[str, RuntimeSecret] = {}
+        self._revoked: frozenset[str] = frozenset()  # digests of revoked config keys
+
+    def config_keys(self) -> list[tuple[str, Caller]]:
+        """(digest, caller) of every config key; the digest never leaves the process."""
+        return list(self._by_hash.items())
+
+    def is_revoked(self, digest: str) -> bool:
+        return digest in self._revoked
+
+    def replace_runtime(
+        self, secrets: Mapping[str, RuntimeSecret], revoked_config: frozenset[str]
+    ) -> None:
+        """Swap in a new mirror at once (one assignment each: no partial view)."""
+        self._runtime = secrets
+        self._revoked = revoked_config
+
+    def lookup(self, digest: str) -> Caller | None:
+        caller = self._by_hash.get(digest)
+        if caller is not None:
+            return None if digest in self._revoked else caller
+        secret = self._runtime.get(digest)
+        if secret is None:
+            return None
+        if secret.valid_until_s is not None and time.time() >= secret.valid_until_s:
+            return None
+        return secret.caller
 
     def authenticate(self, authorization: str | None) -> Caller:
         token = bearer_token(authorization)
@@ -84,7 +125,7 @@ class KeyStore:
                 "Missing API key. Send it as 'Authorization: Bearer <gateway key>'."
             )
         digest = hash_key(token)
-        caller = self._by_hash.get(digest)
+        caller = self.lookup(digest)
         if caller is not None:
             return caller
         if digest in self._admin_hashes:
@@ -94,10 +135,14 @@ class KeyStore:
         raise AuthenticationError("Incorrect API key provided.")
 
     def authenticate_admin(self, authorization: str | None) -> Caller:
+        """401 without a valid key, 403 for a valid key that is not an admin key."""
         token = bearer_token(authorization)
-        if token is None or hash_key(token) not in self._admin_hashes:
-            raise AuthenticationError("This endpoint needs an admin key.")
-        return Caller(key_id=hash_key(token)[:12], name="admin", is_admin=True)
+        digest = hash_key(token) if token is not None else ""
+        if digest in self._admin_hashes:
+            return Caller(key_id=digest[:12], name="admin", is_admin=True)
+        if token is not None and self.lookup(digest) is not None:
+            raise PermissionDeniedError("This endpoint needs an admin key.")
+        raise AuthenticationError("This endpoint needs an admin key.")
 
 
 def bearer_token(authorization: str | None) -> str | None:

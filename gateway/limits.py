@@ -1,23 +1,100 @@
-"""Rate limits and budgets per gateway key, and per-deployment quotas.
+"""Rate limits and budgets per gateway key, and per-deployment quotas (rules 7 and 8).
 
-Not enforced yet: keys' `rpm`, `tpm` and `budget_usd` and deployments' `rpm`/`tpm`
-are validated in config, but these hooks are no-ops until the governance work lands
-(issue 7). The pipeline already calls every hook at the right place:
+The pipeline calls these hooks:
 
-- `admit` before any upstream call (check and reserve together),
-- `settle` once the real cost is known (streams included, also on disconnect),
-- `release` when the request failed before anything was billed,
-- `deployment_headroom` when planning (local numbers, no Redis round trip),
+- `admit` before any upstream call: one store call (a Lua script with Redis) checks
+  the key's budget, rpm and tpm and reserves the estimates together, or refuses:
+  budget -> 429 insufficient_quota (x-should-retry: false), rpm/tpm -> 429
+  rate_limit_exceeded with retry-after;
+- `settle` once the real usage and cost are on the context (streams included, and
+  client disconnects): replaces the estimates with the real numbers and adds the
+  usage report row, exactly once per request id, written in the background;
+- `release` when the request failed: gives every reservation back;
+- `deployment_headroom` when planning: local numbers, no Redis round trip;
 - `deployment_used` after each successful upstream call.
+
+`rpm` and `tpm`, of keys and of deployments, count over the sliding `limits.window_s`
+(60 s by default). The estimate reserved at admission is the caller's: the prompt
+estimate plus the expected output on the first planned deployment, and its cost.
+
+Redis unavailable (`limits.on_redis_error`): keys with a budget are refused with a
+503 limits_unavailable and a retry-after (budgets fail closed); other keys are
+served unchecked (rate limits fail open), counted in gateway_limits_fail_open_total;
+SharedRedis logs one warning per outage. Without Redis in the config, the same rules
+run in process memory (`MemoryLimitStore`): exact for one process, per worker with
+several.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from gateway.catalog import Deployment
+from gateway.config import GatewayConfig
 from gateway.context import RequestContext
+from gateway.errors import (
+    GatewayError,
+    LimitsUnavailableError,
+    QuotaExceededError,
+    RateLimitedError,
+)
 from gateway.keys import Caller
+from gateway.limit_scripts import RedisLimitStore
+from gateway.limit_store import (
+    Admission,
+    Decision,
+    LimitStore,
+    MemoryLimitStore,
+    Release,
+    Settlement,
+    UsageRow,
+    budget_period,
+    usage_day,
+)
+from gateway.limit_sync import DeploymentQuotas, PendingWrites
+from gateway.metrics import Metrics
+from gateway.redis_client import RedisUnavailableError, SharedRedis
+
+_MIN_RESERVATION_TTL_S = 120.0
+
+
+@dataclass(slots=True)
+class _Held:
+    ctx: RequestContext  # kept so id(ctx) cannot be reused while the entry lives
+    admission: Admission
+    reserved: bool  # False: admitted while the store was unreachable
+    admitted_at: float
 
 
 class Limits:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        store: LimitStore,
+        quotas: DeploymentQuotas,
+        metrics: Metrics,
+    ) -> None:
+        self._rules = config.limits.on_redis_error
+        self._reservation_ttl_s = reservation_ttl_s(config)
+        self.store = store
+        self._writes = PendingWrites(store, config.limits.pending_writes_max, metrics)
+        self._quotas = quotas
+        self._metrics = metrics
+        self._held: dict[int, _Held] = {}  # by id(ctx); insertion order = admission order
+
+    def start(self) -> None:
+        self._writes.start()
+        self._quotas.start()
+
+    async def aclose(self) -> None:
+        await self._quotas.aclose()
+        await self._writes.aclose()
+
     async def admit(
         self,
         ctx: RequestContext,
@@ -25,17 +102,154 @@ class Limits:
         estimated_tokens: int,
         estimated_cost_usd: float,
     ) -> None:
-        return None
+        admission = new_admission(caller, estimated_tokens, estimated_cost_usd)
+        try:
+            decision = await self.store.admit(admission)
+        except RedisUnavailableError:
+            await self._admit_unchecked(caller, admission)
+            self._hold(ctx, admission, reserved=False)
+            return
+        except asyncio.CancelledError:
+            if self.store.shared:  # the script may have run: give its reservation back
+                self._writes.enqueue(Release(admission))
+            raise
+        if decision.reason is not None:
+            self._metrics.rejections.labels(decision.reason).inc()
+            raise refusal(caller, decision)
+        self._hold(ctx, admission, reserved=True)
+
+    async def _admit_unchecked(self, caller: Caller, admission: Admission) -> None:
+        """The store is unreachable: refuse or serve, per `limits.on_redis_error`."""
+        what = None
+        if caller.budget_usd is not None and self._rules.budgets == "closed":
+            what = "budget"
+        elif (caller.rpm or caller.tpm) and self._rules.rate_limits == "closed":
+            what = "rate limits"
+        if what is None:
+            self._metrics.limits_fail_open.inc()
+            return
+        self._metrics.rejections.labels("limits_unavailable").inc()
+        # The admission may have been applied before the timeout: undo it when Redis is back.
+        await self._writes.submit(Release(admission))
+        raise LimitsUnavailableError(
+            f"The gateway cannot check this key's {what} right now; try again shortly.",
+            retry_after_s=self._rules.retry_after_s,
+        )
+
+    def _hold(self, ctx: RequestContext, admission: Admission, reserved: bool) -> None:
+        now = time.monotonic()
+        # Forget requests that never settled nor released (their store entries expire too).
+        while self._held:
+            key, held = next(iter(self._held.items()))
+            if held.admitted_at > now - self._reservation_ttl_s:
+                break
+            del self._held[key]
+        self._held[id(ctx)] = _Held(ctx, admission, reserved, now)
+
+    def _take(self, ctx: RequestContext) -> _Held | None:
+        held = self._held.get(id(ctx))
+        if held is None or held.ctx is not ctx:
+            return None
+        del self._held[id(ctx)]
+        return held
 
     async def settle(self, ctx: RequestContext, caller: Caller) -> None:
-        return None
+        held = self._take(ctx)
+        usage = ctx.usage
+        input_tokens = usage.prompt_tokens if usage else 0
+        output_tokens = usage.completion_tokens if usage else 0
+        if ctx.deployment_id is not None:
+            self._quotas.used(ctx.deployment_id, 0, input_tokens + output_tokens)
+        settlement = Settlement(
+            admission=held.admission if held else new_admission(caller, 0, 0.0),
+            reserved=held.reserved if held else False,
+            tokens=input_tokens + output_tokens,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cost_usd=ctx.cost_usd or 0.0,
+            route=ctx.route or "unknown",
+            day=usage_day(),
+        )
+        await self._writes.submit(settlement)
 
     async def release(self, ctx: RequestContext, caller: Caller) -> None:
-        return None
+        held = self._take(ctx)
+        if held is not None:
+            await self._writes.submit(Release(held.admission))
 
     def deployment_headroom(self, deployment_id: str) -> tuple[int | None, int | None]:
         """(remaining rpm, remaining tpm) for routing; None = no limit set."""
-        return None, None
+        return self._quotas.headroom(deployment_id)
 
     async def deployment_used(self, deployment_id: str, tokens: int) -> None:
-        return None
+        self._quotas.used(deployment_id, 1, tokens)
+
+    async def usage(self, days: Sequence[str]) -> list[UsageRow]:
+        return await self.store.usage(days)
+
+    async def spend(self, key_id: str, period_kind: str) -> tuple[str, float, float]:
+        """(period id, spent USD, reserved USD) of a key's current budget period."""
+        period, _ = budget_period(period_kind)
+        spent, reserved = await self.store.spend(key_id, period)
+        return period, spent, reserved
+
+
+def new_admission(caller: Caller, tokens: int, cost_usd: float) -> Admission:
+    period, period_ttl_s = budget_period(caller.budget_period, datetime.now(UTC))
+    return Admission(
+        request_id=uuid.uuid4().hex,
+        key_id=caller.key_id,
+        key_name=caller.name,
+        team=caller.team,
+        rpm=caller.rpm,
+        tpm=caller.tpm,
+        budget_usd=caller.budget_usd,
+        period=period,
+        period_ttl_s=period_ttl_s,
+        tokens=max(0, tokens),
+        cost_usd=max(0.0, cost_usd),
+    )
+
+
+def refusal(caller: Caller, decision: Decision) -> GatewayError:
+    if decision.reason == "budget":
+        return QuotaExceededError(
+            f"The budget of key '{caller.name}' ({caller.budget_usd} USD per "
+            f"{caller.budget_period}) is used up."
+        )
+    limit = caller.rpm if decision.reason == "rpm" else caller.tpm
+    unit = "requests" if decision.reason == "rpm" else "tokens"
+    return RateLimitedError(
+        f"Rate limit of key '{caller.name}' reached ({limit} {unit} per window); "
+        f"retry in {decision.retry_after_s:.1f}s.",
+        retry_after_s=decision.retry_after_s,
+    )
+
+
+def reservation_ttl_s(config: GatewayConfig) -> float:
+    """How long a reservation may wait for its settle before it stops holding budget."""
+    return max(_MIN_RESERVATION_TTL_S, 2 * config.server.request_timeout_s)
+
+
+def build_limits(
+    config: GatewayConfig,
+    redis: SharedRedis | None,
+    metrics: Metrics,
+    deployments: Mapping[str, Deployment],
+) -> Limits:
+    window_s = config.limits.window_s
+    redis_store = None
+    store: LimitStore
+    if redis is not None:
+        usage_ttl_s = config.limits.usage_retention_days * 86_400
+        redis_store = RedisLimitStore(redis, window_s, reservation_ttl_s(config), usage_ttl_s)
+        store = redis_store
+    else:
+        store = MemoryLimitStore(window_s, reservation_ttl_s(config))
+    quotas = DeploymentQuotas(
+        {d.id: (d.rpm, d.tpm) for d in deployments.values()},
+        window_s,
+        redis_store,
+        config.limits.deployment_sync_interval_s,
+    )
+    return Limits(config, store, quotas, metrics)

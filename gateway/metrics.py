@@ -1,20 +1,32 @@
 """Every Prometheus metric, declared once, with `record_*` helpers for the pipeline.
 
-Label values are bounded: routes, deployments and providers come from config, and
-anything a client sent that is not in config is reported as "unknown". Never a
-request id, a key or a prompt. With several workers, prometheus_client's
-multiprocess mode is used (PROMETHEUS_MULTIPROC_DIR, set by `gateway serve`).
+Names follow Prometheus's rules: a `gateway_` prefix, base units in the name
+(`_seconds`, `_usd`), `_total` on counters. Label values are bounded: routes,
+deployments, providers and key names come from config, and anything a client sent
+that is not in config is reported as "unknown". Never a request id, a secret or a
+prompt. With several workers, prometheus_client's multiprocess mode is used
+(PROMETHEUS_MULTIPROC_DIR, set by `gateway serve`); each gauge says how the
+per-process values merge (`multiprocess_mode`). README "Metrics" lists them all.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client import multiprocess as prom_multiprocess
 
 from gateway import __version__
 from gateway.context import RequestContext
+from gateway.types import Usage
 
 LATENCY_BUCKETS_S = (
     0.001,
@@ -35,36 +47,74 @@ LATENCY_BUCKETS_S = (
     60.0,
 )
 OVERHEAD_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
-TOKEN_KINDS = ("input", "output", "cached_input")
+# `input` includes `cached_input` and `cache_write_input`; `output` includes `reasoning`.
+TOKEN_KINDS = ("input", "output", "cached_input", "cache_write_input", "reasoning")
 CACHE_RESULTS = ("hit", "miss", "bypass")
+REJECTION_REASONS = ("rpm", "tpm", "budget", "limits_unavailable", "overloaded")
+IN_FLIGHT_ENDPOINTS = ("chat", "embeddings")
+# Per process. Config keys are few; runtime keys could be many, and each label value
+# is a series forever: past this many, spend is reported under key="other".
+MAX_KEY_LABELS = 500
+
+
+def render_multiprocess(path: str) -> bytes:
+    """The merged view of every worker's files (prometheus_client multiprocess mode)."""
+    registry = CollectorRegistry()
+    prom_multiprocess.MultiProcessCollector(  # type: ignore[no-untyped-call]  # untyped lib
+        registry, path=path
+    )
+    return generate_latest(registry)
 
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry, multiproc_dir: str | None = None) -> None:
+        # No `*_created` series: they double the series count, dashboards don't use them,
+        # and multiprocess mode has none, so one worker or several expose the same names.
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped lib
         self.registry = registry
         self._multiproc_dir = multiproc_dir
-        r = registry
-        route = ("endpoint", "route", "deployment", "provider")
+        self._key_pairs: set[tuple[str, str]] = set()
+        self._declare_requests(registry)
+        self._declare_upstream(registry)
+        self._declare_spend(registry)
+        self._declare_health(registry)
+        self._declare_limits(registry)
+        self.build_info.labels(__version__).set(1)
+
+    def _declare_requests(self, r: CollectorRegistry) -> None:
         self.requests = Counter(
             "gateway_requests",
-            "Client requests by outcome.",
-            (*route, "status_class", "cache"),
+            "Client requests by route, deployment that answered, status class and cache result.",
+            ("endpoint", "route", "deployment", "provider", "status_class", "cache"),
             registry=r,
         )
         self.request_duration = Histogram(
             "gateway_request_duration_seconds",
-            "End-to-end request latency.",
+            "End-to-end request latency, to the last byte sent (streams included).",
             ("endpoint", "route", "stream"),
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
         self.overhead = Histogram(
             "gateway_overhead_seconds",
-            "Gateway time outside the upstream call.",
+            "Gateway time outside the upstream call (non-streamed requests).",
             ("endpoint",),
             buckets=OVERHEAD_BUCKETS_S,
             registry=r,
         )
+        self.in_flight = Gauge(
+            "gateway_in_flight_requests",
+            "Chat and embedding requests being served.",
+            ("endpoint",),
+            registry=r,
+            multiprocess_mode="livesum",  # sum over live workers only
+        )
+        self.in_flight_by_endpoint = {e: self.in_flight.labels(e) for e in IN_FLIGHT_ENDPOINTS}
+        self.cache_requests = Counter(
+            "gateway_cache_requests", "Cache lookups by result.", ("result",), registry=r
+        )
+
+    def _declare_upstream(self, r: CollectorRegistry) -> None:
         self.upstream_requests = Counter(
             "gateway_upstream_requests",
             "Upstream attempts by outcome.",
@@ -73,18 +123,29 @@ class Metrics:
         )
         self.upstream_duration = Histogram(
             "gateway_upstream_request_duration_seconds",
-            "Upstream call latency (to last byte).",
+            "Successful upstream attempts: to the whole body, or to the first content of a stream.",
             ("provider", "deployment"),
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
         self.ttft = Histogram(
             "gateway_time_to_first_token_seconds",
-            "Time to first content token, streams.",
+            "Streams: request start to the first content chunk sent.",
             ("provider", "deployment"),
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
+        self.retries = Counter(
+            "gateway_retries", "Retries on the same deployment.", ("deployment",), registry=r
+        )
+        self.fallbacks = Counter(
+            "gateway_fallbacks",
+            "Moves to the next deployment, by the failed attempt's outcome.",
+            ("route", "reason"),
+            registry=r,
+        )
+
+    def _declare_spend(self, r: CollectorRegistry) -> None:
         self.tokens = Counter(
             "gateway_tokens", "Tokens by kind.", ("provider", "deployment", "kind"), registry=r
         )
@@ -97,34 +158,29 @@ class Metrics:
             ("key", "team"),
             registry=r,
         )
-        self.cache_requests = Counter(
-            "gateway_cache_requests", "Cache lookups by result.", ("result",), registry=r
+        self.usage_estimated = Counter(
+            "gateway_usage_estimated_requests",
+            "Requests whose usage was estimated: the provider reported none.",
+            ("provider", "deployment"),
+            registry=r,
         )
         self.cache_saved = Counter(
-            "gateway_cache_saved_usd", "USD not spent thanks to hits.", registry=r
+            "gateway_cache_saved_usd", "USD not spent thanks to cache hits.", registry=r
         )
-        self.retries = Counter(
-            "gateway_retries", "Same-deployment retries.", ("deployment",), registry=r
-        )
-        self.fallbacks = Counter(
-            "gateway_fallbacks", "Moves to the next deployment.", ("route", "reason"), registry=r
-        )
-        self.cooldown = Gauge(
-            "gateway_deployment_cooldown",
-            "1 while a deployment cools down.",
+
+    def _declare_health(self, r: CollectorRegistry) -> None:
+        self.cooldown_until = Gauge(
+            "gateway_deployment_cooldown_until_timestamp_seconds",
+            "Unix time a deployment's cooldown ends; it is cooling down while this is > time().",
             ("deployment",),
             registry=r,
-            multiprocess_mode="max",
-        )
-        self.in_flight = Gauge(
-            "gateway_in_flight_requests",
-            "Requests being served.",
-            ("endpoint",),
-            registry=r,
-            multiprocess_mode="livesum",
+            multiprocess_mode="max",  # the latest deadline in any worker
         )
         self.rejections = Counter(
-            "gateway_rejections", "Requests refused by limits.", ("reason",), registry=r
+            "gateway_rejections",
+            "Requests refused by limits or overload.",
+            ("reason",),
+            registry=r,
         )
         self.redis_errors = Counter(
             "gateway_redis_errors", "Failed Redis operations.", ("operation",), registry=r
@@ -136,26 +192,73 @@ class Metrics:
             registry=r,
             multiprocess_mode="max",
         )
-        self.build_info.labels(__version__).set(1)
 
-    def initialise(self, deployments: Iterable[tuple[str, str]]) -> None:
-        """Known label sets start at zero so dashboards show lines before traffic."""
+    def _declare_limits(self, r: CollectorRegistry) -> None:
+        self.limits_fail_open = Counter(
+            "gateway_limits_fail_open",
+            "Requests admitted without a rate-limit check (Redis unavailable).",
+            registry=r,
+        )
+        self.limit_writes_dropped = Counter(
+            "gateway_limit_writes_dropped",
+            "Settlements dropped because too many waited for Redis.",
+            registry=r,
+        )
+        self.key_labels = Gauge(
+            "gateway_key_labels",
+            "1 per label of a gateway key (join on `key` with gateway_key_cost_usd).",
+            ("key", "label", "value"),
+            registry=r,
+            multiprocess_mode="max",
+        )
+        for reason in REJECTION_REASONS:
+            self.rejections.labels(reason)
+
+    def initialise(
+        self, deployments: Iterable[tuple[str, str]], keys: Iterable[tuple[str, str]] = ()
+    ) -> None:
+        """Known label sets start at zero so dashboards show lines before traffic.
+
+        `deployments` are (id, provider) pairs, `keys` (name, team) pairs.
+        """
         for result in CACHE_RESULTS:
             self.cache_requests.labels(result)
         for deployment_id, provider in deployments:
-            self.cooldown.labels(deployment_id).set(0)
+            self.cooldown_until.labels(deployment_id).set(0)
             for kind in TOKEN_KINDS:
                 self.tokens.labels(provider, deployment_id, kind)
             self.cost.labels(provider, deployment_id)
+            self.usage_estimated.labels(provider, deployment_id)
+            self.retries.labels(deployment_id)
+            self.upstream_requests.labels(provider, deployment_id, "ok")
+        for key, team in keys:
+            self.key_cost.labels(*self._key_pair(key, team))
+
+    @property
+    def multiprocess(self) -> bool:
+        return self._multiproc_dir is not None
 
     def render(self) -> bytes:
         if self._multiproc_dir:
-            registry = CollectorRegistry()
-            prom_multiprocess.MultiProcessCollector(  # type: ignore[no-untyped-call]  # untyped lib
-                registry, path=self._multiproc_dir
-            )
-            return generate_latest(registry)
+            return render_multiprocess(self._multiproc_dir)
         return generate_latest(self.registry)
+
+    def close(self) -> None:
+        """A worker that stops takes its live gauges (in-flight) out of the merged view."""
+        if self._multiproc_dir:
+            prom_multiprocess.mark_process_dead(os.getpid(), self._multiproc_dir)  # type: ignore[no-untyped-call]  # untyped lib
+
+    def in_flight_for(self, endpoint: str) -> Gauge | None:
+        return self.in_flight_by_endpoint.get(endpoint)
+
+    def record_cooldown(self, deployment_id: str, until_s: float) -> None:
+        self.cooldown_until.labels(deployment_id).set(until_s)
+
+    def refresh_cooldowns(self, cooldowns: Iterable[tuple[str, float]]) -> None:
+        """Cooldowns learnt from other replicas (stats sync) show up at the next scrape."""
+        for deployment_id, until_s in cooldowns:
+            if until_s:
+                self.record_cooldown(deployment_id, until_s)
 
     def record_request(self, ctx: RequestContext) -> None:
         status_class = f"{ctx.status // 100}xx"
@@ -180,14 +283,34 @@ class Metrics:
             self.upstream_duration.labels(provider, deployment).observe(duration_s)
 
     def record_usage(self, ctx: RequestContext, key_label: str, team_label: str) -> None:
-        usage, provider, deployment = ctx.usage, ctx.provider or "none", ctx.deployment_id or "none"
-        if usage is not None:
-            self.tokens.labels(provider, deployment, "input").inc(usage.prompt_tokens)
-            self.tokens.labels(provider, deployment, "output").inc(usage.completion_tokens)
-            if usage.cached_tokens:
-                self.tokens.labels(provider, deployment, "cached_input").inc(usage.cached_tokens)
+        provider, deployment = ctx.provider or "none", ctx.deployment_id or "none"
+        if ctx.usage is not None:
+            self._record_tokens(provider, deployment, ctx.usage)
         if ctx.cost_usd:
             self.cost.labels(provider, deployment).inc(ctx.cost_usd)
-            self.key_cost.labels(key_label, team_label).inc(ctx.cost_usd)
+            self.key_cost.labels(*self._key_pair(key_label, team_label)).inc(ctx.cost_usd)
         if ctx.ttft_s is not None and ctx.stream:
             self.ttft.labels(provider, deployment).observe(ctx.ttft_s)
+
+    def _record_tokens(self, provider: str, deployment: str, usage: Usage) -> None:
+        counts = (
+            ("input", usage.prompt_tokens),
+            ("output", usage.completion_tokens),
+            ("cached_input", usage.cached_tokens),
+            ("cache_write_input", usage.cache_write_tokens),
+            ("reasoning", usage.reasoning_tokens),
+        )
+        for kind, count in counts:
+            if count > 0:
+                self.tokens.labels(provider, deployment, kind).inc(count)
+        if usage.estimated:
+            self.usage_estimated.labels(provider, deployment).inc()
+
+    def _key_pair(self, key: str, team: str) -> tuple[str, str]:
+        pair = (key, team)
+        if pair in self._key_pairs:
+            return pair
+        if len(self._key_pairs) >= MAX_KEY_LABELS:
+            return ("other", "other")
+        self._key_pairs.add(pair)
+        return pair

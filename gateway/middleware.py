@@ -8,8 +8,8 @@ the response has been fully sent, streams included.
 from __future__ import annotations
 
 import logging
+import os
 import re
-import uuid
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -43,6 +43,9 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         if self._in_flight >= self._max_in_flight:
+            services = scope.get("state", {}).get("services")
+            if services is not None:
+                services.metrics.rejections.labels("overloaded").inc()
             await _overloaded(send)
             return
         self._in_flight += 1
@@ -69,9 +72,15 @@ class RequestContextMiddleware:
                 done = True
                 _finished(state, ctx)
 
+        services = state.get("services")
+        gauge = services.metrics.in_flight_for(ctx.endpoint) if services is not None else None
+        if gauge is not None:
+            gauge.inc()
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
+            if gauge is not None:
+                gauge.dec()
             if not done:  # the client left mid-response: still one log line and metrics
                 _finished(state, ctx)
 
@@ -91,7 +100,7 @@ def _request_id(scope: Scope) -> str:
             if _SANE_ID.match(candidate):
                 return candidate
             break
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # uuid4().hex's format without building a UUID object
 
 
 def _finished(state: dict[str, Any], ctx: RequestContext) -> None:

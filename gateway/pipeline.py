@@ -217,7 +217,7 @@ class Pipeline:
         elif isinstance(error, UpstreamAuthError):
             cooldown_s = self.s.config.routing.cooldown_s
         if self.s.stats.failure(d.id, cooldown_s=cooldown_s):
-            self.s.metrics.cooldown.labels(d.id).set(1)
+            self.s.metrics.record_cooldown(d.id, self.s.stats.get(d.id).cooldown_until)
 
 
 async def _within(remaining_s: float, work: Awaitable[T]) -> T:

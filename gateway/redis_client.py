@@ -60,9 +60,19 @@ class SharedRedis:
                 result = await call(self.client)
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed(operation, exc)
+            await self._drop_idle_connections()
             raise RedisUnavailableError(operation) from None
         self._succeeded()
         return result
+
+    async def _drop_idle_connections(self) -> None:
+        # The pool does not notice that the server closed an idle socket: every connection
+        # idle when Redis went away would fail once after it came back (one more outage
+        # logged, one more cache pause each). Dropping them at any failure is cheap.
+        try:
+            await self.client.connection_pool.disconnect(inuse_connections=False)
+        except (RedisError, OSError):
+            pass
 
     async def ping(self) -> bool:
         return bool(await self.run("ping", lambda r: r.ping()))

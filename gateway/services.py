@@ -6,12 +6,14 @@ from dataclasses import dataclass
 
 from gateway.catalog import Catalog
 from gateway.config import GatewayConfig
+from gateway.key_admin import KeyAdmin
 from gateway.keys import KeyStore
 from gateway.limits import Limits
 from gateway.metrics import Metrics
 from gateway.planning import Planner
 from gateway.providers.base import Provider
 from gateway.redis_client import SharedRedis
+from gateway.response_cache import ResponseCache
 from gateway.retry_budget import RetryBudget
 from gateway.stats import StatsStore
 from gateway.upstream import Upstream
@@ -30,5 +32,7 @@ class Services:
     metrics: Metrics
     keys: KeyStore
     limits: Limits
+    key_admin: KeyAdmin
     request_limits: RequestLimits
     redis: SharedRedis | None = None
+    cache: ResponseCache | None = None  # None: no route caches

@@ -9,12 +9,17 @@ from typing import Any
 import pytest
 
 from tests.fakes.anthropic_fake import FakeAnthropic
+from tests.fakes.azure_fake import FakeAzure
+from tests.fakes.gemini_fake import FakeGemini
 from tests.fakes.openai_fake import FakeOpenAI
 from tests.gatewayproc import GatewayProcess, RedisServer
 
 GATEWAY_KEY = "gw-test-key-0123456789"
 OPENAI_KEY = "sk-fake-openai-key-CANARY-7d1f"
 ANTHROPIC_KEY = "sk-ant-fake-key-CANARY-3b9e"
+GEMINI_KEY = "AIza-fake-gemini-key-CANARY-5c2a"
+AZURE_KEY = "azure-fake-key-CANARY-8e4b"
+AZURE_DEPLOYMENTS = ("chat-prod", "embed-prod")  # deployments that exist on the fake resource
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +32,20 @@ def fake_openai() -> Iterator[FakeOpenAI]:
 @pytest.fixture(scope="session")
 def fake_anthropic() -> Iterator[FakeAnthropic]:
     fake = FakeAnthropic(api_key=ANTHROPIC_KEY).start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_gemini() -> Iterator[FakeGemini]:
+    fake = FakeGemini(api_key=GEMINI_KEY).start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_azure() -> Iterator[FakeAzure]:
+    fake = FakeAzure(api_key=AZURE_KEY, deployments=AZURE_DEPLOYMENTS).start()
     yield fake
     fake.stop()
 

@@ -1,10 +1,10 @@
-"""POST /v1/chat/completions: authenticate, parse, plan, then JSON or SSE."""
+"""POST /v1/chat/completions: authenticate, parse, cache, plan, then JSON or SSE."""
 
 from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Route as HTTPRoute
 
 from gateway.api.deps import (
     authenticate,
@@ -15,8 +15,12 @@ from gateway.api.deps import (
     services_of,
 )
 from gateway.api.disconnect import ClientDisconnectedError, until_disconnect
-from gateway.planning import controls_from_headers
+from gateway.cache import CacheEntry
+from gateway.catalog import Route
+from gateway.keys import Caller
+from gateway.planning import RequestControls, controls_from_headers
 from gateway.pricing import estimate_tokens
+from gateway.response_cache import CacheLookup, render_hit
 from gateway.types import ChatRequest
 from gateway.validation import parse_chat_request
 from routers import Plan
@@ -26,14 +30,43 @@ SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
 async def chat_completions(request: Request) -> Response:
-    services, pipeline, ctx = services_of(request), pipeline_of(request), context_of(request)
+    services, ctx = services_of(request), context_of(request)
     caller = authenticate(request)
     raw = await read_body(request, services.config.server.max_body_bytes)
     req = parse_chat_request(raw, services.request_limits)
     route = services.catalog.route_for(req.model)
     ctx.route, ctx.stream = route.name, req.stream
     caller.check_route(route.name)
-    plan = pipeline.plan_chat(req, route, controls_from_headers(request.headers))
+    controls = controls_from_headers(request.headers)
+    cache = services.cache
+    lookup = cache.lookup(req, route, caller, controls, ctx) if cache is not None else None
+    if lookup is None:
+        return await complete(request, req, route, controls, caller, None)
+    try:
+        entry = await lookup.find(lambda wait: until_disconnect(request, wait))
+        if entry is not None:
+            return await serve_hit(request, entry, req, caller)
+        return await complete(request, req, route, controls, caller, lookup)
+    except ClientDisconnectedError:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)  # left while waiting: nothing ran
+    except BaseException as error:
+        lookup.fail(error)  # waiters of this request get its upstream error
+        raise
+    finally:
+        lookup.close()
+
+
+async def complete(
+    request: Request,
+    req: ChatRequest,
+    route: Route,
+    controls: RequestControls,
+    caller: Caller,
+    lookup: CacheLookup | None,
+) -> Response:
+    """Plan, admit and call upstream (this request leads, or the cache is not involved)."""
+    services, pipeline, ctx = services_of(request), pipeline_of(request), context_of(request)
+    plan = pipeline.plan_chat(req, route, controls)
     ctx.policy = plan.policy
     await services.limits.admit(ctx, caller, *estimate(plan, req))
     try:
@@ -42,7 +75,8 @@ async def chat_completions(request: Request) -> Response:
                 request, pipeline.chat_stream(req, route, plan, caller, ctx)
             )
             headers = {**SSE_HEADERS, **ctx.response_headers()}
-            return StreamingResponse(stream.body(), media_type="text/event-stream", headers=headers)
+            body = lookup.relay(stream) if lookup is not None else stream.body()
+            return StreamingResponse(body, media_type="text/event-stream", headers=headers)
         response = await until_disconnect(request, pipeline.chat(req, route, plan, caller, ctx))
     except ClientDisconnectedError:
         await pipeline.bill_abandoned(req.prompt_chars(), caller, ctx)
@@ -50,7 +84,27 @@ async def chat_completions(request: Request) -> Response:
     except BaseException:
         await services.limits.release(ctx, caller)
         raise
-    return json_response(response.body, headers=ctx.response_headers())
+    if lookup is None:
+        return json_response(response.body, headers=ctx.response_headers())
+    content = await lookup.store_response(response)
+    return Response(content, media_type="application/json", headers=ctx.response_headers())
+
+
+async def serve_hit(
+    request: Request, entry: CacheEntry, req: ChatRequest, caller: Caller
+) -> Response:
+    """A stored answer, or one an identical request in flight produced: costs nothing."""
+    services, ctx = services_of(request), context_of(request)
+    if caller.rpm is not None:  # a hit counts as a request, but uses no tokens and no budget
+        await services.limits.admit(ctx, caller, 0, 0.0)
+    assert services.cache is not None
+    services.cache.account_hit(entry, ctx)
+    await services.limits.settle(ctx, caller)
+    content = render_hit(entry, req.stream, req.include_usage)
+    if req.stream:
+        headers = {**SSE_HEADERS, **ctx.response_headers()}
+        return Response(content, media_type="text/event-stream", headers=headers)
+    return Response(content, media_type="application/json", headers=ctx.response_headers())
 
 
 def estimate(plan: Plan, req: ChatRequest) -> tuple[int, float]:
@@ -62,4 +116,4 @@ def estimate(plan: Plan, req: ChatRequest) -> tuple[int, float]:
     return tokens, float(breakdown.get("expected_cost_usd", 0.0))
 
 
-routes = [Route("/v1/chat/completions", chat_completions, methods=["POST"])]
+routes = [HTTPRoute("/v1/chat/completions", chat_completions, methods=["POST"])]

@@ -15,7 +15,9 @@ from gateway.api.deps import (
     services_of,
 )
 from gateway.planning import controls_from_headers, route_request
+from gateway.pricing import estimate_tokens
 from gateway.validation import parse_embedding_request
+from routers import Plan
 
 
 async def create_embeddings(request: Request) -> Response:
@@ -33,8 +35,22 @@ async def create_embeddings(request: Request) -> Response:
         route, route_request(chars, None, needs, controls), controls.policy
     )
     ctx.policy = plan.policy
-    response = await pipeline.embeddings(req, route, plan, caller, ctx)
+    await services.limits.admit(ctx, caller, *estimate(plan, chars))
+    try:
+        response = await pipeline.embeddings(req, route, plan, caller, ctx)
+    except BaseException:
+        await services.limits.release(ctx, caller)
+        raise
     return json_response(response.body, headers=ctx.response_headers())
+
+
+def estimate(plan: Plan, input_chars: int) -> tuple[int, float]:
+    """(tokens, USD) on the first planned deployment; embeddings produce no output tokens."""
+    if not plan.ordered:
+        return 0, 0.0
+    candidate = plan.ordered[0].candidate
+    tokens = estimate_tokens(input_chars)
+    return tokens, tokens * candidate.input_price_per_mtok_usd / 1e6
 
 
 routes = [Route("/v1/embeddings", create_embeddings, methods=["POST"])]

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import hmac
-
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from gateway.api.deps import json_response, services_of
-from gateway.errors import AuthenticationError
-from gateway.keys import bearer_token
+from gateway.errors import AuthenticationError, NotFoundError
+from gateway.metrics_server import CONTENT_TYPE, scrape, token_ok
 
 
 async def healthz(request: Request) -> Response:
@@ -34,14 +32,12 @@ async def readyz(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     services = services_of(request)
-    token = services.config.metrics.token
-    if token:
-        given = bearer_token(request.headers.get("authorization")) or ""
-        if not hmac.compare_digest(given.encode(), token.encode()):
-            raise AuthenticationError("The metrics endpoint needs its bearer token.")
-    return Response(
-        services.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
-    )
+    config = services.config.metrics
+    if not config.enabled or config.port is not None:  # off, or on its own listener
+        raise NotFoundError(f"Unknown path: {request.url.path}")
+    if not token_ok(config.token, request.headers.get("authorization")):
+        raise AuthenticationError("The metrics endpoint needs its bearer token.")
+    return Response(scrape(services), media_type=CONTENT_TYPE)
 
 
 routes = [

@@ -29,6 +29,7 @@ class FakeOpenAI(FakeServer):
         self.reply = "Hello from the fake OpenAI."
         self.prompt_tokens = 11
         self.completion_tokens = 7
+        self.cached_tokens = 0  # > 0: usage reports prompt_tokens_details.cached_tokens
 
     def routes(self) -> list[tuple[str, str, Handler]]:
         return [
@@ -47,12 +48,15 @@ class FakeOpenAI(FakeServer):
             return problems + ([] if body.get("input") else ["input missing"])
         return problems + _chat_problems(body)
 
-    def usage(self) -> dict[str, int]:
-        return {
+    def usage(self) -> dict[str, Any]:
+        usage: dict[str, Any] = {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
         }
+        if self.cached_tokens:
+            usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        return usage
 
 
 def _chat_problems(body: dict[str, Any]) -> list[str]:

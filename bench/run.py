@@ -1,0 +1,380 @@
+"""Benchmark: the gateway against a fast local upstream, with the upstream as the baseline.
+
+    .venv/bin/python -m bench.run [--scenarios chat realistic stream] [--duration-s 10]
+                                  [--compare-url http://127.0.0.1:4000/v1 --compare-key K]
+
+Starts nginx as a fixed-answer OpenAI upstream, then per scenario the gateway as a
+real process (`python -m gateway serve`) with a generated config, probes every target
+once, and drives wrk at each concurrency against the upstream directly, through the
+gateway and (optionally) through another OpenAI-compatible gateway. Prints a table
+and writes a JSON result file under bench/results/. Every process it started is
+stopped on the way out, whatever happens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from bench import gateway as gw
+from bench.nginx import CHAT_PATH, Upstream, nginx_binary, start_nginx
+from bench.probe import probe
+from bench.procs import CpuMeter, ProcessGroup, tree_cpu_s
+from bench.profile import profiled_module, profiler_available, summarise
+from bench.report import Run, ScenarioResult, describe_machine, machine, table, write_json
+from bench.scenarios import DEFAULT_SCENARIOS, SCENARIOS, Pacing, Scenario
+from bench.slow_upstream import start_paced
+from bench.wrk import chat_body, lua_script, run_wrk, wrk_binary
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    name: str  # direct | gateway | compare
+    url: str
+    api_key: str | None
+    body: str
+
+
+@dataclass
+class Bench:
+    """Everything shared by the scenarios of one run."""
+
+    args: argparse.Namespace
+    workdir: Path
+    group: ProcessGroup
+    upstream: Upstream  # nginx
+    redis_url: str | None
+    direct_cache: dict[tuple[str, int], Run]
+    paced: dict[Pacing, Upstream]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--scenarios", nargs="+", choices=sorted(SCENARIOS), default=list(DEFAULT_SCENARIOS)
+    )
+    parser.add_argument("--duration-s", type=int, default=10, help="seconds per measured run")
+    parser.add_argument("--warmup-s", type=int, default=1, help="unmeasured run first; 0: none")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--workers", type=int, default=1, help="gateway worker processes")
+    parser.add_argument("--wrk-threads", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=1, help="measured runs each; best kept")
+    parser.add_argument("--compare-url", help="another gateway's base URL, e.g. http://h:p/v1")
+    parser.add_argument("--compare-key", help="bearer key for --compare-url")
+    parser.add_argument(
+        "--compare-model",
+        default=gw.MODEL,
+        help="model for --compare-url, routed to http://127.0.0.1:<upstream-port>/v1",
+    )
+    parser.add_argument(
+        "--compare-stream-model",
+        default=gw.STREAM_MODEL,
+        help="model for --compare-url in stream scenarios, routed to .../sse/v1",
+    )
+    parser.add_argument(
+        "--upstream-port", type=int, help="fixed nginx port (to point a compared gateway at it)"
+    )
+    parser.add_argument(
+        "--gateway-src",
+        type=Path,
+        default=gw.REPO,
+        help="run the gateway from this source tree (e.g. an unpacked `git archive`)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="after measuring, profile a gateway under the highest load (pyinstrument)",
+    )
+    parser.add_argument("--output", type=Path, help="JSON result file (default bench/results/)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    missing = [n for n, found in (("nginx", nginx_binary()), ("wrk", wrk_binary())) if not found]
+    if missing:
+        print(f"missing: {', '.join(missing)} (apt-get install nginx-light wrk)", file=sys.stderr)
+        return 2
+    info = machine(args.gateway_src)
+    print(_settings_line(args))
+    print(describe_machine(info), flush=True)
+    results: list[ScenarioResult] = []
+    error: BaseException | None = None
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        # The pid in the name tells this run's processes from another run's.
+        with tempfile.TemporaryDirectory(prefix=f"gateway-bench-{os.getpid()}-") as tmp:
+            _run_all(args, Path(tmp), results)
+    except (Exception, KeyboardInterrupt) as exc:
+        error = exc
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print()
+    print(table(results))
+    output = args.output or RESULTS_DIR / f"{datetime.now():%Y%m%d-%H%M%S}.json"
+    write_json(output, info, _settings(args), results)
+    print(f"\nresults: {output}")
+    if error is not None:
+        print(f"benchmark aborted: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _run_all(args: argparse.Namespace, workdir: Path, results: list[ScenarioResult]) -> None:
+    group = ProcessGroup()
+    try:
+        upstream = start_nginx(group, workdir, gw.MODEL, args.upstream_port)
+        redis_url = None
+        realistic = any(SCENARIOS[n].variant == "realistic" for n in args.scenarios)
+        if realistic and gw.redis_binary() is not None:
+            redis_url = gw.start_redis(group, workdir)
+        bench = Bench(args, workdir, group, upstream, redis_url, {}, {})
+        for name in args.scenarios:
+            scenario = SCENARIOS[name]
+            result = ScenarioResult(scenario.name, scenario.description, scenario.stream)
+            result.stream_s = scenario.pacing.stream_s if scenario.pacing else None
+            results.append(result)
+            _run_scenario(bench, scenario, result)
+    finally:
+        group.close()
+
+
+def _upstream_for(bench: Bench, scenario: Scenario) -> Upstream:
+    pacing = scenario.pacing
+    if pacing is None:
+        return bench.upstream
+    if pacing not in bench.paced:
+        bench.paced[pacing] = start_paced(
+            bench.group, bench.workdir, pacing.ttft_ms, pacing.chunks, pacing.interval_ms
+        )
+    return bench.paced[pacing]
+
+
+def _run_scenario(bench: Bench, scenario: Scenario, result: ScenarioResult) -> None:
+    up = _upstream_for(bench, scenario)
+    if scenario.variant == "minimal":
+        config = gw.minimal_config(up)
+        model, key = (gw.STREAM_MODEL if scenario.stream else gw.MODEL), None
+    else:
+        config = gw.realistic_config(up, bench.redis_url)
+        model, key = gw.ROUTE, gw.BENCH_KEY
+        if bench.redis_url is None:
+            result.problems.append("redis-server absent: ran without Redis")
+    args = bench.args
+    server = gw.start_gateway(
+        bench.group, bench.workdir, scenario.name, config, args.workers, args.gateway_src.resolve()
+    )
+    try:
+        targets = _targets(bench, scenario, up, server.url, model, key, result)
+        result.rest_memory = server.memory()
+        for connections in scenario.connections or args.concurrency:
+            for target in targets:
+                cpu_pid = server.pid if target.name == "gateway" else None
+                result.runs.append(_measure(bench, scenario, target, connections, cpu_pid))
+        result.peak_memory = server.memory()
+        time.sleep(1.0)  # let in-flight work drain before the "after load" reading
+        result.after_memory = server.memory()
+        if args.profile:
+            result.profile = _profile(bench, scenario, config, targets[1])
+    finally:
+        bench.group.stop_pid(server.pid)
+
+
+def _targets(
+    bench: Bench,
+    scenario: Scenario,
+    upstream: Upstream,
+    gateway_url: str,
+    model: str,
+    key: str | None,
+    result: ScenarioResult,
+) -> list[Target]:
+    unique, stream = scenario.unique_bodies, scenario.stream
+    base = upstream.stream_base_url if stream else upstream.base_url
+    targets = [
+        Target(
+            "direct",
+            base + "/chat/completions",
+            None,
+            chat_body(model, stream=stream, unique=unique),
+        ),
+        Target(
+            "gateway", gateway_url + CHAT_PATH, key, chat_body(model, stream=stream, unique=unique)
+        ),
+    ]
+    for target in targets:
+        problem = probe(target.url, target.body, target.api_key, stream=stream)
+        if problem is not None:
+            raise RuntimeError(f"{target.name} answered wrongly: {problem}")
+    args = bench.args
+    if args.compare_url and scenario.pacing is not None:
+        result.problems.append("compare target skipped: the paced upstream's port is private")
+    elif args.compare_url:
+        compare_model = args.compare_stream_model if stream else args.compare_model
+        body = chat_body(compare_model, stream=stream, unique=unique)
+        compare = Target(
+            "compare", args.compare_url.rstrip("/") + "/chat/completions", args.compare_key, body
+        )
+        problem = probe(compare.url, compare.body, compare.api_key, stream=stream)
+        if problem is None:
+            targets.append(compare)
+        else:
+            result.problems.append(f"compare target skipped: {problem}")
+    return targets
+
+
+def _measure(
+    bench: Bench, scenario: Scenario, target: Target, connections: int, cpu_pid: int | None
+) -> Run:
+    """Warm up, then the best of `--repeat` measured runs (highest throughput).
+
+    With `cpu_pid`, the run also records that process tree's CPU time per request: a
+    figure other processes on the machine barely move, unlike latency and throughput.
+    """
+    upstream_load = (
+        scenario.stream,
+        scenario.unique_bodies,
+        scenario.count_events,
+        scenario.pacing,
+    )
+    cache_key = (repr(upstream_load), connections)
+    if target.name == "direct" and cache_key in bench.direct_cache:
+        return bench.direct_cache[cache_key]  # the same upstream load: measured once per run
+    args = bench.args
+    duration_s, warmup_s = _durations(args, scenario)
+    if warmup_s > 0:
+        run_wrk(
+            target.url,
+            _script(bench, scenario, target),
+            connections=connections,
+            duration_s=warmup_s,
+            threads=args.wrk_threads,
+        )
+    best: Run | None = None
+    for _ in range(max(1, args.repeat)):
+        meter = CpuMeter()
+        cpu_before_s = tree_cpu_s(cpu_pid) if cpu_pid else 0.0
+        load, _ = run_wrk(
+            target.url,
+            _script(bench, scenario, target),
+            connections=connections,
+            duration_s=duration_s,
+            threads=args.wrk_threads,
+        )
+        run = Run(target.name, target.url, load, meter.foreign_cores())
+        if cpu_pid and load.requests:
+            run.cpu_us_per_request = (tree_cpu_s(cpu_pid) - cpu_before_s) * 1e6 / load.requests
+        if best is None or run.load.rps > best.load.rps:
+            best = run
+    assert best is not None
+    load = best.load
+    print(
+        f"  {scenario.name:<10} {target.name:<8} c={connections:<4} {load.rps:>9.0f} req/s  "
+        f"p50 {load.p50_ms:.3f} ms  p99 {load.p99_ms:.3f} ms  errors {load.errors}  "
+        f"busy {best.foreign_cores:.2f}"
+        + (
+            f"  gateway cpu {best.cpu_us_per_request:.0f} us/req" if best.cpu_us_per_request else ""
+        ),
+        flush=True,
+    )
+    if target.name == "direct":
+        bench.direct_cache[cache_key] = best
+    return best
+
+
+def _script(bench: Bench, scenario: Scenario, target: Target) -> Path:
+    """A fresh wrk script per run: its own nonce keeps unique bodies unique across runs."""
+    script = bench.workdir / f"{scenario.name}-{target.name}.lua"
+    text = lua_script(
+        target.body,
+        target.api_key,
+        unique=scenario.unique_bodies,
+        count_events=scenario.count_events,
+        nonce=f"r{time.time_ns()}",
+    )
+    script.write_text(text)
+    return script
+
+
+def _durations(args: argparse.Namespace, scenario: Scenario) -> tuple[int, int]:
+    """(measured, warm-up) seconds; paced streams get several whole streams at least."""
+    duration_s, warmup_s = args.duration_s, args.warmup_s
+    if scenario.pacing is not None:
+        duration_s = max(duration_s, math.ceil(5 * scenario.pacing.stream_s))
+        warmup_s = max(warmup_s, math.ceil(scenario.pacing.stream_s)) if warmup_s else 0
+    return duration_s, warmup_s
+
+
+def _profile(bench: Bench, scenario: Scenario, config: dict[str, Any], target: Target) -> list[str]:
+    """The same config and load on a second gateway run under pyinstrument (not measured)."""
+    if not profiler_available():
+        return ["profile skipped: pyinstrument is not installed (pip install -e '.[bench]')"]
+    args = bench.args
+    session = bench.workdir / f"profile-{scenario.name}.pyisession"
+    server = gw.start_gateway(
+        bench.group,
+        bench.workdir,
+        f"{scenario.name}-profiled",
+        config,
+        1,
+        args.gateway_src.resolve(),
+        tuple(profiled_module(session)),
+    )
+    duration_s, _ = _durations(args, scenario)
+    try:
+        run_wrk(
+            server.url + CHAT_PATH,
+            _script(bench, scenario, target),
+            connections=max(scenario.connections or args.concurrency),
+            duration_s=duration_s,
+            threads=args.wrk_threads,
+        )
+    finally:
+        bench.group.stop_pid(server.pid)  # SIGINT: pyinstrument writes the session
+    if not session.exists():
+        return [f"profile failed: no session written; see {server.log_path.name}"]
+    # The session itself (tens of MB) goes with the temp dir; the summary is kept.
+    return summarise(session, args.gateway_src)
+
+
+def _settings(args: argparse.Namespace) -> dict[str, object]:
+    return {
+        "scenarios": args.scenarios,
+        "duration_s": args.duration_s,
+        "warmup_s": args.warmup_s,
+        "concurrency": args.concurrency,
+        "workers": args.workers,
+        "wrk_threads": args.wrk_threads,
+        "repeat": args.repeat,
+        "compare_url": args.compare_url,
+        "gateway_src": str(args.gateway_src),
+        "started_at": datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+def _settings_line(args: argparse.Namespace) -> str:
+    return (
+        f"gateway benchmark: scenarios {', '.join(args.scenarios)}; {args.duration_s} s per run "
+        f"(+{args.warmup_s} s warm-up); concurrency {args.concurrency}; "
+        f"{args.workers} gateway worker(s); wrk {args.wrk_threads} thread(s)"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""Response cache storage: the entry format and two backends behind one protocol.
+
+- `MemoryCache`: in-process LRU bounded in bytes, with per-entry TTL (the embedded
+  default when no Redis is configured; one per worker process).
+- `RedisCache`: the shared Redis pool (`SharedRedis`: short timeouts, no retries, an
+  overall deadline, outage logged once and counted as redis_errors{operation="cache"}).
+  It fails open: an error is a miss or a dropped write, never a failed request. After
+  a failure it stops asking Redis for `probe_interval_s`, then lets one call probe, so
+  a frozen Redis costs one timeout per interval, not one per request.
+
+An entry is stored as bytes: one JSON line of metadata (who produced it, its usage),
+then the `chat.completion` JSON exactly as a non-streaming client receives it, so a
+hit is served without re-encoding and without any validation layer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from gateway import jsonutil
+from gateway.errors import GatewayError
+from gateway.redis_client import RedisUnavailableError, SharedRedis
+from gateway.types import Usage
+
+_PURGE_BATCH = 500
+
+
+class CacheUnavailableError(GatewayError):
+    """The cache backend could not be reached for an admin operation."""
+
+    status_code = 503
+    code = "cache_unavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class CacheEntry:
+    deployment_id: str  # the deployment that produced the answer (prices the saving)
+    usage: Usage  # what the answer cost to produce
+    body: bytes  # the chat.completion JSON
+
+    def encode(self) -> bytes:
+        u = self.usage
+        meta = {
+            "deployment_id": self.deployment_id,
+            "usage": [
+                u.prompt_tokens,
+                u.completion_tokens,
+                u.cached_tokens,
+                u.cache_write_tokens,
+                u.reasoning_tokens,
+                u.estimated,
+            ],
+        }
+        return jsonutil.dumps(meta) + b"\n" + self.body  # orjson never emits a raw newline
+
+    @classmethod
+    def decode(cls, data: bytes) -> CacheEntry | None:
+        """None for anything that is not a well-formed entry (treated as a miss)."""
+        meta_raw, newline, body = data.partition(b"\n")
+        try:
+            meta = jsonutil.loads(meta_raw)
+            prompt, completion, cached, written, reasoning, estimated = meta["usage"]
+            usage = Usage(prompt, completion, cached, written, reasoning, bool(estimated))
+            deployment_id = str(meta["deployment_id"])
+        except (jsonutil.JSONDecodeError, KeyError, TypeError, ValueError):
+            return None
+        if not newline or not body:
+            return None
+        return cls(deployment_id, usage, body)
+
+
+class Cache(Protocol):
+    async def get(self, key: str) -> bytes | None:
+        """The stored value, or None (missing, expired, or the backend failed)."""
+        ...
+
+    async def set(self, key: str, value: bytes, ttl_s: int) -> None:
+        """Store; a failure is dropped (fail open), never raised."""
+        ...
+
+    async def purge(self, prefix: str) -> int:
+        """Delete every key starting with `prefix`; raises CacheUnavailableError."""
+        ...
+
+
+class MemoryCache:
+    """LRU over (key -> value, expiry); evicts the least recently used past max_bytes."""
+
+    def __init__(self, max_bytes: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_bytes = max_bytes
+        self.size_bytes = 0
+        self._clock = clock
+        self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def get(self, key: str) -> bytes | None:
+        item = self._entries.get(key)
+        if item is None:
+            return None
+        value, expires_at = item
+        if expires_at <= self._clock():
+            self._remove(key)
+            return None
+        self._entries.move_to_end(key)
+        return value
+
+    async def set(self, key: str, value: bytes, ttl_s: int) -> None:
+        size = _size(key, value)
+        if size > self.max_bytes:
+            return
+        if key in self._entries:
+            self._remove(key)
+        self._entries[key] = (value, self._clock() + ttl_s)
+        self.size_bytes += size
+        while self.size_bytes > self.max_bytes:
+            oldest = next(iter(self._entries))
+            self._remove(oldest)
+
+    async def purge(self, prefix: str) -> int:
+        doomed = [k for k in self._entries if k.startswith(prefix)]
+        for key in doomed:
+            self._remove(key)
+        return len(doomed)
+
+    def _remove(self, key: str) -> None:
+        value, _ = self._entries.pop(key)
+        self.size_bytes -= _size(key, value)
+
+
+def _size(key: str, value: bytes) -> int:
+    return len(key) + len(value)
+
+
+class RedisCache:
+    """Entries as plain Redis strings with EX; fail open with a probe interval."""
+
+    def __init__(self, redis: SharedRedis, probe_interval_s: float = 1.0) -> None:
+        self._redis = redis
+        self._probe_interval_s = probe_interval_s
+        self._down = False
+        self._retry_at = 0.0
+
+    async def get(self, key: str) -> bytes | None:
+        value = await self._call(lambda r: r.get(key))
+        return value if isinstance(value, bytes) else None
+
+    async def set(self, key: str, value: bytes, ttl_s: int) -> None:
+        await self._call(lambda r: r.set(key, value, ex=ttl_s))
+
+    async def purge(self, prefix: str) -> int:
+        cursor, removed = 0, 0
+        while True:
+            cursor, keys = await self._or_unavailable(_scan(cursor, prefix))
+            if keys:
+                removed += int(await self._or_unavailable(_unlink(keys)))
+            if cursor == 0:
+                return removed
+
+    async def _call(self, call: Callable[[Any], Any]) -> Any:
+        if not self._may_try():
+            return None
+        try:
+            result = await self._redis.run_or_raise("cache", call)
+        except RedisUnavailableError:
+            self._down, self._retry_at = True, time.monotonic() + self._probe_interval_s
+            return None
+        self._down = False
+        return result
+
+    def _may_try(self) -> bool:
+        now = time.monotonic()
+        if now < self._retry_at:
+            return False
+        if self._down:
+            self._retry_at = now + self._probe_interval_s  # this call is the one probe
+        return True
+
+    async def _or_unavailable(self, call: Callable[[Any], Any]) -> Any:
+        try:
+            return await self._redis.run_or_raise("cache", call)
+        except RedisUnavailableError:
+            raise CacheUnavailableError("The cache backend (Redis) is unreachable.") from None
+
+
+def _scan(cursor: int, prefix: str) -> Callable[[Any], Any]:
+    return lambda r: r.scan(cursor, match=prefix + "*", count=_PURGE_BATCH)
+
+
+def _unlink(keys: list[bytes]) -> Callable[[Any], Any]:
+    return lambda r: r.unlink(*keys)

@@ -1,0 +1,118 @@
+"""The in-memory backend (LRU in bytes, TTL), the entry format and the single flight."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gateway.cache import CacheEntry, MemoryCache
+from gateway.coalesce import SingleFlight
+from gateway.types import Usage
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now_s = 100.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+def run(coro: object) -> object:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def test_entry_round_trip_and_garbage() -> None:
+    entry = CacheEntry("fake/gpt", Usage(11, 7, 3, 1, 2, estimated=True), b'{"id":"x"}')
+    assert CacheEntry.decode(entry.encode()) == entry
+    for garbage in (b"", b"not json\n{}", b'{"deployment_id":"d"}\n{}', entry.encode()[:20]):
+        assert CacheEntry.decode(garbage) is None
+
+
+def test_memory_cache_expires_entries() -> None:
+    async def scenario() -> None:
+        clock = Clock()
+        cache = MemoryCache(1000, clock)
+        await cache.set("k", b"v", ttl_s=1)
+        assert await cache.get("k") == b"v"
+        clock.now_s += 1.0
+        assert await cache.get("k") is None
+        assert len(cache) == 0 and cache.size_bytes == 0
+
+    run(scenario())
+
+
+def test_memory_cache_evicts_least_recently_used_within_bytes() -> None:
+    async def scenario() -> None:
+        cache = MemoryCache(max_bytes=30, clock=Clock())
+        await cache.set("a", b"x" * 9, 60)  # 10 bytes with its key
+        await cache.set("b", b"x" * 9, 60)
+        await cache.set("c", b"x" * 9, 60)
+        assert await cache.get("a") is not None  # a is now the most recently used
+        await cache.set("d", b"x" * 9, 60)
+        assert await cache.get("b") is None  # b was the least recently used
+        assert {k for k in "acd" if await cache.get(k)} == {"a", "c", "d"}
+        assert cache.size_bytes == 30
+        await cache.set("big", b"x" * 40, 60)  # larger than the whole cache: not stored
+        assert await cache.get("big") is None and cache.size_bytes == 30
+        await cache.set("a", b"y" * 4, 60)  # replacing frees the old size
+        assert cache.size_bytes == 25
+
+    run(scenario())
+
+
+def test_memory_cache_purge_by_prefix() -> None:
+    async def scenario() -> None:
+        cache = MemoryCache(1000, Clock())
+        for key in ("p:t1:a", "p:t1:b", "p:t2:a"):
+            await cache.set(key, b"v", 60)
+        assert await cache.purge("p:t1:") == 2
+        assert await cache.get("p:t2:a") == b"v"
+        assert await cache.purge("p:") == 1 and len(cache) == 0
+
+    run(scenario())
+
+
+def test_single_flight_one_leader_many_waiters() -> None:
+    async def scenario() -> None:
+        flights: SingleFlight[str] = SingleFlight(max_waiters=2)
+        flight, leader = flights.join("k")
+        assert flight is not None and leader
+        waiting = []
+        for _ in range(2):
+            joined, is_leader = flights.join("k")
+            assert joined is flight and not is_leader
+            waiting.append(asyncio.ensure_future(joined.wait(5)))
+        await asyncio.sleep(0)
+        assert flights.join("k") == (None, False)  # full: the caller goes on its own
+        flights.finish("k", flight, "answer")
+        assert await asyncio.gather(*waiting) == ["answer", "answer"]
+        assert len(flights) == 0
+        again, leads = flights.join("k")  # a finished flight is forgotten
+        assert again is not flight and leads
+
+    run(scenario())
+
+
+def test_abandoned_flight_lets_a_waiter_lead_and_cancelled_waiters_leave() -> None:
+    async def scenario() -> None:
+        flights: SingleFlight[str] = SingleFlight()
+        flight, _ = flights.join("k")
+        assert flight is not None
+        stays = asyncio.ensure_future(flight.wait(5))
+        leaves = asyncio.ensure_future(flight.wait(5))
+        await asyncio.sleep(0)
+        leaves.cancel()
+        await asyncio.gather(leaves, return_exceptions=True)
+        assert not flight.done and flight.waiters == 1  # a cancelled waiter cancels nothing
+        flights.finish("k", flight, None)
+        assert await stays is None
+        second, leads = flights.join("k")
+        assert second is not None and second is not flight and leads
+        third, leads = flights.join("k")
+        assert third is second and not leads
+        with pytest.raises(TimeoutError):
+            await third.wait(0.01)  # a waiter's wait is bounded
+
+    run(scenario())

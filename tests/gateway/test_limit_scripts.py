@@ -1,0 +1,328 @@
+"""The limit rules, run against a real redis-server (Lua) and the in-memory store alike:
+both must decide every case the same way."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from gateway.config import RedisConfig
+from gateway.limit_scripts import RedisLimitStore
+from gateway.limit_store import (
+    Admission,
+    LimitStore,
+    MemoryLimitStore,
+    Release,
+    Settlement,
+    budget_period,
+)
+from gateway.limit_sync import DeploymentQuotas
+from gateway.metrics import Metrics
+from gateway.redis_client import SharedRedis, make_redis
+from tests.gatewayproc import RedisServer
+
+Scenario = Callable[[LimitStore], Awaitable[None]]
+
+
+@asynccontextmanager
+async def redis_store(
+    url: str, window_s: float, reservation_ttl_s: float
+) -> AsyncIterator[RedisLimitStore]:
+    redis = SharedRedis(make_redis(RedisConfig(url=url)), Metrics(CollectorRegistry()), 1.0)
+    try:
+        yield RedisLimitStore(redis, window_s, reservation_ttl_s, usage_ttl_s=3600)
+    finally:
+        await redis.aclose()
+
+
+@pytest.fixture(params=["redis", "memory"])
+def run(request: pytest.FixtureRequest) -> Callable[..., None]:
+    """Run a scenario on one store kind: `run(scenario, window_s=..., reservation_ttl_s=...)`."""
+
+    def runner(scenario: Scenario, window_s: float = 30.0, reservation_ttl_s: float = 60.0) -> None:
+        async def main() -> None:
+            if request.param == "memory":
+                await scenario(MemoryLimitStore(window_s, reservation_ttl_s))
+                return
+            server: RedisServer = request.getfixturevalue("redis_server")
+            async with redis_store(server.url, window_s, reservation_ttl_s) as store:
+                await scenario(store)
+
+        asyncio.run(main())
+
+    return runner
+
+
+def admission(**overrides: Any) -> Admission:
+    period, ttl_s = budget_period(overrides.pop("budget_period", "month"))
+    base = Admission(
+        request_id=uuid.uuid4().hex,
+        key_id=overrides.pop("key_id", "k-" + uuid.uuid4().hex[:10]),  # fresh key per test
+        key_name="team-a-service",
+        team="team-a",
+        rpm=None,
+        tpm=None,
+        budget_usd=None,
+        period=period,
+        period_ttl_s=ttl_s,
+        tokens=10,
+        cost_usd=0.0,
+    )
+    return replace(base, **overrides)
+
+
+def another(a: Admission, **overrides: Any) -> Admission:
+    """The next request of the same key."""
+    return replace(a, request_id=uuid.uuid4().hex, **overrides)
+
+
+def settlement(a: Admission, cost_usd: float, tokens: int = 10, **overrides: Any) -> Settlement:
+    fields: dict[str, Any] = {
+        "admission": a,
+        "reserved": True,
+        "tokens": tokens,
+        "input_tokens": tokens // 2,
+        "output_tokens": tokens - tokens // 2,
+        "cost_usd": cost_usd,
+        "route": "gpt-test",
+        "day": "2025-01-31",
+    }
+    return Settlement(**{**fields, **overrides})
+
+
+async def admit_all(store: LimitStore, admissions: list[Admission]) -> list[str | None]:
+    return [(await store.admit(a)).reason for a in admissions]
+
+
+def test_rpm_admits_exactly_the_limit_then_says_when(run: Callable[..., None]) -> None:
+    async def scenario(store: LimitStore) -> None:
+        first = admission(rpm=3)
+        reasons = await admit_all(store, [first] + [another(first) for _ in range(3)])
+        assert reasons == [None, None, None, "rpm"]
+        refused = await store.admit(another(first))
+        assert 25 < refused.retry_after_s <= 30  # the oldest entry leaves a 30 s window
+
+    run(scenario)
+
+
+def test_concurrent_admissions_never_pass_the_limit(run: Callable[..., None]) -> None:
+    async def scenario(store: LimitStore) -> None:
+        first = admission(rpm=7)
+        decisions = await asyncio.gather(*(store.admit(another(first)) for _ in range(40)))
+        assert sum(d.reason is None for d in decisions) == 7
+
+    run(scenario)
+
+
+def test_window_slides(run: Callable[..., None]) -> None:
+    async def scenario(store: LimitStore) -> None:
+        first = admission(rpm=1)
+        assert await admit_all(store, [first, another(first)]) == [None, "rpm"]
+        await asyncio.sleep(0.35)
+        assert (await store.admit(another(first))).reason is None
+
+    run(scenario, window_s=0.3)
+
+
+def test_release_gives_the_slot_back_once(run: Callable[..., None]) -> None:
+    async def scenario(store: LimitStore) -> None:
+        first = admission(rpm=2)
+        second = another(first)
+        assert await admit_all(store, [first, second]) == [None, None]
+        await store.apply([Release(second), Release(second)])  # a retried release: no double
+        assert await admit_all(store, [another(first), another(first)]) == [None, "rpm"]
+
+    run(scenario)
+
+
+def test_release_after_settle_changes_nothing(run: Callable[..., None]) -> None:
+    async def scenario(store: LimitStore) -> None:
+        first = admission(rpm=1)
+        assert (await store.admit(first)).reason is None
+        await store.apply([settlement(first, 0.0), Release(first)])
+        assert (await store.admit(another(first))).reason == "rpm"
+
+    run(scenario)
+
+
+def test_tpm_reserves_the_estimate_and_settles_the_real_count(run: Callable[..., None]) -> None:
+    async def scenario(store: LimitStore) -> None:
+        first = admission(tpm=100, tokens=60)
+        assert (await store.admit(first)).reason is None
+        refused = await store.admit(another(first, tokens=50))
+        assert refused.reason == "tpm" and refused.retry_after_s > 0
+        await store.apply([settlement(first, 0.0, tokens=30)])  # used fewer than estimated
+        assert (await store.admit(another(first, tokens=50))).reason is None
+        assert (await store.admit(another(first, tokens=50))).reason == "tpm"
+
+    run(scenario)
+
+
+def test_an_oversized_request_passes_an_empty_window_only(run: Callable[..., None]) -> None:
+    async def scenario(store: LimitStore) -> None:
+        first = admission(tpm=100, tokens=500)
+        assert (await store.admit(first)).reason is None
+        assert (await store.admit(another(first, tokens=1))).reason == "tpm"
+
+    run(scenario)
+
+
+def test_budget_holds_estimates_and_bills_real_costs(run: Callable[..., None]) -> None:
+    async def scenario(store: LimitStore) -> None:
+        first = admission(budget_usd=3.0, cost_usd=1.0)
+        others = [another(first) for _ in range(3)]
+        assert await admit_all(store, [first, *others]) == [None, None, None, "budget"]
+        await store.apply([settlement(first, 0.5), settlement(others[0], 0.5)])
+        assert await store.spend(first.key_id, first.period) == (1.0, 1.0)
+        assert await admit_all(store, [another(first), another(first)]) == [None, "budget"]
+
+    run(scenario)
+
+
+def test_concurrent_budget_admissions_fit_the_budget(run: Callable[..., None]) -> None:
+    async def scenario(store: LimitStore) -> None:
+        first = admission(budget_usd=1.0, cost_usd=0.1)
+        decisions = await asyncio.gather(*(store.admit(another(first)) for _ in range(30)))
+        assert sum(d.reason is None for d in decisions) == 10  # 10 x 0.1 fits exactly
+        assert {d.reason for d in decisions} == {None, "budget"}
+
+    run(scenario)
+
+
+def test_exhausted_budget_wins_over_rate_limit(run: Callable[..., None]) -> None:
+    async def scenario(store: LimitStore) -> None:
+        first = admission(rpm=1, budget_usd=1.0, cost_usd=1.0)
+        assert (await store.admit(first)).reason is None
+        await store.apply([settlement(first, 1.0)])
+        # Both limits are reached; the client must hear "budget" (not retryable), not "rpm".
+        assert (await store.admit(another(first))).reason == "budget"
+
+    run(scenario)
+
+
+def test_settle_is_idempotent_per_request_id(run: Callable[..., None]) -> None:
+    async def scenario(store: LimitStore) -> None:
+        first = admission(budget_usd=10.0, cost_usd=1.0)
+        assert (await store.admit(first)).reason is None
+        once = settlement(first, 0.25, tokens=8)
+        await store.apply([once])
+        await store.apply([once, once])  # a write that timed out, then retried
+        assert await store.spend(first.key_id, first.period) == (0.25, 0.0)
+        rows = [r for r in await store.usage(["2025-01-31"]) if r.key_id == first.key_id]
+        assert [(r.requests, r.input_tokens, r.output_tokens, r.cost_usd) for r in rows] == [
+            (1, 4, 4, 0.25)
+        ]
+
+    run(scenario)
+
+
+def test_outage_admissions_settle_once_by_marker(run: Callable[..., None]) -> None:
+    async def scenario(store: LimitStore) -> None:
+        unchecked = admission(budget_usd=10.0)  # never reached the store
+        once = settlement(unchecked, 2.0, reserved=False)
+        await store.apply([once])
+        await store.apply([once])
+        assert await store.spend(unchecked.key_id, unchecked.period) == (2.0, 0.0)
+
+    run(scenario)
+
+
+def test_dead_reservations_stop_holding_budget_but_late_settles_bill(
+    run: Callable[..., None],
+) -> None:
+    async def scenario(store: LimitStore) -> None:
+        first = admission(budget_usd=1.0, cost_usd=1.0)
+        assert (await store.admit(first)).reason is None
+        assert (await store.admit(another(first))).reason == "budget"
+        await asyncio.sleep(0.3)  # past the reservation ttl: its replica is presumed dead
+        late = another(first)
+        assert (await store.admit(late)).reason is None
+        await store.apply([settlement(first, 0.5), settlement(first, 0.5)])
+        spent, reserved = await store.spend(first.key_id, first.period)
+        assert (spent, reserved) == (0.5, 1.0)  # billed once; only `late` still held
+
+    run(scenario, reservation_ttl_s=0.2)
+
+
+def test_usage_rows_per_key_team_route_and_day(run: Callable[..., None]) -> None:
+    async def scenario(store: LimitStore) -> None:
+        a = admission()
+        b = admission(key_name="team-b-batch", team="team-b")
+        writes = [
+            settlement(a, 0.5),
+            settlement(another(a), 0.25),
+            settlement(another(a), 1.0, route="claude", day="2025-02-01"),
+            settlement(b, 2.0),
+        ]
+        for w in writes:
+            assert (await store.admit(w.admission)).reason is None
+        await store.apply(writes)
+        rows = await store.usage(["2025-01-31", "2025-02-01"])
+        mine = sorted(
+            (r.day, r.key, r.team, r.route, r.requests, r.cost_usd)
+            for r in rows
+            if r.key_id in (a.key_id, b.key_id)
+        )
+        assert mine == [
+            ("2025-01-31", "team-a-service", "team-a", "gpt-test", 2, 0.75),
+            ("2025-01-31", "team-b-batch", "team-b", "gpt-test", 1, 2.0),
+            ("2025-02-01", "team-a-service", "team-a", "claude", 1, 1.0),
+        ]
+
+    run(scenario)
+
+
+def test_periods_are_utc_days_months_or_total() -> None:
+    from datetime import UTC, datetime
+
+    now = datetime(2025, 1, 31, 23, 59, tzinfo=UTC)
+    assert budget_period("day", now) == ("d2025-01-31", 2 * 86_400)
+    assert budget_period("month", now)[0] == "m2025-01"
+    assert budget_period("total", now) == ("total", 0)
+
+
+def test_deployment_use_is_shared_across_replicas(redis_server: RedisServer) -> None:
+    deployment = "dep-" + uuid.uuid4().hex[:8]
+
+    async def main() -> None:
+        async with (
+            redis_store(redis_server.url, 30.0, 60.0) as store_a,
+            redis_store(redis_server.url, 30.0, 60.0) as store_b,
+        ):
+            quotas = {deployment: (5, 1000)}
+            replica_a = DeploymentQuotas(quotas, 30.0, store_a, interval_s=0.1)
+            replica_b = DeploymentQuotas(quotas, 30.0, store_b, interval_s=0.1)
+            for _ in range(3):
+                replica_a.used(deployment, 1, 100)
+            replica_b.used(deployment, 1, 50)
+            assert replica_a.headroom(deployment) == (2, 700)  # local view before any sync
+            await replica_a.sync_once()
+            await replica_b.sync_once()
+            assert replica_b.headroom(deployment) == (1, 650)  # sees replica a's use
+            await replica_a.sync_once()
+            assert replica_a.headroom(deployment) == (1, 650)
+            assert replica_a.headroom("not-limited") == (None, None)
+
+    asyncio.run(main())
+
+
+def test_deployment_headroom_falls_back_to_local_counts_when_redis_is_down() -> None:
+    async def main() -> None:
+        redis_url = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+        async with redis_store(redis_url, 30.0, 60.0) as store:
+            quotas = DeploymentQuotas({"d": (2, None)}, 30.0, store, interval_s=0.1)
+            quotas.used("d", 1, 0)
+            started = time.monotonic()
+            await quotas.sync_once()
+            assert time.monotonic() - started < 1.5
+            assert quotas.headroom("d") == (1, None)
+
+    asyncio.run(main())

@@ -1,0 +1,75 @@
+"""The benchmark harness runs end to end and reports sane numbers (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("nginx") is None or shutil.which("wrk") is None,
+    reason="the benchmark needs nginx and wrk (apt-get install nginx-light wrk)",
+)
+
+
+def _bench_processes(harness_pid: int) -> list[str]:
+    """Command lines of live processes started from that harness run's work dir."""
+    marker = f"gateway-bench-{harness_pid}-"
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in text:
+            found.append(text)
+    return found
+
+
+def test_bench_runs_reports_a_table_and_stops_everything(tmp_path: Path) -> None:
+    output = tmp_path / "result.json"
+    cmd = [sys.executable, "-m", "bench.run", "--scenarios", "chat", "stream"]
+    cmd += ["--duration-s", "1", "--warmup-s", "0", "--concurrency", "1", "8"]
+    cmd += ["--output", str(output)]
+    with subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=100)
+        except subprocess.TimeoutExpired:
+            proc.terminate()  # SIGTERM: the harness still stops what it started
+            stdout, stderr = proc.communicate()
+            pytest.fail(f"the benchmark did not finish in time:\n{stdout}{stderr}")
+
+    assert proc.returncode == 0, stdout + stderr
+    assert "scenario   target" in stdout
+    rows = [line.split() for line in stdout.splitlines() if line.startswith(("chat ", "stream "))]
+    table_rows = [r for r in rows if r[1] in ("direct", "gateway") and r[2].isdigit()]
+    assert len(table_rows) == 8, stdout
+    assert all(float(r[3]) > 0 for r in table_rows), stdout  # req/s
+
+    data = json.loads(output.read_text())
+    assert data["machine"]["cores"] >= 1
+    for scenario in data["scenarios"]:
+        runs = {(r["target"], r["connections"]): r for r in scenario["runs"]}
+        assert set(runs) == {(t, c) for t in ("direct", "gateway") for c in (1, 8)}
+        for run in runs.values():
+            assert run["requests"] > 0 and run["rps"] > 0
+            assert run["errors"] == 0, run
+            assert 0 < run["p50_ms"] <= run["p99_ms"] <= run["max_ms"]
+        assert scenario["gateway_memory"]["peak"][0]["peak_rss_mb"] > 10
+        assert scenario["problems"] == []
+        if scenario["name"] == "stream":
+            # nginx sends role, 8 words, finish, usage, [DONE]; the gateway withholds the
+            # usage chunk the client did not ask for, and no stream ends without [DONE].
+            for (target, _), run in runs.items():
+                per_stream = 12 if target == "direct" else 11
+                assert run["events"] == per_stream * run["requests"], run
+                assert run["incomplete_streams"] == 0
+    assert _bench_processes(proc.pid) == []

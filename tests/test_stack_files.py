@@ -1,0 +1,214 @@
+"""The container and compose stack, checked statically (no Docker engine needed): the
+services, ports, paths and tokens the files refer to agree with each other, with the
+gateway's docker config and with the README's install command."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry
+
+from gateway.config import GatewayConfig, load_config, referenced_env_vars
+from gateway.metrics import Metrics
+from gateway.validate_config import reference_problems
+from tests.gatewayproc import REPO
+
+COMPOSE = REPO / "docker-compose.yml"
+DOCKERFILE = REPO / "docker" / "Dockerfile"
+DOCKER_CONFIG = REPO / "config" / "gateway.docker.yaml"
+PROMETHEUS = REPO / "docker" / "prometheus" / "prometheus.yml"
+GRAFANA = REPO / "docker" / "grafana"
+DASHBOARD = GRAFANA / "dashboards" / "gateway.json"
+_COMPOSE_VAR = re.compile(r"^\$\{(\w+)(?::-(.*))?\}$")
+
+
+def load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data: dict[str, Any] = load_yaml(COMPOSE)
+    return data
+
+
+def compose_value(value: str) -> str:
+    """What compose substitutes when the variable is unset: the `:-` default."""
+    match = _COMPOSE_VAR.match(value)
+    if match is None:
+        return value
+    default = match.group(2)
+    assert default is not None, f"{value} has no default: `docker compose up` would need setup"
+    return default
+
+
+def mounts(service: dict[str, Any]) -> dict[str, str]:
+    """Host path (relative to the repo) -> container path, for bind mounts."""
+    found = {}
+    for volume in service.get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if source.startswith("./"):
+            found[source[2:]] = target
+    return found
+
+
+def gateway_env(compose: dict[str, Any]) -> dict[str, str]:
+    env = compose["services"]["gateway"]["environment"]
+    return {name: compose_value(str(value)) for name, value in env.items()}
+
+
+@pytest.fixture(scope="module")
+def docker_config(compose: dict[str, Any]) -> GatewayConfig:
+    return load_config(DOCKER_CONFIG, gateway_env(compose))
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    lines = [line.strip() for line in text.splitlines()]
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1])
+        for line in lines
+        if line and not line.startswith("#")
+    ]
+
+
+def test_compose_has_the_four_services(compose: dict[str, Any]) -> None:
+    assert set(compose["services"]) >= {"gateway", "redis", "prometheus", "grafana"}
+    build = compose["services"]["gateway"]["build"]
+    assert (REPO / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
+
+
+def test_gateway_service_runs_the_docker_config(
+    compose: dict[str, Any], docker_config: GatewayConfig
+) -> None:
+    service = compose["services"]["gateway"]
+    config_in_container = service["command"][service["command"].index("--config") + 1]
+    assert mounts(service)["config/gateway.docker.yaml"] == config_in_container
+    cmd = json.loads(dict(dockerfile_instructions())["CMD"])
+    assert cmd[cmd.index("--config") + 1] == config_in_container  # the image alone too
+    published = [p.rsplit(":", 1)[-1] for p in service["ports"]]
+    assert str(docker_config.server.port) in published
+    assert all(p.startswith("127.0.0.1:") for p in service["ports"])  # trial defaults stay local
+    # every variable the config needs without a default is provided by compose
+    needed = referenced_env_vars(DOCKER_CONFIG.read_text())
+    assert needed <= set(service["environment"]) | {"REDIS_URL"}
+    assert reference_problems(docker_config) == []
+
+
+def test_docker_config_needs_keys_off_localhost(docker_config: GatewayConfig) -> None:
+    assert docker_config.server.host == "0.0.0.0"
+    assert docker_config.auth.mode == "keys"
+    assert [k.key for k in docker_config.auth.keys if k.key]
+    assert docker_config.metrics.token
+    assert docker_config.redis is not None and "//redis:" in docker_config.redis.url
+
+
+def test_prometheus_scrapes_the_gateway_with_its_token(
+    compose: dict[str, Any], docker_config: GatewayConfig
+) -> None:
+    prometheus = compose["services"]["prometheus"]
+    config_flag = next(c for c in prometheus["command"] if c.startswith("--config.file="))
+    assert mounts(prometheus)["docker/prometheus/prometheus.yml"] == config_flag.split("=", 1)[1]
+    (job,) = load_yaml(PROMETHEUS)["scrape_configs"]
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+    (target,) = job["static_configs"][0]["targets"]
+    host, port = target.split(":")
+    assert host == "gateway" and int(port) == docker_config.server.port
+    token_file = job["authorization"]["credentials_file"]
+    (secret,) = [c for c in prometheus["configs"] if c["target"] == token_file]
+    token = compose_value(compose["configs"][secret["source"]]["content"])
+    assert token == docker_config.metrics.token  # the same METRICS_TOKEN on both ends
+
+
+def test_prometheus_config_passes_promtool(tmp_path: Path) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (Debian package `prometheus`)")
+    config = load_yaml(PROMETHEUS)
+    token_file = tmp_path / "metrics_token"
+    token_file.write_text("token")
+    config["scrape_configs"][0]["authorization"]["credentials_file"] = str(token_file)
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config))
+    result = subprocess.run([promtool, "check", "config", str(path)], capture_output=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_grafana_is_provisioned_with_datasource_and_dashboard(compose: dict[str, Any]) -> None:
+    grafana = compose["services"]["grafana"]
+    grafana_mounts = mounts(grafana)
+    assert grafana_mounts["docker/grafana/provisioning"] == "/etc/grafana/provisioning"
+    (datasource,) = load_yaml(GRAFANA / "provisioning" / "datasources" / "prometheus.yml")[
+        "datasources"
+    ]
+    assert datasource["url"] == "http://prometheus:9090" and "prometheus" in compose["services"]
+    assert datasource["type"] == "prometheus"
+    (provider,) = load_yaml(GRAFANA / "provisioning" / "dashboards" / "gateway.yml")["providers"]
+    assert provider["options"]["path"] == grafana_mounts["docker/grafana/dashboards"]
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home == f"{provider['options']['path']}/{DASHBOARD.name}"
+    uids = {
+        ds["uid"]
+        for panel in json.loads(DASHBOARD.read_text())["panels"]
+        for ds in [panel.get("datasource")]
+        + [t.get("datasource") for t in panel.get("targets", [])]
+        if ds
+    }
+    assert uids == {datasource["uid"]}
+
+
+def test_dashboard_panels_are_well_formed() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    panels = dashboard["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    cells: set[tuple[int, int]] = set()
+    for panel in panels:
+        pos = panel["gridPos"]
+        assert pos["x"] + pos["w"] <= 24, panel["title"]
+        area = {
+            (x, y)
+            for x in range(pos["x"], pos["x"] + pos["w"])
+            for y in range(pos["y"], pos["y"] + pos["h"])
+        }
+        assert not cells & area, f"{panel['title']} overlaps another panel"
+        cells |= area
+        if panel["type"] != "row":
+            assert panel["targets"] and all(t["expr"] for t in panel["targets"]), panel["title"]
+
+
+def test_dashboard_uses_only_metrics_the_gateway_exports() -> None:
+    registry = CollectorRegistry()
+    Metrics(registry)
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    exported = {
+        family.name + suffix for family in registry.collect() for suffix in suffixes[family.type]
+    }
+    used = set(re.findall(r"gateway_[a-z_]+", DASHBOARD.read_text()))
+    assert used and used <= exported, used - exported
+
+
+def test_dockerfile_is_slim_unprivileged_healthchecked_and_installs_like_the_readme(
+    docker_config: GatewayConfig,
+) -> None:
+    steps = dockerfile_instructions()
+    kinds = [kind for kind, _ in steps]
+    assert dict(steps)["FROM"] == "python:3.11-slim"
+    user = [arg for kind, arg in steps if kind == "USER"]
+    assert user and user[-1] not in ("root", "0")
+    assert kinds.index("USER") > max(i for i, k in enumerate(kinds) if k == "RUN")
+    healthcheck = dict(steps)["HEALTHCHECK"]
+    assert f"127.0.0.1:{docker_config.server.port}/healthz" in healthcheck
+    install = re.search(r"pip install (-e \.)", dict(steps)["RUN"])
+    assert install is not None
+    assert f"pip install {install.group(1)}" in (REPO / "README.md").read_text()
+    copied = {arg.split()[0] for kind, arg in steps if kind == "COPY"}
+    assert {"gateway", "routers", "config", "pyproject.toml"} <= copied
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert ".venv" in ignored and ".git" in ignored
