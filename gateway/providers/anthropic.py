@@ -35,7 +35,7 @@ from gateway.errors import (
     UpstreamRejectedError,
 )
 from gateway.providers.anthropic_response import AnthropicStream, from_anthropic
-from gateway.providers.base import BaseProvider, now_s
+from gateway.providers.base import BaseProvider, now_s, tool_call_arguments
 from gateway.types import (
     ChatRequest,
     ChatResponse,
@@ -364,17 +364,7 @@ def _assistant_blocks(message: JSONObject, where: str) -> list[JSONObject]:
 
 
 def _tool_use(call: object, where: str) -> JSONObject:
-    fn = call.get("function") if isinstance(call, dict) else None
-    if not isinstance(call, dict) or not isinstance(fn, dict) or not call.get("id"):
-        raise InvalidRequestError(f"{where} must have an id and a function.", param=where)
-    raw = fn.get("arguments") or "{}"
-    try:
-        arguments = jsonutil.loads(raw) if isinstance(raw, str) else raw
-    except jsonutil.JSONDecodeError:
-        arguments = None
-    if not isinstance(arguments, dict):
-        here = f"{where}.function.arguments"
-        raise InvalidRequestError(f"{here} must be a JSON object.", param=here)
+    call, fn, arguments = tool_call_arguments(call, where)
     return {"type": "tool_use", "id": call["id"], "name": fn.get("name"), "input": arguments}
 
 

@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 
 from gateway import jsonutil
 from gateway.errors import ProviderError, UpstreamUnavailableError
+from gateway.providers.base import stream_event_json
 from gateway.types import ChatResponse, JSONObject, SSEEvent, Usage
 
 # Anthropic stop_reason -> OpenAI finish_reason.
@@ -158,12 +159,7 @@ class AnthropicStream:
         self.done = False
 
     def feed(self, event: SSEEvent) -> list[JSONObject]:
-        try:
-            data = jsonutil.loads(event.data)
-        except jsonutil.JSONDecodeError:
-            raise UpstreamUnavailableError("The upstream sent an invalid stream event.") from None
-        if not isinstance(data, dict):
-            raise UpstreamUnavailableError("The upstream sent an invalid stream event.")
+        data = stream_event_json(event)
         handler = _HANDLERS.get(str(data.get("type") or event.event))
         return handler(self, data) if handler is not None else []
 

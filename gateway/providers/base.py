@@ -15,6 +15,7 @@ from gateway import jsonutil
 from gateway.catalog import Deployment
 from gateway.config import ProviderConfig
 from gateway.errors import (
+    InvalidRequestError,
     ProviderError,
     UpstreamAuthError,
     UpstreamContextLengthError,
@@ -177,6 +178,33 @@ def retry_after_s(headers: Mapping[str, str]) -> float | None:
         except ValueError:
             continue  # an HTTP date: treat as unknown rather than parse clocks
     return None
+
+
+def stream_event_json(event: SSEEvent) -> JSONObject:
+    """One SSE event's JSON object; anything else is the upstream's failure."""
+    try:
+        data = jsonutil.loads(event.data)
+    except jsonutil.JSONDecodeError:
+        raise UpstreamUnavailableError("The upstream sent an invalid stream event.") from None
+    if not isinstance(data, dict):
+        raise UpstreamUnavailableError("The upstream sent an invalid stream event.")
+    return data
+
+
+def tool_call_arguments(call: object, where: str) -> tuple[JSONObject, JSONObject, JSONObject]:
+    """(call, function, parsed arguments) of an OpenAI assistant tool call, or a 400."""
+    fn = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(call, dict) or not isinstance(fn, dict) or not call.get("id"):
+        raise InvalidRequestError(f"{where} must have an id and a function.", param=where)
+    raw = fn.get("arguments") or "{}"
+    try:
+        arguments = jsonutil.loads(raw) if isinstance(raw, str) else raw
+    except jsonutil.JSONDecodeError:
+        arguments = None
+    if not isinstance(arguments, dict):
+        here = f"{where}.function.arguments"
+        raise InvalidRequestError(f"{here} must be a JSON object.", param=here)
+    return call, fn, arguments
 
 
 def now_s() -> int:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 
 from gateway import jsonutil
 from gateway.errors import InvalidRequestError
+from gateway.providers.base import tool_call_arguments
 from gateway.types import JSONObject
 
 MIME_BY_SUFFIX: Mapping[str, str] = {
@@ -167,17 +168,7 @@ def _model_parts(message: JSONObject, where: str, call_names: dict[str, str]) ->
 
 
 def _function_call(call: object, where: str) -> tuple[JSONObject, str, str]:
-    fn = call.get("function") if isinstance(call, dict) else None
-    if not isinstance(call, dict) or not isinstance(fn, dict) or not call.get("id"):
-        raise InvalidRequestError(f"{where} must have an id and a function.", param=where)
-    raw = fn.get("arguments") or "{}"
-    try:
-        arguments = jsonutil.loads(raw) if isinstance(raw, str) else raw
-    except jsonutil.JSONDecodeError:
-        arguments = None
-    if not isinstance(arguments, dict):
-        here = f"{where}.function.arguments"
-        raise InvalidRequestError(f"{here} must be a JSON object.", param=here)
+    call, fn, arguments = tool_call_arguments(call, where)
     name = str(fn.get("name") or "")
     part: JSONObject = {"functionCall": {"name": name, "args": arguments}}
     signature = _thought_signature(call)

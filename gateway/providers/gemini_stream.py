@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 
 from gateway import jsonutil
 from gateway.errors import ProviderError, UpstreamUnavailableError
+from gateway.providers.base import stream_event_json
 from gateway.types import ChatResponse, EmbeddingResponse, JSONObject, SSEEvent, Usage
 
 FILTERED = "content_filter"
@@ -230,12 +231,7 @@ class GeminiStream:
         self.done = False
 
     def feed(self, event: SSEEvent) -> list[JSONObject]:
-        try:
-            data = jsonutil.loads(event.data)
-        except jsonutil.JSONDecodeError:
-            raise UpstreamUnavailableError("The upstream sent an invalid stream event.") from None
-        if not isinstance(data, dict):
-            raise UpstreamUnavailableError("The upstream sent an invalid stream event.")
+        data = stream_event_json(event)
         if "error" in data:
             error = data["error"] if isinstance(data["error"], dict) else {}
             raise self._classify(_count(error.get("code")) or 500, jsonutil.dumps(data), {})

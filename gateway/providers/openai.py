@@ -12,7 +12,7 @@ from typing import ClassVar
 from gateway import jsonutil
 from gateway.catalog import Deployment
 from gateway.errors import UpstreamUnavailableError
-from gateway.providers.base import BaseProvider, classify_status
+from gateway.providers.base import BaseProvider, classify_status, stream_event_json
 from gateway.types import (
     ChatRequest,
     ChatResponse,
@@ -83,12 +83,7 @@ class OpenAIStream:
         if event.data == "[DONE]":
             self.done = True
             return []
-        try:
-            chunk = jsonutil.loads(event.data)
-        except jsonutil.JSONDecodeError:
-            raise UpstreamUnavailableError("The upstream sent an invalid stream event.") from None
-        if not isinstance(chunk, dict):
-            raise UpstreamUnavailableError("The upstream sent an invalid stream event.")
+        chunk = stream_event_json(event)
         if "error" in chunk:
             raise self._in_band_error(chunk)
         usage = chunk.get("usage")
