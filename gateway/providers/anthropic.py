@@ -26,7 +26,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import ClassVar
 
-from gateway import jsonutil
 from gateway.catalog import Deployment
 from gateway.errors import (
     InvalidRequestError,
@@ -35,7 +34,7 @@ from gateway.errors import (
     UpstreamRejectedError,
 )
 from gateway.providers.anthropic_response import AnthropicStream, from_anthropic
-from gateway.providers.base import BaseProvider, now_s, tool_call_arguments
+from gateway.providers.base import BaseProvider, error_object, now_s, tool_call_arguments
 from gateway.types import (
     ChatRequest,
     ChatResponse,
@@ -101,14 +100,7 @@ class AnthropicProvider(BaseProvider):
 
     def error_fields(self, body: bytes) -> tuple[str, str, str | None, str | None]:
         """Anthropic's body is {"type": "error", "error": {"type", "message"}}."""
-        try:
-            data = jsonutil.loads(body)
-        except jsonutil.JSONDecodeError:
-            return "", "invalid_request_error", None, None
-        error = data.get("error") if isinstance(data, dict) else None
-        if not isinstance(error, dict):
-            return "", "invalid_request_error", None, None
-        message = str(error.get("message") or "")
+        message = str(error_object(body).get("message") or "")
         too_long = any(hint in message.lower() for hint in _CONTEXT_HINTS)
         return (
             message,

@@ -111,13 +111,7 @@ class BaseProvider:
 
     def error_fields(self, body: bytes) -> tuple[str, str, str | None, str | None]:
         """(message, type, param, code) from an OpenAI-style error body."""
-        try:
-            data = jsonutil.loads(body)
-        except jsonutil.JSONDecodeError:
-            return "", "invalid_request_error", None, None
-        error = data.get("error") if isinstance(data, dict) else None
-        if not isinstance(error, dict):
-            return "", "invalid_request_error", None, None
+        error = error_object(body)
         code = error.get("code")
         return (
             str(error.get("message") or ""),
@@ -178,6 +172,21 @@ def retry_after_s(headers: Mapping[str, str]) -> float | None:
         except ValueError:
             continue  # an HTTP date: treat as unknown rather than parse clocks
     return None
+
+
+def error_object(body: bytes) -> JSONObject:
+    """The `error` object of an error body, {} when there is none.
+
+    Google wraps it in a one-element array; OpenAI and Anthropic do not.
+    """
+    try:
+        data = jsonutil.loads(body)
+    except jsonutil.JSONDecodeError:
+        return {}
+    if isinstance(data, list) and data:
+        data = data[0]
+    error = data.get("error") if isinstance(data, dict) else None
+    return error if isinstance(error, dict) else {}
 
 
 def stream_event_json(event: SSEEvent) -> JSONObject:

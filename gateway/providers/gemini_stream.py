@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 
 from gateway import jsonutil
 from gateway.errors import ProviderError, UpstreamUnavailableError
-from gateway.providers.base import stream_event_json
+from gateway.providers.base import error_object, stream_event_json
 from gateway.types import ChatResponse, EmbeddingResponse, JSONObject, SSEEvent, Usage
 
 FILTERED = "content_filter"
@@ -76,14 +76,7 @@ def usage_from_gemini(meta: object) -> Usage | None:
 
 def google_error(body: bytes) -> JSONObject:
     """The `error` object of a Google error body (also inside a one-element array)."""
-    try:
-        data = jsonutil.loads(body)
-    except jsonutil.JSONDecodeError:
-        return {}
-    if isinstance(data, list) and data:
-        data = data[0]
-    error = data.get("error") if isinstance(data, dict) else None
-    return error if isinstance(error, dict) else {}
+    return error_object(body)
 
 
 def _response_token(data: JSONObject) -> str:
