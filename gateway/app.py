@@ -83,7 +83,7 @@ def build_services(config: GatewayConfig, registry: CollectorRegistry | None = N
         keys=keys,
         limits=limits,
         key_admin=build_key_admin(config, keys, redis, metrics),
-        request_limits=RequestLimits(max_messages=config.server.max_messages),
+        request_limits=RequestLimits.from_server(config.server),
         redis=redis,
         cache=build_response_cache(config, redis, metrics, catalog.deployments),
     )
@@ -112,6 +112,8 @@ def create_app(config: GatewayConfig) -> Starlette:
                 await sync.stop()
             await services.key_admin.aclose()
             await services.limits.aclose()
+            if services.cache is not None:
+                await services.cache.aclose()
             await services.upstream.aclose()
             if services.redis is not None:
                 await services.redis.aclose()

@@ -4,9 +4,10 @@
   default when no Redis is configured; one per worker process).
 - `RedisCache`: the shared Redis pool (`SharedRedis`: short timeouts, no retries, an
   overall deadline, outage logged once and counted as redis_errors{operation="cache"}).
-  It fails open: an error is a miss or a dropped write, never a failed request. After
-  a failure it stops asking Redis for `probe_interval_s`, then lets one call probe, so
-  a frozen Redis costs one timeout per interval, not one per request.
+  It fails open: an error is a miss or a dropped write, never a failed request. Writes
+  are sent behind the response, in pipelined batches. After a failure it stops asking
+  Redis for `probe_interval_s`, then lets one call probe, so a frozen Redis costs one
+  timeout per interval, not one per request.
 
 An entry is stored as bytes: one JSON line of metadata (who produced it, its usage),
 then the `chat.completion` JSON exactly as a non-streaming client receives it, so a
@@ -15,6 +16,8 @@ hit is served without re-encoding and without any validation layer.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -27,6 +30,7 @@ from gateway.redis_client import RedisUnavailableError, SharedRedis
 from gateway.types import Usage
 
 _PURGE_BATCH = 500
+_WRITE_BATCH = 128  # entries per pipelined write
 
 
 class CacheUnavailableError(GatewayError):
@@ -86,6 +90,10 @@ class Cache(Protocol):
         """Delete every key starting with `prefix`; raises CacheUnavailableError."""
         ...
 
+    async def aclose(self) -> None:
+        """Finish pending work (bounded); the cache is not used afterwards."""
+        ...
+
 
 class MemoryCache:
     """LRU over (key -> value, expiry); evicts the least recently used past max_bytes."""
@@ -128,6 +136,9 @@ class MemoryCache:
             self._remove(key)
         return len(doomed)
 
+    async def aclose(self) -> None:
+        pass  # nothing pending: writes are immediate
+
     def _remove(self, key: str) -> None:
         value, _ = self._entries.pop(key)
         self.size_bytes -= _size(key, value)
@@ -138,22 +149,85 @@ def _size(key: str, value: bytes) -> int:
 
 
 class RedisCache:
-    """Entries as plain Redis strings with EX; fail open with a probe interval."""
+    """Entries as plain Redis strings with EX; fail open with a probe interval.
 
-    def __init__(self, redis: SharedRedis, probe_interval_s: float = 1.0) -> None:
+    Writes are behind the response: `set` queues the entry (readable at once from
+    this process) and a background task sends queued entries in pipelined batches,
+    one round trip per batch. The queue is bounded in bytes; past it, or while Redis
+    is down, writes are dropped, which for a cache only means a later miss.
+    """
+
+    def __init__(
+        self,
+        redis: SharedRedis,
+        probe_interval_s: float = 1.0,
+        max_pending_bytes: int = 16 * 1024 * 1024,
+    ) -> None:
         self._redis = redis
         self._probe_interval_s = probe_interval_s
         self._down = False
         self._retry_at = 0.0
+        self._max_pending_bytes = max_pending_bytes
+        self._pending: dict[str, tuple[bytes, int]] = {}  # key -> (value, ttl): not sent yet
+        self._pending_bytes = 0
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
 
     async def get(self, key: str) -> bytes | None:
+        pending = self._pending.get(key)
+        if pending is not None:
+            return pending[0]
         value = await self._call(lambda r: r.get(key))
         return value if isinstance(value, bytes) else None
 
     async def set(self, key: str, value: bytes, ttl_s: int) -> None:
-        await self._call(lambda r: r.set(key, value, ex=ttl_s))
+        size = _size(key, value)
+        if self._down and time.monotonic() < self._retry_at:
+            return  # Redis is down: a dropped write is a later miss
+        if self._closing or key in self._pending:
+            return
+        if self._pending_bytes + size > self._max_pending_bytes:
+            return
+        self._pending[key] = (value, ttl_s)
+        self._pending_bytes += size
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_behind(), name="cache-writes")
+        self._wake.set()
+
+    async def _write_behind(self) -> None:
+        while not self._closing:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                await self._flush_batch()
+
+    async def _flush_batch(self) -> None:
+        batch = list(itertools.islice(self._pending.items(), _WRITE_BATCH))
+        try:
+            await self._call(_set_many(batch))
+        finally:
+            for key, (value, _) in batch:  # written or dropped: no longer pending
+                if self._pending.pop(key, None) is not None:
+                    self._pending_bytes -= _size(key, value)
+
+    async def aclose(self, deadline_s: float = 1.0) -> None:
+        """Let the writer send what is queued (for at most `deadline_s`), then stop it."""
+        writer, self._writer = self._writer, None
+        if writer is None:
+            return
+        self._closing = True
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(writer), deadline_s)
+        except TimeoutError:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
 
     async def purge(self, prefix: str) -> int:
+        for key in [k for k in self._pending if k.startswith(prefix)]:
+            value, _ = self._pending.pop(key)
+            self._pending_bytes -= _size(key, value)
         cursor, removed = 0, 0
         while True:
             cursor, keys = await self._or_unavailable(_scan(cursor, prefix))
@@ -186,6 +260,16 @@ class RedisCache:
             return await self._redis.run_or_raise("cache", call)
         except RedisUnavailableError:
             raise CacheUnavailableError("The cache backend (Redis) is unreachable.") from None
+
+
+def _set_many(batch: list[tuple[str, tuple[bytes, int]]]) -> Callable[[Any], Any]:
+    async def run(r: Any) -> Any:
+        async with r.pipeline(transaction=False) as pipe:
+            for key, (value, ttl_s) in batch:
+                pipe.set(key, value, ex=ttl_s)
+            return await pipe.execute()
+
+    return run
 
 
 def _scan(cursor: int, prefix: str) -> Callable[[Any], Any]:

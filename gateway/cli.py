@@ -81,7 +81,10 @@ def _serve(args: argparse.Namespace) -> int:
         "host": host,
         "port": port,
         "loop": "uvloop",
-        "http": "httptools",
+        # httptools with a bound on the head (431); uvicorn hands the bound over in its
+        # h11 field, an int that survives the spawn of worker processes.
+        "http": "gateway.http_protocol:BoundedHttpToolsProtocol",
+        "h11_max_incomplete_event_size": config.server.max_header_bytes,
         "access_log": False,
         "log_level": "warning",
         "lifespan": "on",

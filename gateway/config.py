@@ -113,6 +113,10 @@ class ServerConfig(_Model):
     workers: int = Field(1, ge=1)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     max_messages: int = Field(2048, ge=1)
+    max_tools: int = Field(256, ge=1)
+    # Nesting of the JSON body. At most 200: the JSON encoder stops at 254 levels.
+    max_json_depth: int = Field(100, ge=8, le=200)
+    max_header_bytes: int = Field(32 * 1024, ge=1024)  # request line + headers; beyond: 431
     request_timeout_s: float = Field(300.0, gt=0)
     max_concurrent_requests: int = Field(4096, ge=1)  # beyond: 503 with retry-after
     access_log: bool = True

@@ -5,6 +5,7 @@
     │   ├── ModelNotFoundError        404 model_not_found
     │   └── ContextLengthError        400 context_length_exceeded (upstream said so)
     ├── PayloadTooLargeError          413
+    ├── IncompleteBodyError           499 client_closed_request (hung up mid-body; log only)
     ├── AuthenticationError           401 invalid_api_key
     ├── PermissionDeniedError         403
     ├── NotFoundError                 404
@@ -83,6 +84,15 @@ class PayloadTooLargeError(GatewayError):
     status_code = 413
     type = "invalid_request_error"
     code = "request_too_large"
+
+
+class IncompleteBodyError(GatewayError):
+    """The client hung up before its body was complete: nobody reads this answer, it is
+    for the access log (nginx's 499), instead of an unhandled ClientDisconnect."""
+
+    status_code = 499
+    type = "invalid_request_error"
+    code = "client_closed_request"
 
 
 class AuthenticationError(GatewayError):

@@ -3,7 +3,8 @@
 The pipeline calls these hooks:
 
 - `admit` before any upstream call: one store call (a Lua script with Redis) checks
-  the key's budget, rpm and tpm and reserves the estimates together, or refuses:
+  the key's budget, rpm and tpm and reserves the estimates together, or refuses
+  (keys with none of the three skip the store: nothing to check or reserve):
   budget -> 429 insufficient_quota (x-should-retry: false), rpm/tpm -> 429
   rate_limit_exceeded with retry-after;
 - `settle` once the real usage and cost are on the context (streams included, and
@@ -103,6 +104,11 @@ class Limits:
         estimated_cost_usd: float,
     ) -> None:
         admission = new_admission(caller, estimated_tokens, estimated_cost_usd)
+        if not has_limits(caller):
+            # Nothing to check or reserve: no store round trip. The settle still bills
+            # exactly once, by its per-request marker (an unreserved settlement).
+            self._hold(ctx, admission, reserved=False)
+            return
         try:
             decision = await self.store.admit(admission)
         except RedisUnavailableError:
@@ -192,6 +198,10 @@ class Limits:
         period, _ = budget_period(period_kind)
         spent, reserved = await self.store.spend(key_id, period)
         return period, spent, reserved
+
+
+def has_limits(caller: Caller) -> bool:
+    return caller.rpm is not None or caller.tpm is not None or caller.budget_usd is not None
 
 
 def new_admission(caller: Caller, tokens: int, cost_usd: float) -> Admission:

@@ -30,6 +30,7 @@ from gateway.errors import (
 )
 from gateway.keys import bearer_token
 from gateway.metrics import render_multiprocess
+from gateway.runtime_metrics import register_runtime_metrics
 
 if TYPE_CHECKING:
     from gateway.services import Services
@@ -78,7 +79,12 @@ class MetricsListener:
 
 
 def start_in_process(services: Services) -> MetricsListener | None:
-    """The listener for a single process; with multiprocess metrics the supervisor runs it."""
+    """The listener for a single process; with multiprocess metrics the supervisor runs it.
+
+    Called by the app's lifespan on the serving event loop, so this is also where the
+    runtime gauges are bound to that loop (whether /metrics is served here or there).
+    """
+    register_runtime_metrics(services.metrics.registry)
     config = services.config.metrics
     if config.port is None or not config.enabled or services.metrics.multiprocess:
         return None

@@ -59,11 +59,12 @@ class RequestContextMiddleware:
         state = scope.setdefault("state", {})
         state["ctx"] = ctx
         header = (b"x-request-id", ctx.request_id.encode())
-        done = False
+        done = started = False
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal done
+            nonlocal done, started
             if message["type"] == "http.response.start":
+                started = True
                 ctx.status = message["status"]
                 headers = [h for h in message.get("headers", ()) if h[0] != b"x-request-id"]
                 message["headers"] = [*headers, header]
@@ -78,6 +79,10 @@ class RequestContextMiddleware:
             gauge.inc()
         try:
             await self.app(scope, receive, send_wrapper)
+        except Exception:
+            if not started:  # the outermost handler answers 500, past this wrapper
+                ctx.status, ctx.error_code = 500, "internal_error"
+            raise
         finally:
             if gauge is not None:
                 gauge.dec()

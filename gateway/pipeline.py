@@ -24,13 +24,11 @@ from gateway.errors import (
     AllProvidersFailedError,
     NoEligibleDeploymentError,
     ProviderError,
-    UpstreamAuthError,
-    UpstreamContextLengthError,
     UpstreamRateLimitedError,
-    UpstreamRejectedError,
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
+from gateway.failures import record_failure
 from gateway.keys import Caller
 from gateway.planning import RequestControls, route_request
 from gateway.providers.base import Provider
@@ -41,9 +39,6 @@ from routers import Plan
 
 T = TypeVar("T")
 Attempt = Callable[[Deployment, Provider], Awaitable[T]]
-
-# Errors about the request, not the deployment's health: no cooldown for these.
-_NOT_HEALTH = (UpstreamRejectedError, UpstreamContextLengthError)
 
 
 class Pipeline:
@@ -168,7 +163,7 @@ class Pipeline:
             try:
                 result = await self._timed(d, deadline - started, attempt(d, provider))
             except ProviderError as error:
-                self._record_failure(d, error, time.perf_counter() - started)
+                record_failure(self.s, d, error, time.perf_counter() - started)
                 if not self._retry_in_place(error, is_last, retries):
                     raise
                 retries += 1
@@ -206,18 +201,6 @@ class Pipeline:
             return False
         self.s.retry_budget.release()  # a retry in place holds no concurrent slot after this
         return True
-
-    def _record_failure(self, d: Deployment, error: ProviderError, duration_s: float) -> None:
-        self.s.metrics.record_attempt(d.provider, d.id, error.outcome, duration_s)
-        if isinstance(error, _NOT_HEALTH):
-            return
-        cooldown_s = None
-        if isinstance(error, UpstreamRateLimitedError) and error.retry_after_s:
-            cooldown_s = error.retry_after_s
-        elif isinstance(error, UpstreamAuthError):
-            cooldown_s = self.s.config.routing.cooldown_s
-        if self.s.stats.failure(d.id, cooldown_s=cooldown_s):
-            self.s.metrics.record_cooldown(d.id, self.s.stats.get(d.id).cooldown_until)
 
 
 async def _within(remaining_s: float, work: Awaitable[T]) -> T:

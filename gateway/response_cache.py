@@ -123,6 +123,9 @@ class ResponseCache:
             ctx.deployment_id, ctx.provider, ctx.model = d.id, d.provider, d.model
         self._saved.inc(saved_usd)
 
+    async def aclose(self) -> None:
+        await self.backend.aclose()
+
     async def purge(self, tenant: str | None) -> int:
         """Delete one tenant's entries, or every entry; raises CacheUnavailableError."""
         return await self.backend.purge(tenant_prefix(tenant))

@@ -19,6 +19,7 @@ from gateway.attempt import OpenedStream
 from gateway.catalog import Deployment
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, ProviderError, UpstreamUnavailableError
+from gateway.failures import penalize
 from gateway.keys import Caller
 from gateway.streaming import DONE_LINE, encode_chunk, encode_error
 from gateway.types import ChatRequest, JSONObject
@@ -60,6 +61,7 @@ class ChatStream:
         except ProviderError as error:
             outcome = "error"
             self._ctx.error_code = error.error_code
+            penalize(self._s, self._d, error)
             yield encode_error(error.to_openai_body())
         finally:
             await self._finish(outcome)

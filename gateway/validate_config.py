@@ -91,7 +91,7 @@ def explain_body(config: GatewayConfig, raw: bytes) -> tuple[JSONObject, JSONObj
     )
     planner = Planner(catalog.routes, catalog.deployments, stats)
     try:
-        req = parse_chat_request(raw, RequestLimits(max_messages=config.server.max_messages))
+        req = parse_chat_request(raw, RequestLimits.from_server(config.server))
         route = catalog.route_for(req.model)
     except GatewayError as error:
         return {}, error.to_openai_body()

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway import jsonutil
+from gateway.config import ServerConfig
 from gateway.errors import InvalidRequestError
 from gateway.types import ChatRequest, EmbeddingRequest, JSONObject
 
@@ -40,6 +41,7 @@ _NUMBER_RANGES: dict[str, tuple[float, float]] = {
     "frequency_penalty": (-2.0, 2.0),
 }
 _POSITIVE_INTS = ("n", "max_tokens", "max_completion_tokens", "top_logprobs", "seed")
+DEFAULT_MAX_JSON_DEPTH = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,9 +49,20 @@ class RequestLimits:
     max_messages: int = 2048
     max_tools: int = 256
     max_n: int = 16
+    # orjson parses up to 1024 levels but serializes only 254: a body between the two
+    # would parse, then fail when forwarded (a 500). Bounded well below, adapters nest more.
+    max_json_depth: int = DEFAULT_MAX_JSON_DEPTH
+
+    @classmethod
+    def from_server(cls, server: ServerConfig) -> RequestLimits:
+        return cls(
+            max_messages=server.max_messages,
+            max_tools=server.max_tools,
+            max_json_depth=server.max_json_depth,
+        )
 
 
-def decode_object(raw: bytes) -> JSONObject:
+def decode_object(raw: bytes, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> JSONObject:
     if not raw:
         raise InvalidRequestError("Request body is empty; expected a JSON object.")
     try:
@@ -58,16 +71,32 @@ def decode_object(raw: bytes) -> JSONObject:
         raise InvalidRequestError(f"Request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidRequestError("Request body must be a JSON object.")
+    # Fewer brackets than the limit cannot nest deeper: the walk only runs on suspect bodies.
+    if raw.count(b"[") + raw.count(b"{") > max_depth and _too_deep(data, max_depth):
+        raise InvalidRequestError(f"Request body nests deeper than {max_depth} levels.")
     return data
 
 
+def _too_deep(data: JSONObject, max_depth: int) -> bool:
+    """Counts container levels, as the JSON libraries do."""
+    stack: list[tuple[dict[str, Any] | list[Any], int]] = [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > max_depth:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return False
+
+
 def parse_chat_request(raw: bytes, limits: RequestLimits) -> ChatRequest:
-    body = decode_object(raw)
+    body = decode_object(raw, limits.max_json_depth)
     _reject_forbidden(body)
     model = _required_str(body, "model")
     messages = _messages(body.get("messages"), limits)
     _check_scalars(body, limits)
     _check_tools(body, limits)
+    _check_response_format(body)
     stream = _optional_bool(body, "stream") or False
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
@@ -78,7 +107,7 @@ def parse_chat_request(raw: bytes, limits: RequestLimits) -> ChatRequest:
 
 
 def parse_embedding_request(raw: bytes, limits: RequestLimits) -> EmbeddingRequest:
-    body = decode_object(raw)
+    body = decode_object(raw, limits.max_json_depth)
     _reject_forbidden(body)
     model = _required_str(body, "model")
     value = body.get("input")
@@ -99,9 +128,14 @@ def parse_embedding_request(raw: bytes, limits: RequestLimits) -> EmbeddingReque
 def _all_str_or_tokens(items: list[Any]) -> bool:
     if all(isinstance(i, str) for i in items):
         return True
-    if all(isinstance(i, int) for i in items):
+    if _all_tokens(items):
         return True
-    return all(isinstance(i, list) and all(isinstance(t, int) for t in i) for i in items)
+    return all(isinstance(i, list) and i and _all_tokens(i) for i in items)
+
+
+def _all_tokens(items: list[Any]) -> bool:
+    """Token ids: integers, and JSON `true`/`false` are not (Python's bool is an int)."""
+    return all(isinstance(t, int) and not isinstance(t, bool) for t in items)
 
 
 def _reject_forbidden(body: JSONObject) -> None:
@@ -211,6 +245,9 @@ def _check_tools(body: JSONObject, limits: RequestLimits) -> None:
             raise InvalidRequestError(
                 f"'tools[{index}].function.name' is required.", f"tools[{index}].function.name"
             )
+
+
+def _check_response_format(body: JSONObject) -> None:
     fmt = body.get("response_format")
     if fmt is not None and not (isinstance(fmt, dict) and isinstance(fmt.get("type"), str)):
         raise InvalidRequestError(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,23 @@ ANTHROPIC_KEY = "sk-ant-fake-key-CANARY-3b9e"
 GEMINI_KEY = "AIza-fake-gemini-key-CANARY-5c2a"
 AZURE_KEY = "azure-fake-key-CANARY-8e4b"
 AZURE_DEPLOYMENTS = ("chat-prod", "embed-prod")  # deployments that exist on the fake resource
+
+# Secrets no gateway log of the session may contain (rule 12): the shared keys above, the
+# fakes' default keys, the SHA-256 of the shared gateway key, and every string that
+# follows the suite's convention of a "-CANARY-" marker in test secrets.
+LOG_SECRETS = (
+    GATEWAY_KEY,
+    hashlib.sha256(GATEWAY_KEY.encode()).hexdigest(),
+    OPENAI_KEY,
+    ANTHROPIC_KEY,
+    GEMINI_KEY,
+    AZURE_KEY,
+    "sk-fake-openai-key",
+    "sk-ant-fake-key",
+    "gemini-fake-key",
+    "azure-fake-key",
+)
+CANARY_MARK = re.compile(r"[\w.-]*-CANARY-[\w.-]*")
 
 
 @pytest.fixture(scope="session")
@@ -82,3 +101,24 @@ def redis_server(session_dir: Path) -> Iterator[RedisServer]:
     server = RedisServer(session_dir).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_secrets_in_gateway_logs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After the whole session, grep every gateway log it wrote for the suite's secrets.
+
+    A session-scoped autouse fixture rather than a test ordered last: it runs whatever
+    subset is selected (-k, one file, a re-run of failures), and since it is set up
+    before any other session fixture it is torn down after them, i.e. after
+    `start_gateway` has stopped every gateway and their logs are complete. A leak fails
+    the session as an error at teardown of the last test. Logs are found under the
+    session's base temp dir, so gateways that tests start in their own tmp_path count too.
+    """
+    yield
+    leaks = []
+    for log in sorted(tmp_path_factory.getbasetemp().rglob("gateway-*.log")):
+        for number, line in enumerate(log.read_text(errors="replace").splitlines(), 1):
+            found = [s for s in LOG_SECRETS if s in line] + CANARY_MARK.findall(line)
+            if found:
+                leaks.append(f"{log.name}:{number}: {sorted(set(found))}: {line[:300]}")
+    assert not leaks, "secrets in gateway logs:\n" + "\n".join(leaks[:20])

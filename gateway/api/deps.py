@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import cast
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from gateway import jsonutil
 from gateway.context import RequestContext
-from gateway.errors import PayloadTooLargeError
+from gateway.errors import IncompleteBodyError, PayloadTooLargeError
 from gateway.keys import Caller
 from gateway.pipeline import Pipeline
 from gateway.services import Services
@@ -41,11 +41,14 @@ async def read_body(request: Request, limit_bytes: int) -> bytes:
         raise PayloadTooLargeError(f"Request body is larger than {limit_bytes} bytes.")
     parts: list[bytes] = []
     size = 0
-    async for part in request.stream():
-        size += len(part)
-        if size > limit_bytes:
-            raise PayloadTooLargeError(f"Request body is larger than {limit_bytes} bytes.")
-        parts.append(part)
+    try:
+        async for part in request.stream():
+            size += len(part)
+            if size > limit_bytes:
+                raise PayloadTooLargeError(f"Request body is larger than {limit_bytes} bytes.")
+            parts.append(part)
+    except ClientDisconnect:
+        raise IncompleteBodyError("The client closed the connection mid-body.") from None
     return b"".join(parts)
 
 

@@ -106,8 +106,17 @@ class BaseProvider:
         return data
 
     def classify_error(self, status: int, body: bytes, headers: Mapping[str, str]) -> ProviderError:
+        # Every field is relayed (type, param and code too) and the code is logged: a
+        # provider that echoes our key may put it in any of them.
         message, error_type, param, code = self.error_fields(body)
-        return classify_status(status, self.redact(message), headers, error_type, param, code)
+        return classify_status(
+            status,
+            self.redact(message),
+            headers,
+            self.redact(error_type),
+            None if param is None else self.redact(param),
+            None if code is None else self.redact(code),
+        )
 
     def error_fields(self, body: bytes) -> tuple[str, str, str | None, str | None]:
         """(message, type, param, code) from an OpenAI-style error body."""
@@ -136,6 +145,12 @@ def classify_status(
     code: str | None = None,
 ) -> ProviderError:
     detail = f"Upstream returned HTTP {status}" + (f": {message}" if message else ".")
+    if status < 400:
+        # A redirect (never followed, rule 10) or another non-answer: the upstream's fault,
+        # not the request's; never relayed as a 3xx the client's HTTP library would follow.
+        return UpstreamUnavailableError(
+            f"Upstream returned HTTP {status} instead of an answer.", upstream_status=status
+        )
     if status in (401, 403):
         # Our provider key was refused: not the client's fault (rule 5), no upstream text.
         return UpstreamAuthError(

@@ -71,6 +71,7 @@ TOOL_PREAMBLE = "Let me check."
 @dataclass
 class AnthropicBehaviour(Behaviour):
     error_event_after: int | None = None  # streams: an `error` event after N events
+    error_message: str = "Overloaded"  # that event's message (e.g. one echoing a key)
 
 
 class FakeAnthropic(FakeServer):
@@ -362,9 +363,10 @@ async def _messages(
     events = _stream_events(fake, body, b)
     after = b.error_event_after if isinstance(b, AnthropicBehaviour) else None
     if after is not None:
+        assert isinstance(b, AnthropicBehaviour)
         overloaded = {
             "type": "error",
-            "error": {"type": "overloaded_error", "message": "Overloaded"},
+            "error": {"type": "overloaded_error", "message": b.error_message},
         }
         events = [*events[:after], _event("error", overloaded)]
     return await write_sse(request, events, b)

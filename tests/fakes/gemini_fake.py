@@ -95,6 +95,7 @@ class GeminiBehaviour(Behaviour):
     block_prompt: bool = False  # promptFeedback.blockReason, no candidates
     finish_reason: str | None = None  # e.g. "SAFETY": the candidate stops with no text
     error_event_after: int | None = None  # streams: an error event after N events
+    error_message: str | None = None  # that event's message (default: the 503 one)
 
 
 class FakeGemini(FakeServer):
@@ -554,7 +555,9 @@ def _stream_events(fake: FakeGemini, body: dict[str, Any], b: Behaviour) -> list
     encoded = [_event(e) for e in events]
     after = b.error_event_after if isinstance(b, GeminiBehaviour) else None
     if after is not None:
-        encoded = [*encoded[:after], _event(google_error(503, MESSAGES[503]))]
+        assert isinstance(b, GeminiBehaviour)
+        message = b.error_message or MESSAGES[503]
+        encoded = [*encoded[:after], _event(google_error(503, message))]
     return encoded
 
 

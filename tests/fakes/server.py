@@ -32,6 +32,12 @@ class Behaviour:
     drop_before_response: bool = False  # close the socket without answering
     content: str | None = None  # override the reply text
     usage: bool = True  # include usage in the answer
+    raw_body: bytes | None = None  # answer 200 with exactly these bytes (malformed bodies)
+    stall_body_s: float = 0.0  # send headers and half a JSON body, then stall this long
+    first_content_delay_s: float = 0.0  # streams: wait after the role preamble (slow TTFT)
+    replace_event: tuple[int, bytes] | None = None  # streams: raw bytes in place of event N
+    stall_after_chunks: tuple[int, float] | None = None  # streams: (N, s) stall before event N
+    stalled: bool = False  # set by the fake once it hangs or stalls: a test can wait for it
 
 
 @dataclass
@@ -112,6 +118,11 @@ class FakeServer:
         with self._lock:
             return self._script.pop(0) if self._script else Behaviour()
 
+    def behaviour_for(self, body: Any) -> Behaviour:
+        """The behaviour for one call: the script's next. Subclasses may choose by the
+        request body instead, so concurrent callers each get theirs (soak tests)."""
+        return self._next_behaviour()
+
     # --- request handling ------------------------------------------------------
     def routes(self) -> list[tuple[str, str, Handler]]:
         raise NotImplementedError
@@ -136,15 +147,15 @@ class FakeServer:
             if problems:
                 self.violations.extend(problems)
                 return web.json_response(self.invalid_body("; ".join(problems)), status=400)
-            behaviour = self._next_behaviour()
+            behaviour = self.behaviour_for(body)
             if behaviour.drop_before_response:
                 assert request.transport is not None
                 request.transport.close()
                 return web.Response(status=500)
-            if behaviour.hang_s and not await self._sleep_unless_abandoned(
-                request, behaviour.hang_s
-            ):
-                return web.Response(status=499)
+            if behaviour.hang_s:
+                behaviour.stalled = True
+                if not await self._sleep_unless_abandoned(request, behaviour.hang_s):
+                    return web.Response(status=499)
             if behaviour.status != 200:
                 payload = (
                     behaviour.body
@@ -156,6 +167,10 @@ class FakeServer:
                 )
             if behaviour.delay_s:
                 await asyncio.sleep(behaviour.delay_s)
+            if behaviour.raw_body is not None:
+                return web.Response(body=behaviour.raw_body, content_type="application/json")
+            if behaviour.stall_body_s:
+                return await self._stall_body(request, behaviour)
             try:
                 return await handler(request, self, behaviour, body)
             except ConnectionResetError:
@@ -163,6 +178,17 @@ class FakeServer:
                 raise
 
         return wrapped
+
+    async def _stall_body(self, request: web.Request, behaviour: Behaviour) -> web.StreamResponse:
+        """Headers and the start of a JSON body go out at once; the rest only after a stall."""
+        response = web.StreamResponse(headers={"content-type": "application/json"})
+        await response.prepare(request)
+        await response.write(b'{"id": "chatcmpl-stalled", "choices": [')
+        behaviour.stalled = True
+        if await self._sleep_unless_abandoned(request, behaviour.stall_body_s):
+            await response.write(b"]}")
+            await response.write_eof()
+        return response
 
     async def _sleep_unless_abandoned(self, request: web.Request, seconds: float) -> bool:
         """Sleep; False (and counted) if the caller closed the connection meanwhile."""
@@ -182,10 +208,20 @@ class FakeServer:
 async def write_sse(
     request: web.Request, events: list[bytes], behaviour: Behaviour
 ) -> web.StreamResponse:
-    """Send pre-encoded SSE events, honouring chunk delays and mid-stream drops."""
+    """Send pre-encoded SSE events, honouring chunk delays, mid-stream drops, a slow first
+    content event and a raw replacement event."""
     response = web.StreamResponse(headers={"content-type": "text/event-stream"})
     await response.prepare(request)
+    if behaviour.replace_event is not None:
+        at, raw = behaviour.replace_event
+        events = [raw if index == at else event for index, event in enumerate(events)]
     for index, event in enumerate(events):
+        if index == 1 and behaviour.first_content_delay_s:
+            behaviour.stalled = True
+            await _sleep_while_connected(request, behaviour.first_content_delay_s)
+        if behaviour.stall_after_chunks is not None and index == behaviour.stall_after_chunks[0]:
+            behaviour.stalled = True
+            await _sleep_while_connected(request, behaviour.stall_after_chunks[1])
         if behaviour.drop_after_chunks is not None and index >= behaviour.drop_after_chunks:
             assert request.transport is not None
             request.transport.close()  # an abrupt end: no terminator, no clean close
@@ -197,3 +233,13 @@ async def write_sse(
         await response.write(event)
     await response.write_eof()
     return response
+
+
+async def _sleep_while_connected(request: web.Request, seconds: float) -> None:
+    """Sleep; ConnectionResetError (counted as abandoned) as soon as the caller hangs up."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while loop.time() < deadline:
+        if request.transport is None or request.transport.is_closing():
+            raise ConnectionResetError("the caller closed the stream")
+        await asyncio.sleep(0.02)

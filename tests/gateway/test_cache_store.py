@@ -1,14 +1,22 @@
-"""The in-memory backend (LRU in bytes, TTL), the entry format and the single flight."""
+"""The cache backends (memory: LRU in bytes, TTL; Redis: write-behind), the entry
+format and the single flight."""
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
+from redis import Redis as SyncRedis
 
-from gateway.cache import CacheEntry, MemoryCache
+from gateway.cache import CacheEntry, MemoryCache, RedisCache
 from gateway.coalesce import SingleFlight
+from gateway.config import RedisConfig
+from gateway.metrics import Metrics
+from gateway.redis_client import SharedRedis, make_redis
 from gateway.types import Usage
+from tests.gatewayproc import RedisServer
 
 
 class Clock:
@@ -116,3 +124,71 @@ def test_abandoned_flight_lets_a_waiter_lead_and_cancelled_waiters_leave() -> No
             await third.wait(0.01)  # a waiter's wait is bounded
 
     run(scenario())
+
+
+def redis_cache(url: str, **kwargs: int) -> RedisCache:
+    shared = SharedRedis(make_redis(RedisConfig(url=url)), Metrics(CollectorRegistry()), 1.0)
+    return RedisCache(shared, **kwargs)
+
+
+async def close(cache: RedisCache) -> None:
+    await cache.aclose()
+    await cache._redis.aclose()
+
+
+def test_redis_cache_writes_behind_and_reads_its_own_writes(redis_server: RedisServer) -> None:
+    direct = SyncRedis.from_url(redis_server.url)
+    direct.delete("wb:a", "wb:b")
+
+    async def scenario() -> None:
+        cache = redis_cache(redis_server.url)
+        await cache.set("wb:a", b"one", 60)
+        assert direct.get("wb:a") is None  # not sent yet: the response did not wait
+        assert await cache.get("wb:a") == b"one"  # but this process already reads it
+        for _ in range(100):
+            if direct.get("wb:a") == b"one":
+                break
+            await asyncio.sleep(0.01)
+        assert direct.get("wb:a") == b"one"
+        assert 0 < direct.ttl("wb:a") <= 60
+        await cache.set("wb:b", b"two", 60)
+        await close(cache)  # shutdown sends what is still queued
+        assert direct.get("wb:b") == b"two"
+
+    run(scenario())
+
+
+def test_redis_cache_pending_writes_are_bounded_and_purged(redis_server: RedisServer) -> None:
+    direct = SyncRedis.from_url(redis_server.url)
+
+    async def scenario() -> None:
+        cache = redis_cache(redis_server.url, max_pending_bytes=100)
+        await cache.set("bound:t1:a", b"x" * 40, 60)
+        await cache.set("bound:t1:b", b"x" * 40, 60)
+        await cache.set("bound:t2:c", b"x" * 40, 60)  # past 100 queued bytes: dropped
+        # Nothing yielded to the writer yet: the purge finds both still queued.
+        assert await cache.purge("bound:t1:") == 0
+        assert await cache.get("bound:t1:a") is None
+        assert await cache.get("bound:t2:c") is None
+        await close(cache)
+        assert direct.keys("bound:*") == []
+
+    run(scenario())
+
+
+def test_redis_cache_drops_writes_while_redis_is_down(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path).start()
+
+    async def scenario() -> None:
+        cache = redis_cache(server.url)
+        assert await cache.get("down:a") is None  # connects while Redis is up
+        server.stop()
+        assert await cache.get("down:a") is None  # fails open, marks it down
+        await cache.set("down:a", b"v", 60)  # dropped, not queued while down
+        assert await cache.get("down:a") is None
+        await close(cache)
+
+    try:
+        run(scenario())
+    finally:
+        server.stop()
