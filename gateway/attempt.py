@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from gateway.catalog import Deployment
 from gateway.errors import UpstreamUnavailableError
 from gateway.providers.base import Provider, StreamTranslator
-from gateway.streaming import iter_events
+from gateway.streaming import iter_event_batches
 from gateway.types import (
     ChatRequest,
     ChatResponse,
@@ -48,10 +48,11 @@ async def embeddings_once(
 
 @dataclass(slots=True)
 class OpenedStream:
-    """A stream past its commit point: held chunks first, then the rest of the events."""
+    """A stream past its commit point: held chunks first, then the rest of the events
+    (in batches: the events that arrived together)."""
 
     held: list[JSONObject]
-    events: AsyncIterator[SSEEvent]
+    events: AsyncIterator[list[SSEEvent]]
     translator: StreamTranslator
     context: AbstractAsyncContextManager[UpstreamStream]
     first_content_at: float
@@ -80,7 +81,7 @@ async def open_stream(
             body = await stream.read_all()
             raise provider.classify_error(stream.status, body, stream.headers)
         translator = provider.chat_stream(req, d)
-        events = iter_events(stream.lines())
+        events = iter_event_batches(stream.line_batches())
         held = await _peek(events, translator)
         return OpenedStream(held, events, translator, context, time.perf_counter())
     except BaseException:
@@ -88,11 +89,16 @@ async def open_stream(
         raise
 
 
-async def _peek(events: AsyncIterator[SSEEvent], translator: StreamTranslator) -> list[JSONObject]:
+async def _peek(
+    events: AsyncIterator[list[SSEEvent]], translator: StreamTranslator
+) -> list[JSONObject]:
+    """Held chunks up to the first content, and whatever arrived with it."""
     held: list[JSONObject] = []
-    async for event in events:
-        chunks = translator.feed(event)
-        held.extend(chunks)
-        if translator.done or any(is_content(c) for c in chunks):
+    async for batch in events:
+        for event in batch:
+            held.extend(translator.feed(event))
+            if translator.done:
+                return held
+        if any(is_content(c) for c in held):
             return held
     raise UpstreamUnavailableError("The upstream closed the stream before sending any content.")

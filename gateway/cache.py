@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from gateway import jsonutil
 from gateway.errors import GatewayError
-from gateway.redis_client import RedisUnavailableError, SharedRedis
+from gateway.redis_client import WRITE_LINGER_S, RedisUnavailableError, SharedRedis
 from gateway.types import Usage
 
 _PURGE_BATCH = 500
@@ -173,13 +173,48 @@ class RedisCache:
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
+        self._reading = False  # a read is in flight
+        self._queued_reads: list[tuple[str, asyncio.Future[bytes | None]]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def get(self, key: str) -> bytes | None:
         pending = self._pending.get(key)
         if pending is not None:
             return pending[0]
-        value = await self._call(lambda r: r.get(key))
-        return value if isinstance(value, bytes) else None
+        if not self._reading:
+            values = await self._read([key])
+            return values[0]
+        # A read is in flight: join the next one, which asks for every key queued
+        # meanwhile in one MGET (one round trip and one client-library pass for many).
+        found: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        self._queued_reads.append((key, found))
+        return await found
+
+    async def _read(self, keys: list[str]) -> list[bytes | None]:
+        """MGET, a miss for each key when Redis fails; then sends what queued meanwhile."""
+        self._reading = True
+        try:
+            values = await self._call(lambda r: r.mget(keys)) or [None] * len(keys)
+        finally:
+            self._reading = False
+            if self._queued_reads:
+                self._read_queued()
+        return [v if isinstance(v, bytes) else None for v in values]
+
+    def _read_queued(self) -> None:
+        queued, self._queued_reads = self._queued_reads, []
+        task = asyncio.create_task(self._answer(queued))
+        self._tasks.add(task)  # a reference until done: the loop keeps only weak ones
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, queued: list[tuple[str, asyncio.Future[bytes | None]]]) -> None:
+        values: list[bytes | None] = [None] * len(queued)
+        try:
+            values = await self._read([key for key, _ in queued])
+        finally:  # failed or cancelled: every reader still gets an answer (a miss)
+            for (_, found), value in zip(queued, values, strict=True):
+                if not found.done():
+                    found.set_result(value)
 
     async def set(self, key: str, value: bytes, ttl_s: int) -> None:
         size = _size(key, value)
@@ -198,6 +233,8 @@ class RedisCache:
     async def _write_behind(self) -> None:
         while not self._closing:
             await self._wake.wait()
+            if len(self._pending) < _WRITE_BATCH and not self._closing:
+                await asyncio.sleep(WRITE_LINGER_S)  # let a batch gather: fewer round trips
             self._wake.clear()
             while self._pending:
                 await self._flush_batch()

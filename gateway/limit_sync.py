@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from gateway.limit_scripts import RedisLimitStore
 from gateway.limit_store import LimitStore, Write
 from gateway.metrics import Metrics
-from gateway.redis_client import RedisUnavailableError
+from gateway.redis_client import WRITE_LINGER_S, RedisUnavailableError
 
 log = logging.getLogger("gateway")
 
@@ -66,6 +66,8 @@ class PendingWrites:
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
+            if len(self._queue) < _BATCH:
+                await asyncio.sleep(WRITE_LINGER_S)  # let a batch gather: fewer round trips
             self._wake.clear()
             while self._queue:
                 if not await self.flush_batch():

@@ -24,6 +24,10 @@ from gateway.metrics import Metrics
 log = logging.getLogger("gateway")
 T = TypeVar("T")
 
+# How long a background writer waits for more writes to share its round trip: at low
+# load each request would otherwise cost a Redis round trip of its own per writer.
+WRITE_LINGER_S = 0.005
+
 
 class RedisUnavailableError(Exception):
     """Raised by `run_or_raise` when Redis failed or timed out."""

@@ -47,15 +47,18 @@ class SSEDecoder:
         return event
 
 
-async def iter_events(lines: AsyncIterator[bytes]) -> AsyncIterator[SSEEvent]:
+async def iter_event_batches(
+    line_batches: AsyncIterator[list[bytes]],
+) -> AsyncIterator[list[SSEEvent]]:
+    """The events completed by each batch of lines (empty batches are skipped)."""
     decoder = SSEDecoder()
-    async for line in lines:
-        event = decoder.feed_line(line)
-        if event is not None:
-            yield event
+    async for lines in line_batches:
+        events = [e for e in map(decoder.feed_line, lines) if e is not None]
+        if events:
+            yield events
     last = decoder.flush()
     if last is not None:
-        yield last
+        yield [last]
 
 
 def encode_chunk(chunk: JSONObject) -> bytes:

@@ -53,8 +53,8 @@ class ChatStream:
         self._s.stats.started(self._d.id)
         outcome = "client_disconnect"
         try:
-            for chunk in self._opened.held:
-                yield self._emit(chunk)
+            if self._opened.held:
+                yield b"".join(map(self._emit, self._opened.held))
             async for piece in self._relay():
                 yield piece
             outcome = "complete"
@@ -69,9 +69,20 @@ class ChatStream:
     async def _relay(self) -> AsyncIterator[bytes]:
         translator = self._opened.translator
         if not translator.done:
-            async for event in self._opened.events:
-                for chunk in translator.feed(event):
-                    yield self._emit(chunk)
+            async for batch in self._opened.events:
+                pieces: list[bytes] = []  # what arrived together is sent in one write
+                failure: ProviderError | None = None
+                try:
+                    for event in batch:
+                        pieces.extend(map(self._emit, translator.feed(event)))
+                        if translator.done:
+                            break
+                except ProviderError as error:
+                    failure = error  # the content before the failing event still goes out
+                if pieces:
+                    yield b"".join(pieces)
+                if failure is not None:
+                    raise failure
                 if translator.done:
                     break
         if not translator.done:

@@ -52,7 +52,9 @@ class UpstreamStream(Protocol):
 
     async def read_all(self) -> bytes: ...
 
-    def lines(self) -> AsyncIterator[bytes]: ...
+    def line_batches(self) -> AsyncIterator[list[bytes]]:
+        """Complete lines (with their `\n`), grouped as they arrived: one list per read."""
+        ...
 
 
 class Upstream(Protocol):
@@ -73,11 +75,12 @@ class AiohttpStream:
         with _mapped_errors():
             return await self._response.read()
 
-    async def lines(self) -> AsyncIterator[bytes]:
-        """Lines with their `\n`, split from whatever arrived: one read per network chunk.
+    async def line_batches(self) -> AsyncIterator[list[bytes]]:
+        """The lines completed by each network read, together.
 
         (`readline` scans and waits once per line, two per SSE event: the largest
-        per-chunk cost of a relayed stream in the benchmark.) A line split over many
+        per-chunk cost of a relayed stream in the benchmark. A batch also lets the
+        relay send what arrived together in one write.) A line split over many
         reads is joined once, when it ends, so a long line costs linear time.
         """
         content = self._response.content
@@ -93,8 +96,7 @@ class AiohttpStream:
                     data = b"".join((*partial, data))
                     partial.clear()
                 *complete, tail = data.split(b"\n")
-                for line in complete:
-                    yield line + b"\n"
+                yield [line + b"\n" for line in complete]
                 data, partial_bytes = tail, 0
             if data:
                 partial.append(data)
@@ -102,7 +104,7 @@ class AiohttpStream:
                 if partial_bytes > MAX_LINE_BYTES:
                     raise UpstreamUnavailableError("The upstream sent an over-long stream line.")
         if partial:
-            yield b"".join(partial)
+            yield [b"".join(partial)]
 
 
 class AiohttpUpstream:

@@ -29,17 +29,26 @@ async def _wait_disconnect(request: Request) -> None:
 
 
 async def until_disconnect(request: Request, work: Coroutine[Any, Any, T]) -> T:
-    task = asyncio.ensure_future(work)
+    # The work runs in this task (no second task, no asyncio.wait): a watcher task
+    # cancels this one if the client leaves first, and that cancel alone is converted.
+    this = asyncio.current_task()
+    assert this is not None
+    left = False
+
+    def client_left(watcher: asyncio.Future[None]) -> None:
+        nonlocal left
+        if not watcher.cancelled() and watcher.exception() is None:
+            left = True
+            this.cancel()
+
     watcher = asyncio.ensure_future(_wait_disconnect(request))
+    watcher.add_done_callback(client_left)
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:
-        task.cancel()  # we were cancelled ourselves (shutdown): take the work with us
+        return await work
+    except asyncio.CancelledError:
+        if left and this.uncancel() == 0:  # ours alone; a shutdown's cancel goes on
+            raise ClientDisconnectedError from None
         raise
     finally:
+        watcher.remove_done_callback(client_left)
         watcher.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    raise ClientDisconnectedError

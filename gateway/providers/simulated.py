@@ -41,11 +41,9 @@ class _ListStream:
     async def read_all(self) -> bytes:
         return b"".join([line async for line in self._lines])
 
-    async def lines(self) -> AsyncIterator[bytes]:
-        # The generator yields whole events; a real socket delivers them line by line.
-        async for blob in self._lines:
-            for line in blob.splitlines(keepends=True):
-                yield line
+    async def line_batches(self) -> AsyncIterator[list[bytes]]:
+        async for blob in self._lines:  # whole events: one "read" each
+            yield blob.splitlines(keepends=True)
 
 
 class SimulatedTransport:

@@ -158,6 +158,23 @@ def test_redis_cache_writes_behind_and_reads_its_own_writes(redis_server: RedisS
     run(scenario())
 
 
+def test_redis_cache_concurrent_reads_share_round_trips(redis_server: RedisServer) -> None:
+    direct = SyncRedis.from_url(redis_server.url)
+    keys = [f"rd:{i}" for i in range(50)]
+    direct.mset({k: f"v{i}" for i, k in enumerate(keys) if i % 7})  # every 7th: a miss
+    expected = [None if i % 7 == 0 else f"v{i}".encode() for i in range(50)]
+
+    async def scenario() -> None:
+        cache = redis_cache(redis_server.url)
+        before = direct.info("stats")["total_commands_processed"]
+        assert await asyncio.gather(*(cache.get(k) for k in keys)) == expected
+        commands = direct.info("stats")["total_commands_processed"] - before - 1
+        assert 1 <= commands <= 3  # the first read alone, then one MGET for the rest
+        await close(cache)
+
+    run(scenario())
+
+
 def test_redis_cache_pending_writes_are_bounded_and_purged(redis_server: RedisServer) -> None:
     direct = SyncRedis.from_url(redis_server.url)
 
@@ -186,6 +203,8 @@ def test_redis_cache_drops_writes_while_redis_is_down(tmp_path: Path) -> None:
         assert await cache.get("down:a") is None  # fails open, marks it down
         await cache.set("down:a", b"v", 60)  # dropped, not queued while down
         assert await cache.get("down:a") is None
+        reads = asyncio.gather(*(cache.get(f"down:{i}") for i in range(10)))
+        assert await asyncio.wait_for(reads, 5) == [None] * 10  # every reader answered
         await close(cache)
 
     try:

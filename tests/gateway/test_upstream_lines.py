@@ -33,7 +33,7 @@ async def _lines_from(write: Writer) -> list[bytes]:
     try:
         request = UpstreamRequest(f"http://127.0.0.1:{port}/stream", {}, b"{}")
         async with upstream.stream(request) as stream:
-            return [line async for line in stream.lines()]
+            return [line async for batch in stream.line_batches() for line in batch]
     finally:
         await upstream.aclose()
         await runner.cleanup()

@@ -138,7 +138,11 @@ FAULT_CASES = [(fault, mode) for fault in FAULTS for mode in fault.modes]
 
 @dataclass(frozen=True)
 class LateFault:
-    """A stream failure after the commit point (content already reached the client)."""
+    """A stream failure after the commit point (content already reached the client).
+
+    Paced: events that arrive in one read are checked together before the commit, so
+    a fault in the same read as the first content still falls over (nothing was sent).
+    """
 
     id: str
     script: Callable[[], Behaviour]
@@ -150,16 +154,19 @@ LATE_FAULTS = [
     LateFault("stalls-after-content", lambda: Behaviour(stall_after_chunks=(3, 5.0))),
     LateFault(
         "malformed-sse-after-content",
-        lambda: Behaviour(replace_event=(3, b"data: {broken\n\n")),
+        lambda: Behaviour(replace_event=(3, b"data: {broken\n\n"), chunk_delay_s=0.05),
     ),
     LateFault(
         "error-event-after-content",
-        lambda: Behaviour(replace_event=(3, b"data: " + json.dumps(ERROR_200).encode() + b"\n\n")),
+        lambda: Behaviour(
+            replace_event=(3, b"data: " + json.dumps(ERROR_200).encode() + b"\n\n"),
+            chunk_delay_s=0.05,
+        ),
     ),
     # message_start, content_block_start, ping, two text deltas, then `error: overloaded`
     LateFault(
         "anthropic-overloaded-after-content",
-        lambda: AnthropicBehaviour(error_event_after=5),
+        lambda: AnthropicBehaviour(error_event_after=5, chunk_delay_s=0.05),
         provider="ant",
     ),
 ]
