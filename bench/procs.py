@@ -79,11 +79,11 @@ class ProcessGroup:
         self._procs.append((name, proc, stop_signal))
         return proc
 
-    def stop_pid(self, pid: int) -> None:
+    def stop_pid(self, pid: int, grace_s: float = 10.0) -> None:
         for entry in list(self._procs):
             if entry[1].pid == pid:
                 self._procs.remove(entry)
-                _stop(entry[1], entry[2])
+                _stop(entry[1], entry[2], grace_s)
 
     def close(self) -> None:
         while self._procs:

@@ -346,11 +346,15 @@ def _profile(bench: Bench, scenario: Scenario, config: dict[str, Any], target: T
             threads=args.wrk_threads,
         )
     finally:
-        bench.group.stop_pid(server.pid)  # SIGINT: pyinstrument writes the session
+        # SIGINT: pyinstrument writes the session, which takes a while after a long run.
+        bench.group.stop_pid(server.pid, grace_s=120.0)
     if not session.exists():
         return [f"profile failed: no session written; see {server.log_path.name}"]
     # The session itself (tens of MB) goes with the temp dir; the summary is kept.
-    return summarise(session, args.gateway_src)
+    try:
+        return summarise(session, args.gateway_src)
+    except ValueError as exc:  # cut short (the profiled process stopped while writing)
+        return [f"profile failed: unreadable session ({type(exc).__name__}: {exc})"]
 
 
 def _settings(args: argparse.Namespace) -> dict[str, object]:

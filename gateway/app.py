@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import traceback
 from collections.abc import AsyncIterator
@@ -24,7 +25,7 @@ from gateway.errors import GatewayError, InvalidRequestError, NotFoundError
 from gateway.key_admin import build_key_admin
 from gateway.keys import KeyStore
 from gateway.limits import build_limits
-from gateway.logs import configure_logging
+from gateway.logs import AccessLog, configure_logging
 from gateway.metrics import Metrics
 from gateway.metrics_server import start_in_process
 from gateway.middleware import RequestContextMiddleware
@@ -84,9 +85,23 @@ def build_services(config: GatewayConfig, registry: CollectorRegistry | None = N
         limits=limits,
         key_admin=build_key_admin(config, keys, redis, metrics),
         request_limits=RequestLimits.from_server(config.server),
+        access_log=AccessLog() if config.server.access_log else None,
         redis=redis,
         cache=build_response_cache(config, redis, metrics, catalog.deployments),
     )
+
+
+def tune_gc() -> None:
+    """Fewer, cheaper collections under load.
+
+    What start-up built lives as long as the process: frozen, the collector never
+    walks it again. Requests allocate many short-lived containers, so the youngest
+    generation is collected every 20,000 allocations instead of 700; with thousands
+    of streams in flight, the default made collection a tenth of the CPU.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
 
 
 def create_app(config: GatewayConfig) -> Starlette:
@@ -102,6 +117,7 @@ def create_app(config: GatewayConfig) -> Starlette:
         services.limits.start()
         await services.key_admin.start()
         listener = start_in_process(services)  # only with `metrics.port`
+        tune_gc()
         try:
             yield {"services": services, "pipeline": Pipeline(services)}
         finally:

@@ -26,7 +26,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from gateway import jsonutil
 from gateway.limit_store import Admission, Decision, Release, Settlement, UsageRow, Write
@@ -284,28 +284,38 @@ class RedisLimitStore:
         return Decision(reason.decode(), max(0, wait_ms) / 1000)
 
     async def apply(self, writes: Sequence[Write]) -> None:
-        async def run(client: Any) -> list[Any]:
-            async with client.pipeline(transaction=False) as pipe:
-                for write in writes:
-                    await self._queue(pipe, write)
-                return list(await pipe.execute(raise_on_error=False))
-
-        results = await self._redis.run_or_raise("limits", run)
+        """One pipeline of EVALSHAs. (redis-py's script objects in a pipeline ask SCRIPT
+        EXISTS first: a second round trip per batch.) A Redis that lost its scripts
+        (restarted, flushed) answers NOSCRIPT: load them, then resend just those writes,
+        which did not run."""
+        results = await self._redis.run_or_raise("limits", lambda c: self._evalsha_all(c, writes))
+        unrun = [w for w, r in zip(writes, results, strict=True) if isinstance(r, NoScriptError)]
+        if unrun:
+            await self._redis.run_or_raise("limits", self._load_scripts)
+            results = await self._redis.run_or_raise(
+                "limits", lambda c: self._evalsha_all(c, unrun)
+            )
         for result in results:
             if isinstance(result, ResponseError):
                 # A script error is a bug, not an outage: retrying would block the queue.
                 log.error("limit write failed: %s", str(result)[:200])
 
-    async def _queue(self, pipe: Any, write: Write) -> None:
-        if isinstance(write, Release):
-            a = write.admission
-            await self._release(
-                keys=[*_rate_keys(a), *_budget_keys(a)], args=[a.request_id], client=pipe
-            )
-            return
-        await self._settle(
-            keys=self._settle_keys(write), args=self._settle_args(write), client=pipe
-        )
+    async def _evalsha_all(self, client: Any, writes: Sequence[Write]) -> list[Any]:
+        async with client.pipeline(transaction=False) as pipe:
+            for write in writes:
+                if isinstance(write, Release):
+                    a = write.admission
+                    keys = [*_rate_keys(a), *_budget_keys(a)]
+                    pipe.evalsha(self._release.sha, len(keys), *keys, a.request_id)
+                else:
+                    keys = self._settle_keys(write)
+                    args = self._settle_args(write)
+                    pipe.evalsha(self._settle.sha, len(keys), *keys, *args)
+            return list(await pipe.execute(raise_on_error=False))
+
+    async def _load_scripts(self, client: Any) -> None:
+        for script in (self._settle, self._release):
+            script.sha = await client.script_load(script.script)
 
     def _settle_keys(self, s: Settlement) -> list[str]:
         a = s.admission

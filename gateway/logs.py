@@ -26,6 +26,32 @@ class JSONFormatter(logging.Formatter):
         return jsonutil.dumps(payload).decode()
 
 
+class AccessLog:
+    """One JSON line per request, written straight to the access logger's stream.
+
+    The same line `JSONFormatter` would make, without a LogRecord, a handler lock and
+    a formatter call per request (a few percent of the gateway's CPU under load).
+    Falls back to the logger when its handler is not a plain stream.
+    """
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self._logger = logger or logging.getLogger("gateway.access")
+        self.enabled = self._logger.isEnabledFor(logging.INFO)
+        streams = [h for h in self._logger.handlers if type(h) is logging.StreamHandler]
+        self._stream = streams[0].stream if len(self._logger.handlers) == 1 and streams else None
+
+    def write(self, fields: dict[str, object]) -> None:
+        if not self.enabled:
+            return
+        if self._stream is None:
+            self._logger.info("access", extra={"fields": fields})
+            return
+        line = {"ts": round(time.time(), 3), "level": "info", "logger": self._logger.name}
+        line.update(fields)
+        self._stream.write(jsonutil.dumps(line).decode() + "\n")
+        self._stream.flush()
+
+
 def configure_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter())

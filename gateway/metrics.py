@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -74,6 +75,7 @@ class Metrics:
         self.registry = registry
         self._multiproc_dir = multiproc_dir
         self._key_pairs: set[tuple[str, str]] = set()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._declare_requests(registry)
         self._declare_upstream(registry)
         self._declare_spend(registry)
@@ -265,32 +267,38 @@ class Metrics:
         route = ctx.route or "unknown"
         deployment = ctx.deployment_id or "none"
         cache = (ctx.cache or "off").lower()
-        self.requests.labels(
-            ctx.endpoint, route, deployment, ctx.provider or "none", status_class, cache
+        self._child(
+            self.requests,
+            ctx.endpoint,
+            route,
+            deployment,
+            ctx.provider or "none",
+            status_class,
+            cache,
         ).inc()
         elapsed_s = ctx.elapsed_s()
-        self.request_duration.labels(
-            ctx.endpoint, route, "true" if ctx.stream else "false"
+        self._child(
+            self.request_duration, ctx.endpoint, route, "true" if ctx.stream else "false"
         ).observe(elapsed_s)
         if ctx.upstream_s is not None and not ctx.stream:
-            self.overhead.labels(ctx.endpoint).observe(max(0.0, elapsed_s - ctx.upstream_s))
+            self._child(self.overhead, ctx.endpoint).observe(max(0.0, elapsed_s - ctx.upstream_s))
 
     def record_attempt(
         self, provider: str, deployment: str, outcome: str, duration_s: float
     ) -> None:
-        self.upstream_requests.labels(provider, deployment, outcome).inc()
+        self._child(self.upstream_requests, provider, deployment, outcome).inc()
         if outcome == "ok":
-            self.upstream_duration.labels(provider, deployment).observe(duration_s)
+            self._child(self.upstream_duration, provider, deployment).observe(duration_s)
 
     def record_usage(self, ctx: RequestContext, key_label: str, team_label: str) -> None:
         provider, deployment = ctx.provider or "none", ctx.deployment_id or "none"
         if ctx.usage is not None:
             self._record_tokens(provider, deployment, ctx.usage)
         if ctx.cost_usd:
-            self.cost.labels(provider, deployment).inc(ctx.cost_usd)
-            self.key_cost.labels(*self._key_pair(key_label, team_label)).inc(ctx.cost_usd)
+            self._child(self.cost, provider, deployment).inc(ctx.cost_usd)
+            self._child(self.key_cost, *self._key_pair(key_label, team_label)).inc(ctx.cost_usd)
         if ctx.ttft_s is not None and ctx.stream:
-            self.ttft.labels(provider, deployment).observe(ctx.ttft_s)
+            self._child(self.ttft, provider, deployment).observe(ctx.ttft_s)
 
     def _record_tokens(self, provider: str, deployment: str, usage: Usage) -> None:
         counts = (
@@ -302,9 +310,18 @@ class Metrics:
         )
         for kind, count in counts:
             if count > 0:
-                self.tokens.labels(provider, deployment, kind).inc(count)
+                self._child(self.tokens, provider, deployment, kind).inc(count)
         if usage.estimated:
-            self.usage_estimated.labels(provider, deployment).inc()
+            self._child(self.usage_estimated, provider, deployment).inc()
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        """`metric.labels(*values)`, remembered: label lookups are a hot-path cost and
+        every label value here comes from a bounded set (config, enums, capped keys)."""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     def _key_pair(self, key: str, team: str) -> tuple[str, str]:
         pair = (key, team)

@@ -7,7 +7,6 @@ the response has been fully sent, streams included.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 from typing import Any
@@ -17,8 +16,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway import jsonutil
 from gateway.context import RequestContext
 from gateway.errors import GatewayOverloadedError
-
-access_log = logging.getLogger("gateway.access")
 
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _ENDPOINTS = {
@@ -113,8 +110,8 @@ def _finished(state: dict[str, Any], ctx: RequestContext) -> None:
     if services is None or ctx.endpoint == "other":
         return
     services.metrics.record_request(ctx)
-    if services.config.server.access_log:
-        access_log.info("access", extra={"fields": access_fields(ctx)})
+    if services.access_log is not None:
+        services.access_log.write(access_fields(ctx))
 
 
 def access_fields(ctx: RequestContext) -> dict[str, object]:

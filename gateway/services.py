@@ -9,6 +9,7 @@ from gateway.config import GatewayConfig
 from gateway.key_admin import KeyAdmin
 from gateway.keys import KeyStore
 from gateway.limits import Limits
+from gateway.logs import AccessLog
 from gateway.metrics import Metrics
 from gateway.planning import Planner
 from gateway.providers.base import Provider
@@ -34,5 +35,6 @@ class Services:
     limits: Limits
     key_admin: KeyAdmin
     request_limits: RequestLimits
+    access_log: AccessLog | None  # None: access logging off
     redis: SharedRedis | None = None
     cache: ResponseCache | None = None  # None: no route caches

@@ -235,6 +235,24 @@ def test_outage_admissions_settle_once_by_marker(run: Callable[..., None]) -> No
     run(scenario)
 
 
+def test_writes_survive_a_redis_that_lost_its_scripts(redis_server: RedisServer) -> None:
+    """Restarted or flushed: NOSCRIPT for the batch, scripts loaded, each write applied once."""
+
+    async def main() -> None:
+        async with redis_store(redis_server.url, 30.0, 60.0) as store:
+            first = admission(budget_usd=10.0, cost_usd=1.0)
+            assert (await store.admit(first)).reason is None
+            unchecked = admission(budget_usd=10.0)
+            await store._redis.client.script_flush()
+            await store.apply([settlement(first, 0.5), settlement(unchecked, 2.0, reserved=False)])
+            assert await store.spend(first.key_id, first.period) == (0.5, 0.0)
+            assert await store.spend(unchecked.key_id, unchecked.period) == (2.0, 0.0)
+            await store._redis.client.script_flush()
+            await store.apply([Release(another(first))])  # nothing held: a no-op, no error
+
+    asyncio.run(main())
+
+
 def test_dead_reservations_stop_holding_budget_but_late_settles_bill(
     run: Callable[..., None],
 ) -> None:
