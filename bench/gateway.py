@@ -59,8 +59,16 @@ def minimal_config(upstream: Upstream) -> dict[str, Any]:
     }
 
 
-def realistic_config(upstream: Upstream, redis_url: str | None) -> dict[str, Any]:
-    """A gateway key, `cheapest` over three deployments, metrics, Redis, cache (missed)."""
+# What `realistic` switches on; the `feature-*` scenarios switch them on one at a time.
+FEATURES = frozenset({"key", "routing", "cache", "metrics"})
+
+
+def realistic_config(
+    upstream: Upstream, redis_url: str | None, features: frozenset[str] = FEATURES
+) -> dict[str, Any]:
+    """A gateway key, `cheapest` over three deployments, metrics (and the access log),
+    Redis with the cache on (missed): each of those only when in `features`. Without
+    `routing` the route has one deployment; without `key`, auth is open."""
     models = [
         {
             "name": name,
@@ -72,19 +80,21 @@ def realistic_config(upstream: Upstream, redis_url: str | None) -> dict[str, Any
         }
         for name, price_in, price_out in REALISTIC_DEPLOYMENTS
     ]
+    routed = [m["name"] for m in models] if "routing" in features else [models[0]["name"]]
+    metrics = "metrics" in features
     config: dict[str, Any] = {
-        "server": {"access_log": True, "log_level": "info"},
-        "auth": {
-            "mode": "keys",
-            "keys": [{"name": "bench", "key": BENCH_KEY, "team": "bench", "routes": [ROUTE]}],
-        },
+        "server": {"access_log": metrics, "log_level": "info"},
+        "auth": {"mode": "open"},
         "providers": {"nginx": _provider(upstream.base_url)},
         "models": models,
-        "routes": [{"name": ROUTE, "policy": "cheapest", "models": [m["name"] for m in models]}],
-        "metrics": {"enabled": True},
-        "cache": {"enabled": True},
+        "routes": [{"name": ROUTE, "policy": "cheapest", "models": routed}],
+        "metrics": {"enabled": metrics},
+        "cache": {"enabled": "cache" in features},
     }
-    if redis_url is not None:
+    if "key" in features:
+        key = {"name": "bench", "key": BENCH_KEY, "team": "bench", "routes": [ROUTE]}
+        config["auth"] = {"mode": "keys", "keys": [key]}
+    if redis_url is not None and "cache" in features:
         config["redis"] = {"url": redis_url}
     return config
 

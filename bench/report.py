@@ -80,7 +80,7 @@ def _events_per_stream(load: LoadResult) -> str:
 
 
 HEADER = (
-    f"{'scenario':<10} {'target':<8} {'conc':>4} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+    f"{'scenario':<15} {'target':<8} {'conc':>4} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
     f"{'+p50 ms':>8} {'+p99 ms':>8} {'errors':>6} {'ev/str':>6} {'cpu us':>6} {'busy':>5}"
 )
 
@@ -91,7 +91,7 @@ def table(results: list[ScenarioResult]) -> str:
         for run in sorted(result.runs, key=lambda r: (r.load.connections, _ORDER[r.target])):
             load = run.load
             lines.append(
-                f"{result.name:<10} {run.target:<8} {load.connections:>4} {load.rps:>9.0f} "
+                f"{result.name:<15} {run.target:<8} {load.connections:>4} {load.rps:>9.0f} "
                 f"{_ms(load.p50_ms):>8} {_ms(load.p99_ms):>8} {_added(result, run, 'p50_ms'):>8} "
                 f"{_added(result, run, 'p99_ms'):>8} {load.errors:>6} "
                 f"{_events_per_stream(load):>6} {_cpu(run):>6} {_busy(run):>5}"

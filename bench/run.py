@@ -172,8 +172,9 @@ def _run_scenario(bench: Bench, scenario: Scenario, result: ScenarioResult) -> N
         config = gw.minimal_config(up)
         model, key = (gw.STREAM_MODEL if scenario.stream else gw.MODEL), None
     else:
-        config = gw.realistic_config(up, bench.redis_url)
-        model, key = gw.ROUTE, gw.BENCH_KEY
+        features = gw.FEATURES if scenario.features is None else scenario.features
+        config = gw.realistic_config(up, bench.redis_url, features)
+        model, key = gw.ROUTE, (gw.BENCH_KEY if "key" in features else None)
         if bench.redis_url is None:
             result.problems.append("redis-server absent: ran without Redis")
     args = bench.args
@@ -285,7 +286,7 @@ def _measure(
     assert best is not None
     load = best.load
     print(
-        f"  {scenario.name:<10} {target.name:<8} c={connections:<4} {load.rps:>9.0f} req/s  "
+        f"  {scenario.name:<15} {target.name:<8} c={connections:<4} {load.rps:>9.0f} req/s  "
         f"p50 {load.p50_ms:.3f} ms  p99 {load.p99_ms:.3f} ms  errors {load.errors}  "
         f"busy {best.foreign_cores:.2f}"
         + (

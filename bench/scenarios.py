@@ -36,6 +36,7 @@ class Scenario:
     count_events: bool = False  # wrk counts SSE events and unfinished streams
     pacing: Pacing | None = None  # None: nginx answers at once; else the paced upstream
     connections: tuple[int, ...] = ()  # empty: the --concurrency levels
+    features: frozenset[str] | None = None  # realistic variant: None = all of them
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -78,5 +79,17 @@ SCENARIOS: dict[str, Scenario] = {
         ),
     )
 }
+
+# The cost of each feature of `realistic` alone, at c=1: its +p50 minus `feature-none`'s.
+for _feature in ("none", "key", "routing", "cache", "metrics"):
+    SCENARIOS[f"feature-{_feature}"] = Scenario(
+        f"feature-{_feature}",
+        f"realistic config with only `{_feature}` on; at c=1",
+        "realistic",
+        unique_bodies=True,
+        features=frozenset() if _feature == "none" else frozenset({_feature}),
+        connections=(1,),
+    )
+FEATURE_SCENARIOS = tuple(n for n in SCENARIOS if n.startswith("feature-"))
 
 DEFAULT_SCENARIOS = ("chat", "realistic", "stream", "streams-1k")

@@ -16,7 +16,7 @@ from typing import Protocol
 
 import aiohttp
 
-from gateway.errors import UpstreamTimeoutError, UpstreamUnavailableError
+from gateway.errors import ProviderError, UpstreamTimeoutError, UpstreamUnavailableError
 
 MAX_LINE_BYTES = 8 * 1024 * 1024  # one stream line (an SSE field); a bound, not a real size
 
@@ -87,8 +87,10 @@ class AiohttpStream:
         partial: list[bytes] = []  # the start of a line whose end has not arrived
         partial_bytes = 0
         while True:
-            with _mapped_errors():
+            try:  # not `_mapped_errors()`: a context manager per read is a per-chunk cost
                 data = await content.readany()
+            except _TRANSPORT_ERRORS as exc:
+                raise _mapped(exc) from None
             if not data:
                 break
             if b"\n" in data:
@@ -194,12 +196,19 @@ def _mapped_errors(connecting: bool = False) -> Iterator[None]:
     """
     try:
         yield
-    except (TimeoutError, aiohttp.ServerTimeoutError):
-        raise UpstreamTimeoutError("The upstream did not answer in time.") from None
-    except (aiohttp.ClientError, ConnectionError, OSError) as exc:
-        error = UpstreamUnavailableError(f"Could not reach the upstream ({type(exc).__name__}).")
-        error.during_connect = connecting
-        raise error from None
+    except _TRANSPORT_ERRORS as exc:
+        raise _mapped(exc, connecting) from None
+
+
+_TRANSPORT_ERRORS = (TimeoutError, aiohttp.ClientError, ConnectionError, OSError)
+
+
+def _mapped(exc: BaseException, connecting: bool = False) -> ProviderError:
+    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+        return UpstreamTimeoutError("The upstream did not answer in time.")
+    error = UpstreamUnavailableError(f"Could not reach the upstream ({type(exc).__name__}).")
+    error.during_connect = connecting
+    return error
 
 
 class DispatchingUpstream:
