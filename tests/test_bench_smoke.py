@@ -48,7 +48,7 @@ def test_bench_runs_reports_a_table_and_stops_everything(tmp_path: Path) -> None
             pytest.fail(f"the benchmark did not finish in time:\n{stdout}{stderr}")
 
     assert proc.returncode == 0, stdout + stderr
-    assert "scenario   target" in stdout
+    assert "scenario        target" in stdout
     rows = [line.split() for line in stdout.splitlines() if line.startswith(("chat ", "stream "))]
     table_rows = [r for r in rows if r[1] in ("direct", "gateway") and r[2].isdigit()]
     assert len(table_rows) == 8, stdout
