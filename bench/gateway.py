@@ -99,6 +99,11 @@ def realistic_config(
     return config
 
 
+def with_transport(config: dict[str, Any], transport: str) -> dict[str, Any]:
+    """`config` with `server.upstream_transport` set (`bench.run --transport`)."""
+    return {**config, "server": {**config.get("server", {}), "upstream_transport": transport}}
+
+
 @dataclass
 class GatewayServer:
     """A running `python -m gateway serve` and what the harness knows of it."""

@@ -69,6 +69,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup-s", type=int, default=1, help="unmeasured run first; 0: none")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--workers", type=int, default=1, help="gateway worker processes")
+    parser.add_argument(
+        "--transport",
+        choices=["aiohttp", "httpx", "httpx-aiohttp"],
+        default="aiohttp",
+        help="the gateway's server.upstream_transport",
+    )
     parser.add_argument("--wrk-threads", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=1, help="measured runs each; best kept")
     parser.add_argument("--compare-url", help="another gateway's base URL, e.g. http://h:p/v1")
@@ -178,6 +184,7 @@ def _run_scenario(bench: Bench, scenario: Scenario, result: ScenarioResult) -> N
         if bench.redis_url is None:
             result.problems.append("redis-server absent: ran without Redis")
     args = bench.args
+    config = gw.with_transport(config, args.transport)
     server = gw.start_gateway(
         bench.group, bench.workdir, scenario.name, config, args.workers, args.gateway_src.resolve()
     )
@@ -365,6 +372,7 @@ def _settings(args: argparse.Namespace) -> dict[str, object]:
         "warmup_s": args.warmup_s,
         "concurrency": args.concurrency,
         "workers": args.workers,
+        "transport": args.transport,
         "wrk_threads": args.wrk_threads,
         "repeat": args.repeat,
         "compare_url": args.compare_url,
@@ -377,7 +385,8 @@ def _settings_line(args: argparse.Namespace) -> str:
     return (
         f"gateway benchmark: scenarios {', '.join(args.scenarios)}; {args.duration_s} s per run "
         f"(+{args.warmup_s} s warm-up); concurrency {args.concurrency}; "
-        f"{args.workers} gateway worker(s); wrk {args.wrk_threads} thread(s)"
+        f"{args.workers} gateway worker(s), {args.transport} upstream transport; "
+        f"wrk {args.wrk_threads} thread(s)"
     )
 
 

@@ -39,7 +39,7 @@ from gateway.retry_budget import RetryBudget
 from gateway.services import Services
 from gateway.stats import StatsStore
 from gateway.stats_sync import StatsSync
-from gateway.upstream import AiohttpUpstream, DispatchingUpstream
+from gateway.upstream import DispatchingUpstream, http_upstream
 from gateway.validate_config import reference_problems
 from gateway.validation import RequestLimits
 
@@ -56,7 +56,10 @@ def build_services(config: GatewayConfig, registry: CollectorRegistry | None = N
     provider_configs = {n: p for n, p in config.providers.items() if n in active}
     providers = build_providers(provider_configs)
     simulated = {n: p.simulation for n, p in provider_configs.items() if p.kind == "simulated"}
-    upstream = DispatchingUpstream(AiohttpUpstream(), {"simulated": SimulatedTransport(simulated)})
+    upstream = DispatchingUpstream(
+        http_upstream(config.server.upstream_transport),
+        {"simulated": SimulatedTransport(simulated)},
+    )
     stats = StatsStore(
         cooldown_failures=config.routing.cooldown_failures, cooldown_s=config.routing.cooldown_s
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -50,6 +51,10 @@ class SharedRedis:
         self._metrics = metrics
         self._deadline_s = deadline_s
         self.healthy = True
+        # A call that began before the last transition says nothing new about Redis: calls
+        # in flight when it died (or came back) finish in any order, and must not log a
+        # flap of transitions within milliseconds.
+        self._changed_at = 0.0
 
     async def run(self, operation: str, call: Callable[[Redis], Awaitable[T]]) -> T | None:
         """The call's result, or None when Redis failed (already logged and counted)."""
@@ -59,14 +64,15 @@ class SharedRedis:
             return None
 
     async def run_or_raise(self, operation: str, call: Callable[[Redis], Awaitable[T]]) -> T:
+        started = time.monotonic()
         try:
             async with asyncio.timeout(self._deadline_s):
                 result = await call(self.client)
         except (RedisError, OSError, TimeoutError) as exc:
-            self._failed(operation, exc)
+            self._failed(operation, exc, started)
             await self._drop_idle_connections()
             raise RedisUnavailableError(operation) from None
-        self._succeeded()
+        self._succeeded(started)
         return result
 
     async def _drop_idle_connections(self) -> None:
@@ -81,19 +87,19 @@ class SharedRedis:
     async def ping(self) -> bool:
         return bool(await self.run("ping", lambda r: r.ping()))
 
-    def _failed(self, operation: str, exc: BaseException) -> None:
+    def _failed(self, operation: str, exc: BaseException, started: float) -> None:
         self._metrics.redis_errors.labels(operation).inc()
-        if self.healthy:
-            self.healthy = False
+        if self.healthy and started >= self._changed_at:
+            self.healthy, self._changed_at = False, time.monotonic()
             log.warning(
                 "redis unavailable (%s during %s); failing open/closed per feature",
                 type(exc).__name__,
                 operation,
             )
 
-    def _succeeded(self) -> None:
-        if not self.healthy:
-            self.healthy = True
+    def _succeeded(self, started: float) -> None:
+        if not self.healthy and started >= self._changed_at:
+            self.healthy, self._changed_at = True, time.monotonic()
             log.warning("redis available again")
 
     async def aclose(self) -> None:

@@ -84,8 +84,7 @@ class AiohttpStream:
         reads is joined once, when it ends, so a long line costs linear time.
         """
         content = self._response.content
-        partial: list[bytes] = []  # the start of a line whose end has not arrived
-        partial_bytes = 0
+        splitter = LineSplitter()
         while True:
             try:  # not `_mapped_errors()`: a context manager per read is a per-chunk cost
                 data = await content.readany()
@@ -93,20 +92,50 @@ class AiohttpStream:
                 raise _mapped(exc) from None
             if not data:
                 break
-            if b"\n" in data:
-                if partial:
-                    data = b"".join((*partial, data))
-                    partial.clear()
-                *complete, tail = data.split(b"\n")
-                yield [line + b"\n" for line in complete]
-                data, partial_bytes = tail, 0
-            if data:
-                partial.append(data)
-                partial_bytes += len(data)
-                if partial_bytes > MAX_LINE_BYTES:
-                    raise UpstreamUnavailableError("The upstream sent an over-long stream line.")
-        if partial:
-            yield [b"".join(partial)]
+            lines = splitter.feed(data)
+            if lines:
+                yield lines
+        rest = splitter.rest()
+        if rest:
+            yield [rest]
+
+
+class LineSplitter:
+    """Complete lines (with their `\n`) out of bytes fed as they arrive; pure, no I/O.
+
+    A line split over many feeds is joined once, when it ends, so a long line costs
+    linear time; an unfinished line over MAX_LINE_BYTES is an upstream error.
+    """
+
+    __slots__ = ("_partial", "_partial_bytes")
+
+    def __init__(self) -> None:
+        self._partial: list[bytes] = []  # the start of a line whose end has not arrived
+        self._partial_bytes = 0
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The lines `data` completes, in order; empty if it completes none."""
+        lines: list[bytes] = []
+        if b"\n" in data:
+            if self._partial:
+                data = b"".join((*self._partial, data))
+                self._partial.clear()
+            *complete, data = data.split(b"\n")
+            lines = [line + b"\n" for line in complete]
+            self._partial_bytes = 0
+        if data:
+            self._partial.append(data)
+            self._partial_bytes += len(data)
+            if self._partial_bytes > MAX_LINE_BYTES:
+                raise UpstreamUnavailableError("The upstream sent an over-long stream line.")
+        return lines
+
+    def rest(self) -> bytes:
+        """What follows the last `\n` (at the end of the body: a line without one)."""
+        rest = b"".join(self._partial)
+        self._partial.clear()
+        self._partial_bytes = 0
+        return rest
 
 
 class AiohttpUpstream:
@@ -130,7 +159,11 @@ class AiohttpUpstream:
                 limit=self._pool_size, limit_per_host=self._pool_per_host, ttl_dns_cache=300
             )
             self._session = aiohttp.ClientSession(
-                connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",)
+                connector=connector,
+                auto_decompress=True,
+                skip_auto_headers=("User-Agent",),
+                # Shared by every client: a cookie an upstream sets must not go back (rule 11).
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self._session
 
@@ -173,6 +206,15 @@ class AiohttpUpstream:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def http_upstream(name: str) -> Upstream:
+    """The pooled HTTP transport `server.upstream_transport` names (aiohttp by default)."""
+    if name == "aiohttp":
+        return AiohttpUpstream()
+    from gateway.upstream_httpx import httpx_upstream  # imports httpx only when chosen
+
+    return httpx_upstream(name)
 
 
 # Timeouts come from config (one per provider): build each aiohttp value once, not per call.

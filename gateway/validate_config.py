@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 from gateway.catalog import Catalog, build_catalog
 from gateway.catalog_data import ModelCatalog, default_catalog_path
 from gateway.config import GatewayConfig
@@ -39,7 +41,16 @@ def reference_problems(config: GatewayConfig) -> list[str]:
         problems.extend(_route_problems(index, route.name, route.models, known))
         problems.extend(_policy_problems(f"routes[{index}]", route.policy, route.params))
     problems.extend(_policy_problems("routing.default_policy", config.routing.default_policy, {}))
+    if config.server.upstream_transport == "httpx-aiohttp" and not _installed("httpx_aiohttp"):
+        problems.append(
+            "server.upstream_transport: httpx-aiohttp needs the httpx-aiohttp package "
+            "(pip install -e '.[bench]')"
+        )
     return problems
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
 
 
 def _route_problems(index: int, name: str, refs: list[str], known: set[str]) -> list[str]:
