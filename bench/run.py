@@ -27,14 +27,14 @@ from types import FrameType
 from typing import Any
 
 from bench import gateway as gw
-from bench.nginx import CHAT_PATH, Upstream, nginx_binary, start_nginx
+from bench.nginx import CHAT_PATH, Upstream, start_nginx
 from bench.probe import probe
 from bench.procs import CpuMeter, ProcessGroup, tree_cpu_s
 from bench.profile import profiled_module, profiler_available, summarise
 from bench.report import Run, ScenarioResult, describe_machine, machine, table, write_json
 from bench.scenarios import DEFAULT_SCENARIOS, SCENARIOS, Pacing, Scenario
 from bench.slow_upstream import start_paced
-from bench.wrk import chat_body, lua_script, run_wrk, wrk_binary
+from bench.wrk import chat_body, lua_script, missing_tools, run_wrk
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -109,9 +109,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    missing = [n for n, found in (("nginx", nginx_binary()), ("wrk", wrk_binary())) if not found]
+    missing = missing_tools()
     if missing:
-        print(f"missing: {', '.join(missing)} (apt-get install nginx-light wrk)", file=sys.stderr)
+        print(missing, file=sys.stderr)
         return 2
     info = machine(args.gateway_src)
     print(_settings_line(args))

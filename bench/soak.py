@@ -37,13 +37,13 @@ from types import FrameType
 from typing import Any
 
 from bench import gateway as gw
-from bench.nginx import CHAT_PATH, Upstream, nginx_binary, start_nginx
+from bench.nginx import CHAT_PATH, Upstream, start_nginx
 from bench.probe import probe
 from bench.procs import CpuMeter, ProcessGroup, worker_pids
 from bench.report import describe_machine, machine
 from bench.scenarios import Pacing
 from bench.slow_upstream import start_paced
-from bench.wrk import LoadResult, chat_body, lua_script, run_wrk, wrk_binary
+from bench.wrk import LoadResult, chat_body, lua_script, missing_tools, run_wrk
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 MIN_ROUNDS = 2  # the plateau is the first round's end; growth needs a later one
@@ -125,9 +125,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    missing = [n for n, found in (("nginx", nginx_binary()), ("wrk", wrk_binary())) if not found]
+    missing = missing_tools()
     if missing:
-        print(f"missing: {', '.join(missing)} (apt-get install nginx-light wrk)", file=sys.stderr)
+        print(missing, file=sys.stderr)
         return 2
     info = machine(gw.REPO)
     soak = Soak(stream_connections=stream_connections(args.streams))

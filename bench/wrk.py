@@ -147,6 +147,16 @@ class LoadResult:
         return asdict(self)
 
 
+def missing_tools() -> str | None:
+    """What the load tools lack, as a message; None when nginx and wrk are both there."""
+    from bench.nginx import nginx_binary
+
+    missing = [n for n, found in (("nginx", nginx_binary()), ("wrk", wrk_binary())) if not found]
+    if not missing:
+        return None
+    return f"missing: {', '.join(missing)} (apt-get install nginx-light wrk)"
+
+
 def wrk_binary() -> str | None:
     return shutil.which("wrk")
 
