@@ -230,6 +230,10 @@ def unexpected(outcomes: Counter[tuple[str, str]]) -> dict[tuple[str, str], int]
     return {key: n for key, n in outcomes.items() if key[1] not in EXPECTED[key[0]]}
 
 
+# The SDK's async stream, closed mid-iteration by the hang-ups, sometimes leaves httpx's
+# raw-body generator to the garbage collector, which reports it as unraisable. That is
+# client-side cleanup, not the gateway: what this test measures is the gateway's footprint.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_soak_leaves_the_footprint_flat(gateway: GatewayProcess, soak_fake: TaggedFake) -> None:
     warmup = asyncio.run(drive(gateway, WARMUP_S, seed=1))
     assert {kind for kind, _ in warmup} == set(MIX)  # every path (and label set) warmed up
