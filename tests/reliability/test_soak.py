@@ -14,6 +14,7 @@ request count, which the bounds below exclude with room for a loaded 2-core mach
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import random
 import time
@@ -236,10 +237,12 @@ def unexpected(outcomes: Counter[tuple[str, str]]) -> dict[tuple[str, str], int]
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_soak_leaves_the_footprint_flat(gateway: GatewayProcess, soak_fake: TaggedFake) -> None:
     warmup = asyncio.run(drive(gateway, WARMUP_S, seed=1))
+    gc.collect()
     assert {kind for kind, _ in warmup} == set(MIX)  # every path (and label set) warmed up
     before = idle_baseline(gateway)
 
     outcomes = asyncio.run(drive(gateway, SOAK_S, seed=2))
+    gc.collect()  # the SDK's leftover stream generators: reported here, not in a later test
     total = sum(outcomes.values())
     after = settled(
         gateway, lambda f: f.in_flight == 0 and f.tasks <= before.tasks + TASK_SLACK, 10
