@@ -11,14 +11,12 @@ import pytest
 from aiohttp import web
 
 from gateway.upstream import UpstreamRequest, http_upstream
+from tests.gateway.upstream_server import TRANSPORTS, serving, transport_name
 
 
-@pytest.fixture(params=["aiohttp", "httpx", "httpx-aiohttp"])
+@pytest.fixture(params=TRANSPORTS)
 def transport(request: pytest.FixtureRequest) -> str:
-    if request.param == "httpx-aiohttp":
-        pytest.importorskip("httpx_aiohttp")
-    name: str = request.param
-    return name
+    return transport_name(request)
 
 
 async def _cookies_sent(transport: str, calls: int) -> list[str | None]:
@@ -30,22 +28,15 @@ async def _cookies_sent(transport: str, calls: int) -> list[str | None]:
         response.set_cookie("session", "upstream-secret", path="/")
         return response
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    upstream = http_upstream(transport)
-    try:
-        request = UpstreamRequest(f"http://localhost:{port}/v1/chat/completions", {}, b"{}")
-        for _ in range(calls):
-            assert (await upstream.send(request)).status == 200
-        return sent
-    finally:
-        await upstream.aclose()
-        await runner.cleanup()
+    async with serving("/v1/chat/completions", handler) as port:
+        upstream = http_upstream(transport)
+        try:
+            request = UpstreamRequest(f"http://localhost:{port}/v1/chat/completions", {}, b"{}")
+            for _ in range(calls):
+                assert (await upstream.send(request)).status == 200
+            return sent
+        finally:
+            await upstream.aclose()
 
 
 def test_upstream_cookies_are_not_sent_back(transport: str) -> None:

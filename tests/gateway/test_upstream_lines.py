@@ -11,18 +11,14 @@ from aiohttp import web
 
 from gateway.errors import UpstreamUnavailableError
 from gateway.upstream import MAX_LINE_BYTES, LineSplitter, UpstreamRequest, http_upstream
+from tests.gateway.upstream_server import TRANSPORTS, serving, transport_name
 
 Writer = Callable[[web.StreamResponse], Awaitable[None]]
-
-TRANSPORTS = ["aiohttp", "httpx", "httpx-aiohttp"]
 
 
 @pytest.fixture(params=TRANSPORTS)
 def transport(request: pytest.FixtureRequest) -> str:
-    if request.param == "httpx-aiohttp":
-        pytest.importorskip("httpx_aiohttp")
-    name: str = request.param
-    return name
+    return transport_name(request)
 
 
 async def _lines_from(write: Writer, transport: str) -> list[bytes]:
@@ -33,21 +29,14 @@ async def _lines_from(write: Writer, transport: str) -> list[bytes]:
         await response.write_eof()
         return response
 
-    app = web.Application()
-    app.router.add_post("/stream", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    upstream = http_upstream(transport)
-    try:
-        request = UpstreamRequest(f"http://127.0.0.1:{port}/stream", {}, b"{}")
-        async with upstream.stream(request) as stream:
-            return [line async for batch in stream.line_batches() for line in batch]
-    finally:
-        await upstream.aclose()
-        await runner.cleanup()
+    async with serving("/stream", handler) as port:
+        upstream = http_upstream(transport)
+        try:
+            request = UpstreamRequest(f"http://127.0.0.1:{port}/stream", {}, b"{}")
+            async with upstream.stream(request) as stream:
+                return [line async for batch in stream.line_batches() for line in batch]
+        finally:
+            await upstream.aclose()
 
 
 def _pieces(*pieces: bytes) -> Writer:
