@@ -25,8 +25,10 @@ from datetime import datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
+from urllib.parse import urlsplit
 
 from bench import gateway as gw
+from bench.floor import start_floor
 from bench.nginx import CHAT_PATH, Upstream, start_nginx
 from bench.probe import probe
 from bench.procs import CpuMeter, ProcessGroup, tree_cpu_s
@@ -36,15 +38,18 @@ from bench.scenarios import DEFAULT_SCENARIOS, SCENARIOS, Pacing, Scenario
 from bench.slow_upstream import start_paced
 from bench.wrk import chat_body, lua_script, missing_tools, run_wrk
 
+# Targets whose load does not depend on the scenario's gateway config: measured once.
+_SHARED = ("direct", "floor")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    name: str  # direct | gateway | compare
+    name: str  # direct | floor | gateway | compare
     url: str
     api_key: str | None
     body: str
+    pid: int | None = None  # a process of ours: its CPU per request is recorded
 
 
 @dataclass
@@ -56,8 +61,9 @@ class Bench:
     group: ProcessGroup
     upstream: Upstream  # nginx
     redis_url: str | None
-    direct_cache: dict[tuple[str, int], Run]
+    shared_runs: dict[tuple[str, str, int], Run]  # direct and floor runs, by upstream load
     paced: dict[Pacing, Upstream]
+    floors: dict[int, tuple[int, int]]  # upstream port -> the floor's (port, pid)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -77,6 +83,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--wrk-threads", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=1, help="measured runs each; best kept")
+    parser.add_argument(
+        "--no-floor",
+        action="store_true",
+        help="skip the bare uvicorn + aiohttp pass-through (bench.floor) rows",
+    )
     parser.add_argument("--compare-url", help="another gateway's base URL, e.g. http://h:p/v1")
     parser.add_argument("--compare-key", help="bearer key for --compare-url")
     parser.add_argument(
@@ -150,7 +161,7 @@ def _run_all(args: argparse.Namespace, workdir: Path, results: list[ScenarioResu
         realistic = any(SCENARIOS[n].variant == "realistic" for n in args.scenarios)
         if realistic and gw.redis_binary() is not None:
             redis_url = gw.start_redis(group, workdir)
-        bench = Bench(args, workdir, group, upstream, redis_url, {}, {})
+        bench = Bench(args, workdir, group, upstream, redis_url, {}, {}, {})
         for name in args.scenarios:
             scenario = SCENARIOS[name]
             result = ScenarioResult(scenario.name, scenario.description, scenario.stream)
@@ -193,13 +204,14 @@ def _run_scenario(bench: Bench, scenario: Scenario, result: ScenarioResult) -> N
         result.rest_memory = server.memory()
         for connections in scenario.connections or args.concurrency:
             for target in targets:
-                cpu_pid = server.pid if target.name == "gateway" else None
+                cpu_pid = server.pid if target.name == "gateway" else target.pid
                 result.runs.append(_measure(bench, scenario, target, connections, cpu_pid))
         result.peak_memory = server.memory()
         time.sleep(1.0)  # let in-flight work drain before the "after load" reading
         result.after_memory = server.memory()
         if args.profile:
-            result.profile = _profile(bench, scenario, config, targets[1])
+            gateway = next(t for t in targets if t.name == "gateway")
+            result.profile = _profile(bench, scenario, config, gateway)
     finally:
         bench.group.stop_pid(server.pid)
 
@@ -226,11 +238,16 @@ def _targets(
             "gateway", gateway_url + CHAT_PATH, key, chat_body(model, stream=stream, unique=unique)
         ),
     ]
+    args = bench.args
+    if not args.no_floor:
+        port, pid = _floor_for(bench, upstream)
+        path = urlsplit(targets[0].url).path
+        body = chat_body(model, stream=stream, unique=unique)
+        targets.insert(1, Target("floor", f"http://127.0.0.1:{port}{path}", None, body, pid))
     for target in targets:
         problem = probe(target.url, target.body, target.api_key, stream=stream)
         if problem is not None:
             raise RuntimeError(f"{target.name} answered wrongly: {problem}")
-    args = bench.args
     if args.compare_url and scenario.pacing is not None:
         result.problems.append("compare target skipped: the paced upstream's port is private")
     elif args.compare_url:
@@ -247,6 +264,14 @@ def _targets(
     return targets
 
 
+def _floor_for(bench: Bench, upstream: Upstream) -> tuple[int, int]:
+    """The bare pass-through in front of this upstream, started once per run."""
+    if upstream.port not in bench.floors:
+        origin = f"http://127.0.0.1:{upstream.port}"
+        bench.floors[upstream.port] = start_floor(bench.group, bench.workdir, origin)
+    return bench.floors[upstream.port]
+
+
 def _measure(
     bench: Bench, scenario: Scenario, target: Target, connections: int, cpu_pid: int | None
 ) -> Run:
@@ -261,9 +286,9 @@ def _measure(
         scenario.count_events,
         scenario.pacing,
     )
-    cache_key = (repr(upstream_load), connections)
-    if target.name == "direct" and cache_key in bench.direct_cache:
-        return bench.direct_cache[cache_key]  # the same upstream load: measured once per run
+    cache_key = (target.name, repr(upstream_load), connections)
+    if target.name in _SHARED and cache_key in bench.shared_runs:
+        return bench.shared_runs[cache_key]  # the same upstream load: measured once per run
     args = bench.args
     duration_s, warmup_s = _durations(args, scenario)
     if warmup_s > 0:
@@ -296,13 +321,11 @@ def _measure(
         f"  {scenario.name:<15} {target.name:<8} c={connections:<4} {load.rps:>9.0f} req/s  "
         f"p50 {load.p50_ms:.3f} ms  p99 {load.p99_ms:.3f} ms  errors {load.errors}  "
         f"busy {best.foreign_cores:.2f}"
-        + (
-            f"  gateway cpu {best.cpu_us_per_request:.0f} us/req" if best.cpu_us_per_request else ""
-        ),
+        + (f"  cpu {best.cpu_us_per_request:.0f} us/req" if best.cpu_us_per_request else ""),
         flush=True,
     )
-    if target.name == "direct":
-        bench.direct_cache[cache_key] = best
+    if target.name in _SHARED:
+        bench.shared_runs[cache_key] = best
     return best
 
 
@@ -375,6 +398,7 @@ def _settings(args: argparse.Namespace) -> dict[str, object]:
         "transport": args.transport,
         "wrk_threads": args.wrk_threads,
         "repeat": args.repeat,
+        "floor": not args.no_floor,
         "compare_url": args.compare_url,
         "gateway_src": str(args.gateway_src),
         "started_at": datetime.now().isoformat(timespec="seconds"),

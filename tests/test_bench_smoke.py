@@ -50,26 +50,30 @@ def test_bench_runs_reports_a_table_and_stops_everything(tmp_path: Path) -> None
     assert proc.returncode == 0, stdout + stderr
     assert "scenario        target" in stdout
     rows = [line.split() for line in stdout.splitlines() if line.startswith(("chat ", "stream "))]
-    table_rows = [r for r in rows if r[1] in ("direct", "gateway") and r[2].isdigit()]
-    assert len(table_rows) == 8, stdout
+    targets = ("direct", "floor", "gateway")
+    table_rows = [r for r in rows if r[1] in targets and r[2].isdigit()]
+    assert len(table_rows) == 12, stdout
     assert all(float(r[3]) > 0 for r in table_rows), stdout  # req/s
 
     data = json.loads(output.read_text())
     assert data["machine"]["cores"] >= 1
     for scenario in data["scenarios"]:
         runs = {(r["target"], r["connections"]): r for r in scenario["runs"]}
-        assert set(runs) == {(t, c) for t in ("direct", "gateway") for c in (1, 8)}
+        assert set(runs) == {(t, c) for t in targets for c in (1, 8)}
         for run in runs.values():
             assert run["requests"] > 0 and run["rps"] > 0
             assert run["errors"] == 0, run
             assert 0 < run["p50_ms"] <= run["p99_ms"] <= run["max_ms"]
+            if run["target"] != "direct":  # our own processes: their CPU is measured
+                assert run["gateway_cpu_us_per_request"] > 0, run
         assert scenario["gateway_memory"]["peak"][0]["peak_rss_mb"] > 10
         assert scenario["problems"] == []
         if scenario["name"] == "stream":
             # nginx sends role, 8 words, finish, usage, [DONE]; the gateway withholds the
             # usage chunk the client did not ask for, and no stream ends without [DONE].
+            # The floor (a bare pass-through) relays all of them.
             for (target, _), run in runs.items():
-                per_stream = 12 if target == "direct" else 11
+                per_stream = 11 if target == "gateway" else 12
                 assert run["events"] == per_stream * run["requests"], run
                 assert run["incomplete_streams"] == 0
     assert _bench_processes(proc.pid) == []
