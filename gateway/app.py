@@ -4,24 +4,18 @@ from __future__ import annotations
 
 import gc
 import logging
-import traceback
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import Response
 
-from gateway import jsonutil
-from gateway.api import all_routes
+from gateway.api import all_routes, hot_paths
+from gateway.api.error_handlers import EXCEPTION_HANDLERS
 from gateway.catalog import build_catalog
 from gateway.catalog_data import ModelCatalog, default_catalog_path
 from gateway.config import ConfigError, GatewayConfig, env_config_path, load_config, multiproc_dir
-from gateway.errors import GatewayError, InvalidRequestError, NotFoundError
 from gateway.key_admin import build_key_admin
 from gateway.keys import KeyStore
 from gateway.limits import build_limits
@@ -107,7 +101,7 @@ def tune_gc() -> None:
     gc.set_threshold(20_000, 20, 20)
 
 
-def create_app(config: GatewayConfig) -> Starlette:
+def create_app(config: GatewayConfig) -> RequestContextMiddleware:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         services = build_services(config)
@@ -136,64 +130,26 @@ def create_app(config: GatewayConfig) -> Starlette:
             await services.upstream.aclose()
             if services.redis is not None:
                 await services.redis.aclose()
+            if services.access_log is not None:
+                services.access_log.flush()
 
-    return Starlette(
+    app = Starlette(
         routes=all_routes(),
-        middleware=[
-            Middleware(
-                RequestContextMiddleware,
-                max_concurrent_requests=config.server.max_concurrent_requests,
-            )
-        ],
-        exception_handlers={
-            GatewayError: gateway_error_handler,
-            HTTPException: http_error_handler,
-            Exception: unexpected_error_handler,
-        },
+        exception_handlers=dict(EXCEPTION_HANDLERS),
         lifespan=lifespan,
+    )
+    return RequestContextMiddleware(
+        app,
+        max_concurrent_requests=config.server.max_concurrent_requests,
+        hot_paths=hot_paths(),
     )
 
 
-def create_app_from_env() -> Starlette:
+def create_app_from_env() -> RequestContextMiddleware:
     """Factory for `uvicorn --factory` with several workers: the CLI passes the path."""
     config = load_config(env_config_path())
     configure_logging(config.server.log_level)
     return create_app(config)
-
-
-def error_response(error: GatewayError) -> Response:
-    return Response(
-        jsonutil.dumps(error.to_openai_body()),
-        error.status,
-        error.headers(),
-        media_type="application/json",
-    )
-
-
-async def gateway_error_handler(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, GatewayError)
-    ctx = getattr(request.state, "ctx", None)
-    if ctx is not None:
-        ctx.error_code = exc.error_code
-    return error_response(exc)
-
-
-async def http_error_handler(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    if exc.status_code == 404:
-        return error_response(NotFoundError(f"Unknown path: {request.url.path}"))
-    error = InvalidRequestError(exc.detail or "Bad request.")
-    response = error_response(error)
-    response.status_code = exc.status_code
-    return response
-
-
-async def unexpected_error_handler(request: Request, exc: Exception) -> Response:
-    # Type and place only: tracebacks may hold request data or secrets.
-    frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
-    where = f"{frame.filename}:{frame.lineno}" if frame else "?"
-    log.error("unhandled error %s at %s", type(exc).__name__, where)
-    return error_response(GatewayError("The gateway hit an internal error."))
 
 
 def _announce(services: Services) -> None:

@@ -25,6 +25,7 @@ replica) stops holding budget after `reservation_ttl_s`; a late settle still bil
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -108,16 +109,28 @@ class LimitStore(Protocol):
 
 def budget_period(period: str, now: datetime | None = None) -> tuple[str, int]:
     """(period id, seconds to keep its counters); periods are UTC calendar days and months."""
-    now = now or datetime.now(UTC)
+    day, month = _calendar(now)
     if period == "day":
-        return f"d{now:%Y-%m-%d}", 2 * 86_400
+        return f"d{day}", 2 * 86_400
     if period == "month":
-        return f"m{now:%Y-%m}", 62 * 86_400
+        return f"m{month}", 62 * 86_400
     return "total", 0
 
 
 def usage_day(now: datetime | None = None) -> str:
-    return f"{(now or datetime.now(UTC)):%Y-%m-%d}"
+    return _calendar(now)[0]
+
+
+def _calendar(now: datetime | None) -> tuple[str, str]:
+    """("YYYY-MM-DD", "YYYY-MM") in UTC; formatted once per day, not once per request."""
+    if now is not None:
+        return f"{now:%Y-%m-%d}", f"{now:%Y-%m}"
+    return _day_strings(int(time.time() // 86_400))  # a UTC day is 86,400 Unix seconds
+
+
+@functools.lru_cache(maxsize=2)
+def _day_strings(day_index: int) -> tuple[str, str]:
+    return _calendar(datetime.fromtimestamp(day_index * 86_400, UTC))
 
 
 @dataclass(slots=True)

@@ -30,10 +30,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from gateway.catalog import Deployment
 from gateway.config import GatewayConfig
@@ -44,6 +42,7 @@ from gateway.errors import (
     QuotaExceededError,
     RateLimitedError,
 )
+from gateway.ids import new_id
 from gateway.keys import Caller
 from gateway.limit_scripts import RedisLimitStore
 from gateway.limit_store import (
@@ -205,9 +204,9 @@ def has_limits(caller: Caller) -> bool:
 
 
 def new_admission(caller: Caller, tokens: int, cost_usd: float) -> Admission:
-    period, period_ttl_s = budget_period(caller.budget_period, datetime.now(UTC))
+    period, period_ttl_s = budget_period(caller.budget_period)
     return Admission(
-        request_id=uuid.uuid4().hex,
+        request_id=new_id(),
         key_id=caller.key_id,
         key_name=caller.name,
         team=caller.team,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import time
+from typing import BinaryIO, TextIO
 
 from gateway import jsonutil
 
@@ -31,14 +33,22 @@ class AccessLog:
 
     The same line `JSONFormatter` would make, without a LogRecord, a handler lock and
     a formatter call per request (a few percent of the gateway's CPU under load).
+    Lines go into the stream's byte buffer and are flushed `FLUSH_AFTER_S` after the
+    first one (or when the buffer fills): one write call per batch instead of one per
+    request. Other log lines keep their order: the text layer flushes the buffer too.
     Falls back to the logger when its handler is not a plain stream.
     """
+
+    FLUSH_AFTER_S = 0.02
 
     def __init__(self, logger: logging.Logger | None = None) -> None:
         self._logger = logger or logging.getLogger("gateway.access")
         self.enabled = self._logger.isEnabledFor(logging.INFO)
         streams = [h for h in self._logger.handlers if type(h) is logging.StreamHandler]
-        self._stream = streams[0].stream if len(self._logger.handlers) == 1 and streams else None
+        stream = streams[0].stream if len(self._logger.handlers) == 1 and streams else None
+        self._buffer: BinaryIO | None = getattr(stream, "buffer", None)
+        self._stream: TextIO | None = stream
+        self._flush_due = False
 
     def write(self, fields: dict[str, object]) -> None:
         if not self.enabled:
@@ -48,8 +58,25 @@ class AccessLog:
             return
         line = {"ts": round(time.time(), 3), "level": "info", "logger": self._logger.name}
         line.update(fields)
-        self._stream.write(jsonutil.dumps(line).decode() + "\n")
-        self._stream.flush()
+        if self._buffer is None:
+            self._stream.write(jsonutil.dumps(line).decode() + "\n")
+            self._stream.flush()
+            return
+        self._buffer.write(jsonutil.dumps(line) + b"\n")
+        if not self._flush_due:
+            self._flush_due = True
+            try:
+                asyncio.get_running_loop().call_later(self.FLUSH_AFTER_S, self.flush)
+            except RuntimeError:  # no event loop (a test, a shutdown): flush now
+                self.flush()
+
+    def flush(self) -> None:
+        self._flush_due = False
+        if self._buffer is not None:
+            try:
+                self._buffer.flush()
+            except (OSError, ValueError):  # a closed or broken stream loses the lines
+                pass
 
 
 def configure_logging(level: str) -> None:

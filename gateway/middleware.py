@@ -7,15 +7,17 @@ the response has been fully sent, streams included.
 
 from __future__ import annotations
 
-import os
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import jsonutil
+from gateway.api.hot import Endpoint, answer
 from gateway.context import RequestContext
 from gateway.errors import GatewayOverloadedError
+from gateway.ids import new_id
 
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _ENDPOINTS = {
@@ -30,10 +32,19 @@ def endpoint_label(path: str) -> str:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, max_concurrent_requests: int = 4096) -> None:
+    """The outermost layer. POST requests to `hot_paths` (chat, embeddings) go straight
+    to their endpoint (gateway.api.hot); everything else goes on to `app` (Starlette)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_concurrent_requests: int = 4096,
+        hot_paths: Mapping[str, Endpoint] | None = None,
+    ) -> None:
         self.app = app
         self._max_in_flight = max_concurrent_requests
         self._in_flight = 0
+        self._hot = dict(hot_paths or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -56,6 +67,10 @@ class RequestContextMiddleware:
         state = scope.setdefault("state", {})
         state["ctx"] = ctx
         header = (b"x-request-id", ctx.request_id.encode())
+        endpoint = self._hot.get(scope["path"]) if scope.get("method") == "POST" else None
+        if endpoint is not None:
+            await self._serve_hot(endpoint, scope, receive, send, ctx, header)
+            return
         done = started = False
 
         async def send_wrapper(message: Message) -> None:
@@ -86,6 +101,33 @@ class RequestContextMiddleware:
             if not done:  # the client left mid-response: still one log line and metrics
                 _finished(state, ctx)
 
+    async def _serve_hot(
+        self,
+        endpoint: Endpoint,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        ctx: RequestContext,
+        header: tuple[bytes, bytes],
+    ) -> None:
+        # No send wrapper: the response object carries the status and the request id,
+        # and when it returns, its body (a stream's too) has been sent or abandoned.
+        state = scope["state"]
+        services = state.get("services")
+        gauge = services.metrics.in_flight_for(ctx.endpoint) if services is not None else None
+        if gauge is not None:
+            gauge.inc()
+        try:
+            response = await answer(endpoint, scope, receive, send)
+            ctx.status = response.status_code
+            if header not in response.raw_headers:
+                response.raw_headers.append(header)
+            await response(scope, receive, send)
+        finally:
+            if gauge is not None:
+                gauge.dec()
+            _finished(state, ctx)
+
 
 async def _overloaded(send: Send) -> None:
     """Bounded concurrency (rule 14): a retryable, OpenAI-shaped 503 instead of queueing."""
@@ -102,7 +144,7 @@ def _request_id(scope: Scope) -> str:
             if _SANE_ID.match(candidate):
                 return candidate
             break
-    return os.urandom(16).hex()  # uuid4().hex's format without building a UUID object
+    return new_id()
 
 
 def _finished(state: dict[str, Any], ctx: RequestContext) -> None:

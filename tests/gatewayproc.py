@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import yaml
 
+from gateway.logs import AccessLog
 from tests.fakes.server import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -84,6 +85,7 @@ class GatewayProcess:
                 self.proc.wait(5)
 
     def log_text(self) -> str:
+        time.sleep(AccessLog.FLUSH_AFTER_S * 3)  # access lines are flushed in batches
         return self.log_path.read_text(errors="replace")
 
 

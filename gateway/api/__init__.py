@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Route
 
 from gateway.api import admin_cache, admin_keys, chat, embeddings, explain, health, models
+from gateway.api.hot import Endpoint
 
 
 def all_routes() -> list[BaseRoute]:
@@ -17,3 +18,9 @@ def all_routes() -> list[BaseRoute]:
         *admin_keys.routes,
         *admin_cache.routes,
     ]
+
+
+def hot_paths() -> dict[str, Endpoint]:
+    """POST endpoints served by `HotRoutes` (the router keeps them for their 405s)."""
+    hot = [*chat.routes, *embeddings.routes]
+    return {r.path: r.endpoint for r in hot if isinstance(r, Route)}

@@ -28,21 +28,32 @@ async def _wait_disconnect(request: Request) -> None:
             return
 
 
+# The watcher starts this long after the work: most answers from a nearby upstream (or
+# a cache) come sooner and never pay for a task, and a client that left is still
+# noticed within this delay plus one event-loop turn (rule 6 allows a second).
+WATCH_AFTER_S = 0.02
+
+
 async def until_disconnect(request: Request, work: Coroutine[Any, Any, T]) -> T:
     # The work runs in this task (no second task, no asyncio.wait): a watcher task
     # cancels this one if the client leaves first, and that cancel alone is converted.
     this = asyncio.current_task()
     assert this is not None
     left = False
+    watcher: asyncio.Future[None] | None = None
 
-    def client_left(watcher: asyncio.Future[None]) -> None:
+    def client_left(done: asyncio.Future[None]) -> None:
         nonlocal left
-        if not watcher.cancelled() and watcher.exception() is None:
+        if not done.cancelled() and done.exception() is None:
             left = True
             this.cancel()
 
-    watcher = asyncio.ensure_future(_wait_disconnect(request))
-    watcher.add_done_callback(client_left)
+    def watch() -> None:
+        nonlocal watcher
+        watcher = asyncio.ensure_future(_wait_disconnect(request))
+        watcher.add_done_callback(client_left)
+
+    timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, watch)
     try:
         return await work
     except asyncio.CancelledError:
@@ -50,5 +61,7 @@ async def until_disconnect(request: Request, work: Coroutine[Any, Any, T]) -> T:
             raise ClientDisconnectedError from None
         raise
     finally:
-        watcher.remove_done_callback(client_left)
-        watcher.cancel()
+        timer.cancel()
+        if watcher is not None:
+            watcher.remove_done_callback(client_left)
+            watcher.cancel()
