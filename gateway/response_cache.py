@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -206,7 +206,7 @@ class CacheLookup:
         await self._publish(body)
         return body
 
-    def relay(self, stream: ChatStream) -> AsyncIterator[bytes]:
+    def relay(self, stream: ChatStream) -> AsyncGenerator[bytes, None]:
         """The stream's body; once it completed, its assembled answer is published."""
         self._handed_off = True
         if not self.write and self._flight is None:
@@ -214,15 +214,17 @@ class CacheLookup:
         stream.collected = []
         return self._relay(stream)
 
-    async def _relay(self, stream: ChatStream) -> AsyncIterator[bytes]:
+    async def _relay(self, stream: ChatStream) -> AsyncGenerator[bytes, None]:
+        body = stream.body()
         try:
-            async for piece in stream.body():
+            async for piece in body:
                 yield piece
             chunks = stream.collected  # None when the stream failed or was cut
             completion = assemble(chunks) if chunks is not None else None
             if completion is not None:
                 await self._publish(jsonutil.dumps(completion))
         finally:
+            await body.aclose()  # closed here, not at collection: it bills and closes upstream
             self._resolve(None)  # no-op once published
 
     async def _publish(self, body: bytes) -> None:

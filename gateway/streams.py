@@ -9,7 +9,7 @@ still bills what was produced, marked estimated if the final usage never came.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING
 
 import anyio
@@ -49,7 +49,7 @@ class ChatStream:
         self._completion_chars = 0
         self.collected: list[JSONObject] | None = None  # set by the cache to assemble
 
-    async def body(self) -> AsyncIterator[bytes]:
+    async def body(self) -> AsyncGenerator[bytes, None]:
         self._s.stats.started(self._d.id)
         outcome = "client_disconnect"
         try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route as HTTPRoute
 
 from gateway.api.deps import (
@@ -15,6 +15,7 @@ from gateway.api.deps import (
     services_of,
 )
 from gateway.api.disconnect import ClientDisconnectedError, until_disconnect
+from gateway.api.sse import SSEResponse
 from gateway.cache import CacheEntry
 from gateway.catalog import Route
 from gateway.keys import Caller
@@ -76,7 +77,7 @@ async def complete(
             )
             headers = {**SSE_HEADERS, **ctx.response_headers()}
             body = lookup.relay(stream) if lookup is not None else stream.body()
-            return StreamingResponse(body, media_type="text/event-stream", headers=headers)
+            return SSEResponse(body, headers=headers)
         response = await until_disconnect(request, pipeline.chat(req, route, plan, caller, ctx))
     except ClientDisconnectedError:
         await pipeline.bill_abandoned(req.prompt_chars(), caller, ctx)

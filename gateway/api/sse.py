@@ -1,0 +1,67 @@
+"""A streamed response that costs one watcher task per stream, and nothing per chunk.
+
+Starlette's `StreamingResponse` (under uvicorn's ASGI 2.3) runs each stream in an
+anyio task group beside a disconnect listener: two tasks, a cancel scope and their
+bookkeeping per stream. Here the body is relayed in the request's own task, and one
+watcher task cancels it if the client leaves (rule 6: the upstream is cancelled at
+once, and the body's own `finally` still closes and bills it). Each piece the body
+yields is one `send`: the body decides what goes out together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Mapping
+
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+
+class SSEResponse(Response):
+    media_type = "text/event-stream"
+
+    def __init__(
+        self, body: AsyncGenerator[bytes, None], headers: Mapping[str, str] | None = None
+    ) -> None:
+        self.body_iterator = body
+        self.status_code = 200
+        self.background = None
+        self.init_headers(headers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        this = asyncio.current_task()
+        assert this is not None
+        left = False
+
+        def client_left(watcher: asyncio.Future[None]) -> None:
+            nonlocal left
+            if not watcher.cancelled() and watcher.exception() is None:
+                left = True
+                this.cancel()
+
+        watcher = asyncio.ensure_future(_wait_disconnect(receive))
+        watcher.add_done_callback(client_left)
+        try:
+            await self._relay(send)
+        except asyncio.CancelledError:
+            if not left or this.uncancel() > 0:
+                raise  # not (only) ours: a shutdown's cancel goes on
+            # The client left. If the cancel landed between two pieces, the body has not
+            # seen it: closing it runs its `finally` (upstream closed, usage billed).
+            await self.body_iterator.aclose()
+        finally:
+            watcher.remove_done_callback(client_left)
+            watcher.cancel()
+
+    async def _relay(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        async for piece in self.body_iterator:
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
