@@ -6,9 +6,16 @@ them in memory. This counts both the raw bytes received while the head is incomp
 OpenAI-shaped 431 with `connection: close` past `server.max_header_bytes`. uvicorn passes
 that bound in its `h11_max_incomplete_event_size` setting, the field it uses for the
 same bound with h11 (a plain int survives the hand-over to worker processes).
+
+It also sends a response's head and the first piece of its body in one write
+(`HeadWithBody`): uvicorn writes the head on its own, one more system call per
+response, which is a few percent of the gateway's CPU on a virtual machine.
 """
 
 from __future__ import annotations
+
+import asyncio
+from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -53,6 +60,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.scope["method"] != "HEAD":
+            cycle.transport = HeadWithBody(self.transport)  # type: ignore[assignment]
 
     def _count(self, size: int) -> None:
         self._head_bytes += size
@@ -86,3 +96,37 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _default_headers(self) -> list[tuple[bytes, bytes]]:
         return list(self.server_state.default_headers)
+
+
+class HeadWithBody:
+    """A request's view of the transport: holds its first write (the response head, or
+    a 100 Continue) until the next write, or the end of this event-loop turn at the
+    latest, and sends both at once. Everything else goes straight to the transport."""
+
+    __slots__ = ("_transport", "_held", "_first")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._held: bytes | None = None
+        self._first = True
+
+    def write(self, data: bytes) -> None:
+        if self._first:
+            self._first = False
+            self._held = data
+            asyncio.get_running_loop().call_soon(self.flush)  # a head with no body write
+            return
+        held, self._held = self._held, None
+        self._transport.write(data if held is None else held + data)
+
+    def flush(self) -> None:
+        held, self._held = self._held, None
+        if held is not None and not self._transport.is_closing():
+            self._transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
