@@ -1,8 +1,8 @@
 """Convert between a finished chat stream and one `chat.completion`, both ways.
 
-- `assemble(chunks)`: the chunks a stream emitted (usage chunk included) -> one
-  chat.completion to store; None when any choice never finished (never store a
-  partial answer).
+- `assemble(chunks)` (or `Assembler`, chunk by chunk): a stream's chunks (usage chunk
+  included) -> one chat.completion to store; None when any choice never finished
+  (never store a partial answer).
 - `to_sse(completion, include_usage)`: a stored chat.completion -> the SSE bytes of a
   correct stream: per choice a role chunk, a content (and refusal, logprobs) chunk,
   one chunk with every tool call whole, a finish chunk; then the usage chunk only when
@@ -77,23 +77,47 @@ def _choice_deltas(choice: JSONObject) -> list[JSONObject]:
 
 def assemble(chunks: list[JSONObject]) -> JSONObject | None:
     """One chat.completion from a complete stream's chunks; None if it is not complete."""
-    if not chunks:
-        return None
-    builders: dict[int, _ChoiceBuilder] = {}
-    usage = None
+    assembler = Assembler()
     for chunk in chunks:
+        assembler.feed(chunk)
+    return assembler.result()
+
+
+class Assembler:
+    """`assemble`, one chunk at a time, as a stream passes: it keeps the first chunk (the
+    envelope) and each choice's text parts, not every chunk (a thousand streams being
+    cached would otherwise hold every parsed chunk of each until its end)."""
+
+    __slots__ = ("_builders", "_first", "_usage")
+
+    def __init__(self) -> None:
+        self._first: JSONObject | None = None
+        self._builders: dict[int, _ChoiceBuilder] = {}
+        self._usage: Any = None
+
+    def feed(self, chunk: JSONObject) -> None:
+        if self._first is None:
+            self._first = chunk
         if chunk.get("usage"):
-            usage = chunk["usage"]
+            self._usage = chunk["usage"]
         for choice in chunk.get("choices") or ():
             index = choice.get("index", 0)
-            builders.setdefault(index, _ChoiceBuilder(index)).feed(choice)
-    if not builders or any(b.finish_reason is None for b in builders.values()):
-        return None
-    out = _envelope(chunks[0], "chat.completion")
-    out["choices"] = [builders[i].build() for i in sorted(builders)]
-    if usage is not None:
-        out["usage"] = usage
-    return out
+            builder = self._builders.get(index)
+            if builder is None:
+                builder = self._builders[index] = _ChoiceBuilder(index)
+            builder.feed(choice)
+
+    def result(self) -> JSONObject | None:
+        builders = self._builders
+        if self._first is None or not builders:
+            return None
+        if any(b.finish_reason is None for b in builders.values()):
+            return None
+        out = _envelope(self._first, "chat.completion")
+        out["choices"] = [builders[i].build() for i in sorted(builders)]
+        if self._usage is not None:
+            out["usage"] = self._usage
+        return out
 
 
 class _ChoiceBuilder:

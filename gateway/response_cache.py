@@ -47,7 +47,7 @@ from gateway.keys import Caller
 from gateway.metrics import Metrics
 from gateway.planning import RequestControls
 from gateway.redis_client import SharedRedis
-from gateway.replay import assemble, to_sse
+from gateway.replay import Assembler, to_sse
 from gateway.streams import ChatStream
 from gateway.types import ChatRequest, ChatResponse, Usage
 
@@ -211,7 +211,7 @@ class CacheLookup:
         self._handed_off = True
         if not self.write and self._flight is None:
             return stream.body()
-        stream.collected = []
+        stream.assembler = Assembler()
         return self._relay(stream)
 
     async def _relay(self, stream: ChatStream) -> AsyncGenerator[bytes, None]:
@@ -219,8 +219,8 @@ class CacheLookup:
         try:
             async for piece in body:
                 yield piece
-            chunks = stream.collected  # None when the stream failed or was cut
-            completion = assemble(chunks) if chunks is not None else None
+            assembler = stream.assembler  # None when the stream failed or was cut
+            completion = assembler.result() if assembler is not None else None
             if completion is not None:
                 await self._publish(jsonutil.dumps(completion))
         finally:

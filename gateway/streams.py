@@ -21,6 +21,7 @@ from gateway.context import RequestContext
 from gateway.errors import GatewayError, ProviderError, UpstreamUnavailableError
 from gateway.failures import penalize
 from gateway.keys import Caller
+from gateway.replay import Assembler
 from gateway.streaming import DONE_LINE, encode_chunk, encode_error
 from gateway.types import ChatRequest, JSONObject
 
@@ -47,7 +48,7 @@ class ChatStream:
         self._s = services
         self._accountant = accountant
         self._completion_chars = 0
-        self.collected: list[JSONObject] | None = None  # set by the cache to assemble
+        self.assembler: Assembler | None = None  # set by the cache: the answer to store
 
     async def body(self) -> AsyncGenerator[bytes, None]:
         self._s.stats.started(self._d.id)
@@ -101,15 +102,16 @@ class ChatStream:
         return encode_chunk(chunk)
 
     def _collect(self, chunk: JSONObject) -> bool:
-        if self.collected is not None:
-            self.collected.append(chunk)
+        if self.assembler is not None:
+            self.assembler.feed(chunk)
         return True
 
     async def _finish(self, outcome: str) -> None:
         ctx = self._ctx
         ctx.stream_outcome = outcome
-        # Shielded: a cancelled (disconnected) request must still close and bill. Starlette
-        # cancels through anyio scopes, which re-cancel every await, so shield with anyio.
+        # A cancelled (disconnected) request must still close and bill. A task's cancel
+        # arrives once, at the await it interrupted; a body run in an anyio task group
+        # (Starlette's StreamingResponse) would be re-cancelled at every await: shielded.
         with anyio.CancelScope(shield=True):
             await self._close_and_settle(outcome)
 
@@ -127,7 +129,7 @@ class ChatStream:
             if outcome == "complete":
                 self._s.stats.success(d.id, ctx.ttft_s or total_s, usage.completion_tokens, total_s)
             else:
-                self.collected = None  # partial streams are never cached
+                self.assembler = None  # partial streams are never cached
             try:
                 await self._accountant.settle(ctx, self._caller, d, usage)
             except GatewayError:
