@@ -34,6 +34,23 @@ class RedisUnavailableError(Exception):
     """Raised by `run_or_raise` when Redis failed or timed out."""
 
 
+async def absorb_foreign_cancel(work: Awaitable[T]) -> T | None:
+    """`work`'s result; None if it raised a CancelledError not aimed at this task.
+
+    redis-py's `disconnect` re-raises the CancelledError of a connection whose connect
+    its own timeout cut short (seen with the event loop saturated). Let through, it would
+    end the request as if it had been cancelled: the client lost its answer and the
+    server logged an unhandled error. A real cancel of this task still goes on.
+    """
+    try:
+        return await work
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        return None
+
+
 def make_redis(config: RedisConfig) -> Redis:
     return Redis.from_url(
         config.url,
@@ -80,7 +97,9 @@ class SharedRedis:
         # idle when Redis went away would fail once after it came back (one more outage
         # logged, one more cache pause each). Dropping them at any failure is cheap.
         try:
-            await self.client.connection_pool.disconnect(inuse_connections=False)
+            await absorb_foreign_cancel(
+                self.client.connection_pool.disconnect(inuse_connections=False)
+            )
         except (RedisError, OSError):
             pass
 
