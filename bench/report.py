@@ -25,7 +25,7 @@ TARGET_FLOOR_SHARE = TARGET_RPS / FLOOR_RPS_WHEN_SET
 
 @dataclass
 class Run:
-    target: str  # direct | floor | gateway | compare
+    target: str  # direct | floor | gateway | baseline | compare
     url: str
     load: LoadResult
     foreign_cores: float = 0.0  # CPU other processes used during the run
@@ -55,7 +55,7 @@ class ScenarioResult:
         return None
 
 
-_ORDER = {"direct": 0, "floor": 1, "gateway": 2, "compare": 3}
+_ORDER = {"direct": 0, "floor": 1, "gateway": 2, "baseline": 3, "compare": 4}
 
 
 def _busy(run: Run) -> str:
@@ -114,6 +114,7 @@ def table(results: list[ScenarioResult]) -> str:
     lines.append("")
     lines += [_memory_line(r) for r in results]
     lines += ["", *targets_summary(results), *pacing_summary(results)]
+    lines += baseline_summary(results)
     for result in results:
         lines += [f"{result.name}: PROBLEM: {p}" for p in result.problems]
     for result in results:
@@ -205,6 +206,35 @@ def pacing_summary(results: list[ScenarioResult]) -> list[str]:
                 f"the ideal rate (target >= 90%); {load.incomplete_streams} incomplete, "
                 f"{load.errors} errors"
             )
+    return lines
+
+
+def baseline_summary(results: list[ScenarioResult]) -> list[str]:
+    """The gateway against `--baseline-src` (another source tree), run for run."""
+    lines = []
+    runs = [(r, run) for r in results for run in r.runs if run.target == "baseline"]
+    if runs:
+        lines.append("against the baseline source tree (interleaved runs, best of each):")
+    for result, base in runs:
+        gateway = next(
+            (
+                x
+                for x in result.runs
+                if x.target == "gateway" and x.load.connections == base.load.connections
+            ),
+            None,
+        )
+        if gateway is None:
+            continue
+        change = ""
+        if gateway.cpu_us_per_request and base.cpu_us_per_request:
+            ratio = gateway.cpu_us_per_request / base.cpu_us_per_request - 1
+            change = f", CPU per request {100 * ratio:+.0f}%"
+        lines.append(
+            f"  {result.name:<15} c={base.load.connections}: {gateway.load.rps:.0f} vs "
+            f"{base.load.rps:.0f} req/s, p50 {gateway.load.p50_ms:.3f} vs "
+            f"{base.load.p50_ms:.3f} ms{change}"
+        )
     return lines
 
 

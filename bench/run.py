@@ -110,6 +110,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run the gateway from this source tree (e.g. an unpacked `git archive`)",
     )
     parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        help="also run a gateway from this source tree (e.g. an unpacked `git archive` of "
+        "an earlier commit) with the same config, measured interleaved with the gateway",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="after measuring, profile a gateway under the highest load (pyinstrument)",
@@ -199,13 +205,16 @@ def _run_scenario(bench: Bench, scenario: Scenario, result: ScenarioResult) -> N
     server = gw.start_gateway(
         bench.group, bench.workdir, scenario.name, config, args.workers, args.gateway_src.resolve()
     )
+    baseline = None
     try:
-        targets = _targets(bench, scenario, up, server.url, model, key, result)
+        if args.baseline_src:
+            src = args.baseline_src.resolve()
+            name = f"{scenario.name}-baseline"
+            baseline = gw.start_gateway(bench.group, bench.workdir, name, config, args.workers, src)
+        targets = _targets(bench, scenario, up, server, model, key, result, baseline)
         result.rest_memory = server.memory()
         for connections in scenario.connections or args.concurrency:
-            for target in targets:
-                cpu_pid = server.pid if target.name == "gateway" else target.pid
-                result.runs.append(_measure(bench, scenario, target, connections, cpu_pid))
+            result.runs += _measure(bench, scenario, targets, connections)
         result.peak_memory = server.memory()
         time.sleep(1.0)  # let in-flight work drain before the "after load" reading
         result.after_memory = server.memory()
@@ -214,16 +223,19 @@ def _run_scenario(bench: Bench, scenario: Scenario, result: ScenarioResult) -> N
             result.profile = _profile(bench, scenario, config, gateway)
     finally:
         bench.group.stop_pid(server.pid)
+        if baseline is not None:
+            bench.group.stop_pid(baseline.pid)
 
 
 def _targets(
     bench: Bench,
     scenario: Scenario,
     upstream: Upstream,
-    gateway_url: str,
+    server: gw.GatewayServer,
     model: str,
     key: str | None,
     result: ScenarioResult,
+    baseline: gw.GatewayServer | None,
 ) -> list[Target]:
     unique, stream = scenario.unique_bodies, scenario.stream
     base = upstream.stream_base_url if stream else upstream.base_url
@@ -235,9 +247,16 @@ def _targets(
             chat_body(model, stream=stream, unique=unique),
         ),
         Target(
-            "gateway", gateway_url + CHAT_PATH, key, chat_body(model, stream=stream, unique=unique)
+            "gateway",
+            server.url + CHAT_PATH,
+            key,
+            chat_body(model, stream=stream, unique=unique),
+            server.pid,
         ),
     ]
+    if baseline is not None:
+        body = chat_body(model, stream=stream, unique=unique)
+        targets.append(Target("baseline", baseline.url + CHAT_PATH, key, body, baseline.pid))
     args = bench.args
     if not args.no_floor:
         port, pid = _floor_for(bench, upstream)
@@ -273,60 +292,71 @@ def _floor_for(bench: Bench, upstream: Upstream) -> tuple[int, int]:
 
 
 def _measure(
-    bench: Bench, scenario: Scenario, target: Target, connections: int, cpu_pid: int | None
-) -> Run:
-    """Warm up, then the best of `--repeat` measured runs (highest throughput).
+    bench: Bench, scenario: Scenario, targets: list[Target], connections: int
+) -> list[Run]:
+    """Warm every target up, then `--repeat` rounds over all of them; each keeps its best
+    run (highest throughput). Rounds alternate the targets, so a machine whose speed
+    drifts (a shared VM) slows them alike instead of whichever ran last.
 
-    With `cpu_pid`, the run also records that process tree's CPU time per request: a
-    figure other processes on the machine barely move, unlike latency and throughput.
+    A target with a pid also records that process tree's CPU time per request. The
+    direct and floor runs depend only on the upstream load: measured once per run.
     """
-    upstream_load = (
-        scenario.stream,
-        scenario.unique_bodies,
-        scenario.count_events,
-        scenario.pacing,
-    )
-    cache_key = (target.name, repr(upstream_load), connections)
-    if target.name in _SHARED and cache_key in bench.shared_runs:
-        return bench.shared_runs[cache_key]  # the same upstream load: measured once per run
+    upstream_load = (scenario.stream, scenario.unique_bodies, scenario.count_events)
+    load_key = (repr((*upstream_load, scenario.pacing)), connections)
+    shared = {t.name: bench.shared_runs.get((t.name, *load_key)) for t in targets}
+    todo = [t for t in targets if shared.get(t.name) is None]
     args = bench.args
     duration_s, warmup_s = _durations(args, scenario)
-    if warmup_s > 0:
+    for target in todo if warmup_s > 0 else ():
+        script = _script(bench, scenario, target)
         run_wrk(
             target.url,
-            _script(bench, scenario, target),
+            script,
             connections=connections,
             duration_s=warmup_s,
             threads=args.wrk_threads,
         )
-    best: Run | None = None
+    best: dict[str, Run] = {}
     for _ in range(max(1, args.repeat)):
-        meter = CpuMeter()
-        cpu_before_s = tree_cpu_s(cpu_pid) if cpu_pid else 0.0
-        load, _ = run_wrk(
-            target.url,
-            _script(bench, scenario, target),
-            connections=connections,
-            duration_s=duration_s,
-            threads=args.wrk_threads,
-        )
-        run = Run(target.name, target.url, load, meter.foreign_cores())
-        if cpu_pid and load.requests:
-            run.cpu_us_per_request = (tree_cpu_s(cpu_pid) - cpu_before_s) * 1e6 / load.requests
-        if best is None or run.load.rps > best.load.rps:
-            best = run
-    assert best is not None
-    load = best.load
+        for target in todo:
+            run = _run_once(bench, scenario, target, connections, duration_s)
+            if target.name not in best or run.load.rps > best[target.name].load.rps:
+                best[target.name] = run
+    runs = []
+    for target in targets:
+        run = shared.get(target.name) or best[target.name]
+        if target.name in _SHARED:
+            bench.shared_runs[(target.name, *load_key)] = run
+        _print_run(scenario, run)
+        runs.append(run)
+    return runs
+
+
+def _run_once(
+    bench: Bench, scenario: Scenario, target: Target, connections: int, duration_s: int
+) -> Run:
+    meter = CpuMeter()
+    cpu_before_s = tree_cpu_s(target.pid) if target.pid else 0.0
+    script = _script(bench, scenario, target)
+    threads = bench.args.wrk_threads
+    load, _ = run_wrk(
+        target.url, script, connections=connections, duration_s=duration_s, threads=threads
+    )
+    run = Run(target.name, target.url, load, meter.foreign_cores())
+    if target.pid and load.requests:
+        run.cpu_us_per_request = (tree_cpu_s(target.pid) - cpu_before_s) * 1e6 / load.requests
+    return run
+
+
+def _print_run(scenario: Scenario, run: Run) -> None:
+    load = run.load
+    cpu = f"  cpu {run.cpu_us_per_request:.0f} us/req" if run.cpu_us_per_request else ""
     print(
-        f"  {scenario.name:<15} {target.name:<8} c={connections:<4} {load.rps:>9.0f} req/s  "
+        f"  {scenario.name:<15} {run.target:<8} c={load.connections:<4} {load.rps:>9.0f} req/s  "
         f"p50 {load.p50_ms:.3f} ms  p99 {load.p99_ms:.3f} ms  errors {load.errors}  "
-        f"busy {best.foreign_cores:.2f}"
-        + (f"  cpu {best.cpu_us_per_request:.0f} us/req" if best.cpu_us_per_request else ""),
+        f"busy {run.foreign_cores:.2f}{cpu}",
         flush=True,
     )
-    if target.name in _SHARED:
-        bench.shared_runs[cache_key] = best
-    return best
 
 
 def _script(bench: Bench, scenario: Scenario, target: Target) -> Path:
@@ -400,6 +430,7 @@ def _settings(args: argparse.Namespace) -> dict[str, object]:
         "repeat": args.repeat,
         "floor": not args.no_floor,
         "compare_url": args.compare_url,
+        "baseline_src": str(args.baseline_src) if args.baseline_src else None,
         "gateway_src": str(args.gateway_src),
         "started_at": datetime.now().isoformat(timespec="seconds"),
     }

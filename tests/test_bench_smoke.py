@@ -36,7 +36,7 @@ def test_bench_runs_reports_a_table_and_stops_everything(tmp_path: Path) -> None
     output = tmp_path / "result.json"
     cmd = [sys.executable, "-m", "bench.run", "--scenarios", "chat", "stream"]
     cmd += ["--duration-s", "1", "--warmup-s", "0", "--concurrency", "1", "8"]
-    cmd += ["--output", str(output)]
+    cmd += ["--output", str(output), "--baseline-src", str(REPO)]
     with subprocess.Popen(
         cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     ) as proc:
@@ -50,9 +50,10 @@ def test_bench_runs_reports_a_table_and_stops_everything(tmp_path: Path) -> None
     assert proc.returncode == 0, stdout + stderr
     assert "scenario        target" in stdout
     rows = [line.split() for line in stdout.splitlines() if line.startswith(("chat ", "stream "))]
-    targets = ("direct", "floor", "gateway")
+    targets = ("direct", "floor", "gateway", "baseline")
     table_rows = [r for r in rows if r[1] in targets and r[2].isdigit()]
-    assert len(table_rows) == 12, stdout
+    assert len(table_rows) == 16, stdout
+    assert "against the baseline source tree" in stdout
     assert all(float(r[3]) > 0 for r in table_rows), stdout  # req/s
 
     data = json.loads(output.read_text())
@@ -73,7 +74,7 @@ def test_bench_runs_reports_a_table_and_stops_everything(tmp_path: Path) -> None
             # usage chunk the client did not ask for, and no stream ends without [DONE].
             # The floor (a bare pass-through) relays all of them.
             for (target, _), run in runs.items():
-                per_stream = 11 if target == "gateway" else 12
+                per_stream = 11 if target in ("gateway", "baseline") else 12
                 assert run["events"] == per_stream * run["requests"], run
                 assert run["incomplete_streams"] == 0
     assert _bench_processes(proc.pid) == []
