@@ -16,6 +16,7 @@ from typing import TypeVar
 
 from redis.asyncio import Redis
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
@@ -87,7 +88,8 @@ class SharedRedis:
                 result = await call(self.client)
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed(operation, exc, started)
-            await self._drop_idle_connections()
+            if isinstance(exc, (RedisConnectionError, OSError)):
+                await self._drop_idle_connections()
             raise RedisUnavailableError(operation) from None
         self._succeeded(started)
         return result
@@ -95,7 +97,9 @@ class SharedRedis:
     async def _drop_idle_connections(self) -> None:
         # The pool does not notice that the server closed an idle socket: every connection
         # idle when Redis went away would fail once after it came back (one more outage
-        # logged, one more cache pause each). Dropping them at any failure is cheap.
+        # logged, one more cache pause each). Dropped at a connection error only: a timeout
+        # (a frozen Redis, or this process's own event loop running late under overload)
+        # leaves the sockets sound, and reconnecting all of them would add to the load.
         try:
             await absorb_foreign_cancel(
                 self.client.connection_pool.disconnect(inuse_connections=False)
