@@ -19,6 +19,7 @@ from gateway.context import RequestContext
 from gateway.errors import GatewayOverloadedError
 from gateway.ids import new_id
 
+Header = tuple[bytes, bytes]
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _ENDPOINTS = {
     "/v1/chat/completions": "chat",
@@ -67,10 +68,24 @@ class RequestContextMiddleware:
         state = scope.setdefault("state", {})
         state["ctx"] = ctx
         header = (b"x-request-id", ctx.request_id.encode())
-        endpoint = self._hot.get(scope["path"]) if scope.get("method") == "POST" else None
-        if endpoint is not None:
-            await self._serve_hot(endpoint, scope, receive, send, ctx, header)
-            return
+        services = state.get("services")
+        gauge = services.metrics.in_flight_for(ctx.endpoint) if services is not None else None
+        if gauge is not None:
+            gauge.inc()
+        try:
+            endpoint = self._hot.get(scope["path"]) if scope.get("method") == "POST" else None
+            if endpoint is not None:
+                await _serve_hot(endpoint, scope, receive, send, ctx, header)
+            else:
+                await self._serve_app(scope, receive, send, ctx, header)
+        finally:
+            if gauge is not None:
+                gauge.dec()
+
+    async def _serve_app(
+        self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext, header: Header
+    ) -> None:
+        state = scope["state"]
         done = started = False
 
         async def send_wrapper(message: Message) -> None:
@@ -85,10 +100,6 @@ class RequestContextMiddleware:
                 done = True
                 _finished(state, ctx)
 
-        services = state.get("services")
-        gauge = services.metrics.in_flight_for(ctx.endpoint) if services is not None else None
-        if gauge is not None:
-            gauge.inc()
         try:
             await self.app(scope, receive, send_wrapper)
         except Exception:
@@ -96,37 +107,28 @@ class RequestContextMiddleware:
                 ctx.status, ctx.error_code = 500, "internal_error"
             raise
         finally:
-            if gauge is not None:
-                gauge.dec()
             if not done:  # the client left mid-response: still one log line and metrics
                 _finished(state, ctx)
 
-    async def _serve_hot(
-        self,
-        endpoint: Endpoint,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        ctx: RequestContext,
-        header: tuple[bytes, bytes],
-    ) -> None:
-        # No send wrapper: the response object carries the status and the request id,
-        # and when it returns, its body (a stream's too) has been sent or abandoned.
-        state = scope["state"]
-        services = state.get("services")
-        gauge = services.metrics.in_flight_for(ctx.endpoint) if services is not None else None
-        if gauge is not None:
-            gauge.inc()
-        try:
-            response = await answer(endpoint, scope, receive, send)
-            ctx.status = response.status_code
-            if header not in response.raw_headers:
-                response.raw_headers.append(header)
-            await response(scope, receive, send)
-        finally:
-            if gauge is not None:
-                gauge.dec()
-            _finished(state, ctx)
+
+async def _serve_hot(
+    endpoint: Endpoint,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    ctx: RequestContext,
+    header: Header,
+) -> None:
+    # No send wrapper: the response object carries the status and the request id,
+    # and when it returns, its body (a stream's too) has been sent or abandoned.
+    try:
+        response = await answer(endpoint, scope, receive, send)
+        ctx.status = response.status_code
+        if header not in response.raw_headers:
+            response.raw_headers.append(header)
+        await response(scope, receive, send)
+    finally:
+        _finished(scope["state"], ctx)
 
 
 async def _overloaded(send: Send) -> None:

@@ -21,6 +21,7 @@ def all_routes() -> list[BaseRoute]:
 
 
 def hot_paths() -> dict[str, Endpoint]:
-    """POST endpoints served by `HotRoutes` (the router keeps them for their 405s)."""
+    """POST endpoints answered by `RequestContextMiddleware` through gateway.api.hot
+    (Starlette's router keeps them too, for their 405s)."""
     hot = [*chat.routes, *embeddings.routes]
     return {r.path: r.endpoint for r in hot if isinstance(r, Route)}

@@ -1,9 +1,11 @@
 """Stop upstream work the moment the client goes away (rule 6), before the first byte too.
 
-Starlette cancels a streaming body when the client disconnects, but a handler that
-is still waiting on the upstream (a non-streaming call, or a stream before its
-commit point) would run to the end. `until_disconnect` races the work against the
-ASGI `http.disconnect` message and cancels the work if the client left first.
+A handler still waiting on the upstream (a non-streaming call, or a stream before its
+commit point) would otherwise run to the end, and so would a stream being relayed:
+uvicorn drops what is sent to a departed client without a word. `DisconnectWatch`
+reads the ASGI `http.disconnect` message in one watcher task and cancels the task
+doing the work; `until_disconnect` turns that cancel into `ClientDisconnectedError`,
+and `SSEResponse` (gateway.api.sse) into closing the stream's body.
 """
 
 from __future__ import annotations
@@ -13,55 +15,79 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from starlette.requests import Request
+from starlette.types import Receive
 
 T = TypeVar("T")
+
+# A request's watcher starts this long after its work: most answers from a nearby
+# upstream (or a cache) come sooner and never pay for a task, and a client that left
+# is still noticed within this delay plus one event-loop turn (rule 6 allows a second).
+WATCH_AFTER_S = 0.02
 
 
 class ClientDisconnectedError(Exception):
     """The client closed the connection while the gateway was still working."""
 
 
-async def _wait_disconnect(request: Request) -> None:
+class DisconnectWatch:
+    """Cancels the task that created it when the client disconnects.
+
+    The work runs in that task (no second task for it, no `asyncio.wait`); on a
+    CancelledError, `is_ours()` tells this watch's cancel from any other (a shutdown's
+    goes on) and consumes it.
+    """
+
+    def __init__(self, receive: Receive) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._receive = receive
+        self._left = False
+        self._watcher: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self, after_s: float = 0.0) -> None:
+        if after_s > 0:
+            self._timer = asyncio.get_running_loop().call_later(after_s, self._watch)
+        else:
+            self._watch()
+
+    def is_ours(self) -> bool:
+        """On a CancelledError: the client left, and no other cancel is pending."""
+        return self._left and self._task.uncancel() == 0
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._watcher is not None:
+            self._watcher.remove_done_callback(self._client_left)
+            self._watcher.cancel()
+
+    def _watch(self) -> None:
+        self._watcher = asyncio.ensure_future(_wait_disconnect(self._receive))
+        self._watcher.add_done_callback(self._client_left)
+
+    def _client_left(self, watcher: asyncio.Future[None]) -> None:
+        if not watcher.cancelled() and watcher.exception() is None:
+            self._left = True
+            self._task.cancel()
+
+
+async def _wait_disconnect(receive: Receive) -> None:
     while True:
-        message = await request.receive()
+        message = await receive()
         if message["type"] == "http.disconnect":
             return
 
 
-# The watcher starts this long after the work: most answers from a nearby upstream (or
-# a cache) come sooner and never pay for a task, and a client that left is still
-# noticed within this delay plus one event-loop turn (rule 6 allows a second).
-WATCH_AFTER_S = 0.02
-
-
 async def until_disconnect(request: Request, work: Coroutine[Any, Any, T]) -> T:
-    # The work runs in this task (no second task, no asyncio.wait): a watcher task
-    # cancels this one if the client leaves first, and that cancel alone is converted.
-    this = asyncio.current_task()
-    assert this is not None
-    left = False
-    watcher: asyncio.Future[None] | None = None
-
-    def client_left(done: asyncio.Future[None]) -> None:
-        nonlocal left
-        if not done.cancelled() and done.exception() is None:
-            left = True
-            this.cancel()
-
-    def watch() -> None:
-        nonlocal watcher
-        watcher = asyncio.ensure_future(_wait_disconnect(request))
-        watcher.add_done_callback(client_left)
-
-    timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, watch)
+    watch = DisconnectWatch(request.receive)
+    watch.start(after_s=WATCH_AFTER_S)
     try:
         return await work
     except asyncio.CancelledError:
-        if left and this.uncancel() == 0:  # ours alone; a shutdown's cancel goes on
+        if watch.is_ours():
             raise ClientDisconnectedError from None
         raise
     finally:
-        timer.cancel()
-        if watcher is not None:
-            watcher.remove_done_callback(client_left)
-            watcher.cancel()
+        watch.stop()

@@ -16,6 +16,8 @@ from collections.abc import AsyncGenerator, Mapping
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from gateway.api.disconnect import DisconnectWatch
+
 
 class SSEResponse(Response):
     media_type = "text/event-stream"
@@ -29,39 +31,21 @@ class SSEResponse(Response):
         self.init_headers(headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        this = asyncio.current_task()
-        assert this is not None
-        left = False
-
-        def client_left(watcher: asyncio.Future[None]) -> None:
-            nonlocal left
-            if not watcher.cancelled() and watcher.exception() is None:
-                left = True
-                this.cancel()
-
-        watcher = asyncio.ensure_future(_wait_disconnect(receive))
-        watcher.add_done_callback(client_left)
+        watch = DisconnectWatch(receive)
+        watch.start()
         try:
             await self._relay(send)
         except asyncio.CancelledError:
-            if not left or this.uncancel() > 0:
+            if not watch.is_ours():
                 raise  # not (only) ours: a shutdown's cancel goes on
             # The client left. If the cancel landed between two pieces, the body has not
             # seen it: closing it runs its `finally` (upstream closed, usage billed).
             await self.body_iterator.aclose()
         finally:
-            watcher.remove_done_callback(client_left)
-            watcher.cancel()
+            watch.stop()
 
     async def _relay(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         async for piece in self.body_iterator:
             await send({"type": "http.response.body", "body": piece, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-async def _wait_disconnect(receive: Receive) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
