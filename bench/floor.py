@@ -13,17 +13,14 @@ streamed chunk by chunk. No auth, parsing, routing, cache, metrics or log.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import uvicorn
 
-from bench.procs import ProcessGroup, free_port, wait_for_port
+from bench.procs import ProcessGroup, start_module
 
-REPO = Path(__file__).resolve().parent.parent
 _HOP_HEADERS = {b"content-type", b"cache-control"}
 
 
@@ -71,11 +68,9 @@ class PassThrough:
 
 def start_floor(group: ProcessGroup, workdir: Path, upstream_origin: str) -> tuple[int, int]:
     """Starts this module as a process in front of `upstream_origin`: (port, pid)."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "bench.floor", "--port", str(port), "--upstream", upstream_origin]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = group.start("floor", cmd, workdir / f"floor-{port}.log", env=env, cwd=REPO)
-    wait_for_port(port, proc, 20, "the floor pass-through")
+    port, proc = start_module(
+        group, workdir, "floor", ["--upstream", upstream_origin], "the floor pass-through"
+    )
     return port, proc.pid
 
 

@@ -13,10 +13,13 @@ import resource
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -37,6 +40,18 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float, wh
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"{what} did not listen on port {port} within {timeout_s:g} s")
+
+
+def start_module(
+    group: ProcessGroup, workdir: Path, module: str, args: Sequence[str], what: str
+) -> tuple[int, subprocess.Popen[bytes]]:
+    """`python -m bench.<module> --port P <args>` from this repo, once it listens."""
+    port = free_port()
+    cmd = [sys.executable, "-m", f"bench.{module}", "--port", str(port), *args]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = group.start(module, cmd, workdir / f"{module}-{port}.log", env=env, cwd=REPO)
+    wait_for_port(port, proc, 20, what)
+    return port, proc
 
 
 def wait_for_http(url_host_port: tuple[str, int], path: str, timeout_s: float) -> None:

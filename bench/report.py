@@ -48,11 +48,15 @@ class ScenarioResult:
     profile: list[str] = field(default_factory=list)
     stream_s: float | None = None  # paced streams: the best time one stream can take
 
-    def find(self, target: str, connections: int) -> LoadResult | None:
+    def find_run(self, target: str, connections: int) -> Run | None:
         for run in self.runs:
             if run.target == target and run.load.connections == connections:
-                return run.load
+                return run
         return None
+
+    def find(self, target: str, connections: int) -> LoadResult | None:
+        run = self.find_run(target, connections)
+        return run.load if run is not None else None
 
 
 _ORDER = {"direct": 0, "floor": 1, "gateway": 2, "baseline": 3, "compare": 4}
@@ -216,14 +220,7 @@ def baseline_summary(results: list[ScenarioResult]) -> list[str]:
     if runs:
         lines.append("against the baseline source tree (interleaved runs, best of each):")
     for result, base in runs:
-        gateway = next(
-            (
-                x
-                for x in result.runs
-                if x.target == "gateway" and x.load.connections == base.load.connections
-            ),
-            None,
-        )
+        gateway = result.find_run("gateway", base.load.connections)
         if gateway is None:
             continue
         change = ""

@@ -45,7 +45,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    name: str  # direct | floor | gateway | compare
+    name: str  # direct | floor | gateway | baseline | compare
     url: str
     api_key: str | None
     body: str
@@ -239,29 +239,17 @@ def _targets(
 ) -> list[Target]:
     unique, stream = scenario.unique_bodies, scenario.stream
     base = upstream.stream_base_url if stream else upstream.base_url
+    body = chat_body(model, stream=stream, unique=unique)
     targets = [
-        Target(
-            "direct",
-            base + "/chat/completions",
-            None,
-            chat_body(model, stream=stream, unique=unique),
-        ),
-        Target(
-            "gateway",
-            server.url + CHAT_PATH,
-            key,
-            chat_body(model, stream=stream, unique=unique),
-            server.pid,
-        ),
+        Target("direct", base + "/chat/completions", None, body),
+        Target("gateway", server.url + CHAT_PATH, key, body, server.pid),
     ]
     if baseline is not None:
-        body = chat_body(model, stream=stream, unique=unique)
         targets.append(Target("baseline", baseline.url + CHAT_PATH, key, body, baseline.pid))
     args = bench.args
     if not args.no_floor:
         port, pid = _floor_for(bench, upstream)
         path = urlsplit(targets[0].url).path
-        body = chat_body(model, stream=stream, unique=unique)
         targets.insert(1, Target("floor", f"http://127.0.0.1:{port}{path}", None, body, pid))
     for target in targets:
         problem = probe(target.url, target.body, target.api_key, stream=stream)
@@ -301,8 +289,13 @@ def _measure(
     A target with a pid also records that process tree's CPU time per request. The
     direct and floor runs depend only on the upstream load: measured once per run.
     """
-    upstream_load = (scenario.stream, scenario.unique_bodies, scenario.count_events)
-    load_key = (repr((*upstream_load, scenario.pacing)), connections)
+    upstream_load = (
+        scenario.stream,
+        scenario.unique_bodies,
+        scenario.count_events,
+        scenario.pacing,
+    )
+    load_key = (repr(upstream_load), connections)
     shared = {t.name: bench.shared_runs.get((t.name, *load_key)) for t in targets}
     todo = [t for t in targets if shared.get(t.name) is None]
     args = bench.args

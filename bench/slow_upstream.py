@@ -16,16 +16,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import sys
 from pathlib import Path
 
 from aiohttp import web
 
 from bench.nginx import Upstream, chat_completion
-from bench.procs import ProcessGroup, free_port, wait_for_port
-
-REPO = Path(__file__).resolve().parent.parent
+from bench.procs import ProcessGroup, start_module
 
 _CREATED = 1_700_000_000
 
@@ -86,12 +82,8 @@ def start_paced(
     group: ProcessGroup, workdir: Path, ttft_ms: float, chunks: int, interval_ms: float
 ) -> Upstream:
     """Starts this module as a process; streams are served at the base URL itself."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "bench.slow_upstream", "--port", str(port)]
-    cmd += ["--ttft-ms", str(ttft_ms), "--chunks", str(chunks), "--interval-ms", str(interval_ms)]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = group.start("paced-upstream", cmd, workdir / f"paced-{port}.log", env=env, cwd=REPO)
-    wait_for_port(port, proc, 20, "the paced upstream")
+    args = ["--ttft-ms", str(ttft_ms), "--chunks", str(chunks), "--interval-ms", str(interval_ms)]
+    port, _ = start_module(group, workdir, "slow_upstream", args, "the paced upstream")
     return Upstream(port, stream_prefix="")
 
 
