@@ -27,7 +27,7 @@ from gateway.pipeline import Pipeline
 from gateway.planning import Planner
 from gateway.providers.registry import build_providers
 from gateway.providers.simulated import SimulatedTransport
-from gateway.redis_client import SharedRedis, make_redis
+from gateway.redis_client import shared_redis
 from gateway.response_cache import build_response_cache
 from gateway.retry_budget import RetryBudget
 from gateway.services import Services
@@ -64,7 +64,7 @@ def build_services(config: GatewayConfig, registry: CollectorRegistry | None = N
     )
     redis = None
     if config.redis is not None:
-        redis = SharedRedis(make_redis(config.redis), metrics, config.redis.operation_deadline_s)
+        redis = shared_redis(config.redis, metrics)
     limits = build_limits(config, redis, metrics, catalog.deployments)
     keys = KeyStore(config.auth)
     return Services(

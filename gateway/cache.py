@@ -4,8 +4,9 @@
   default when no Redis is configured; one per worker process).
 - `RedisCache`: the shared Redis pool (`SharedRedis`: short timeouts, no retries, an
   overall deadline, outage logged once and counted as redis_errors{operation="cache"}).
-  It fails open: an error is a miss or a dropped write, never a failed request. Writes
-  are sent behind the response, in pipelined batches. After a failure it stops asking
+  It fails open: an error is a miss or a dropped write, never a failed request. Reads
+  and writes go over its one pipelined connection (`RedisPipe`); writes are sent
+  behind the response, in batches. After a failure it stops asking
   Redis for `probe_interval_s`, then lets one call probe, so a frozen Redis costs one
   timeout per interval, not one per request.
 
@@ -27,6 +28,7 @@ from typing import Any, Protocol
 from gateway import jsonutil
 from gateway.errors import GatewayError
 from gateway.redis_client import WRITE_LINGER_S, RedisUnavailableError, SharedRedis
+from gateway.redis_pipe import Command
 from gateway.types import Usage
 
 _PURGE_BATCH = 500
@@ -194,7 +196,9 @@ class RedisCache:
         """MGET, a miss for each key when Redis fails; then sends what queued meanwhile."""
         self._reading = True
         try:
-            values = await self._call(lambda r: r.mget(keys)) or [None] * len(keys)
+            replies = await self._call([("MGET", *keys)])
+            values = replies[0] if replies and isinstance(replies[0], list) else []
+            values = values or [None] * len(keys)
         finally:
             self._reading = False
             if self._queued_reads:
@@ -242,7 +246,7 @@ class RedisCache:
     async def _flush_batch(self) -> None:
         batch = list(itertools.islice(self._pending.items(), _WRITE_BATCH))
         try:
-            await self._call(_set_many(batch))
+            await self._call([("SET", key, value, "EX", ttl_s) for key, (value, ttl_s) in batch])
         finally:
             for key, (value, _) in batch:  # written or dropped: no longer pending
                 if self._pending.pop(key, None) is not None:
@@ -273,11 +277,12 @@ class RedisCache:
             if cursor == 0:
                 return removed
 
-    async def _call(self, call: Callable[[Any], Any]) -> Any:
+    async def _call(self, commands: list[Command]) -> list[Any] | None:
+        """The replies on the pipelined connection; None when Redis failed or is resting."""
         if not self._may_try():
             return None
         try:
-            result = await self._redis.run_or_raise("cache", call)
+            result = await self._redis.run_piped("cache", lambda p: p.execute_many(commands))
         except RedisUnavailableError:
             self._down, self._retry_at = True, time.monotonic() + self._probe_interval_s
             return None
@@ -297,16 +302,6 @@ class RedisCache:
             return await self._redis.run_or_raise("cache", call)
         except RedisUnavailableError:
             raise CacheUnavailableError("The cache backend (Redis) is unreachable.") from None
-
-
-def _set_many(batch: list[tuple[str, tuple[bytes, int]]]) -> Callable[[Any], Any]:
-    async def run(r: Any) -> Any:
-        async with r.pipeline(transaction=False) as pipe:
-            for key, (value, ttl_s) in batch:
-                pipe.set(key, value, ex=ttl_s)
-            return await pipe.execute()
-
-    return run
 
 
 def _scan(cursor: int, prefix: str) -> Callable[[Any], Any]:

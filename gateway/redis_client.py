@@ -22,6 +22,7 @@ from redis.retry import Retry
 
 from gateway.config import RedisConfig
 from gateway.metrics import Metrics
+from gateway.redis_pipe import RedisPipe
 
 log = logging.getLogger("gateway")
 T = TypeVar("T")
@@ -63,9 +64,24 @@ def make_redis(config: RedisConfig) -> Redis:
     )
 
 
+def shared_redis(config: RedisConfig, metrics: Metrics) -> SharedRedis:
+    """redis-py's pool for most calls, one pipelined connection for the hot path's."""
+    pipe = RedisPipe(config.url, connect_timeout_s=config.connect_timeout_s)
+    return SharedRedis(make_redis(config), metrics, config.operation_deadline_s, pipe)
+
+
 class SharedRedis:
-    def __init__(self, client: Redis, metrics: Metrics, deadline_s: float) -> None:
+    """`run`/`run_or_raise` call redis-py's pool; `run_piped` sends plain commands on the
+    one pipelined connection (`RedisPipe`): the response cache's reads and writes.
+
+    Limit scripts stay on the pool: on one connection, a command whose reply never
+    comes holds up every command behind it until the deadline, and a refused admission
+    (a budget failing closed) costs more than a cache miss.
+    """
+
+    def __init__(self, client: Redis, metrics: Metrics, deadline_s: float, pipe: RedisPipe) -> None:
         self.client = client
+        self.pipe = pipe
         self._metrics = metrics
         self._deadline_s = deadline_s
         self.healthy = True
@@ -82,11 +98,25 @@ class SharedRedis:
             return None
 
     async def run_or_raise(self, operation: str, call: Callable[[Redis], Awaitable[T]]) -> T:
+        return await self._guarded(operation, lambda: call(self.client))
+
+    async def run_piped(self, operation: str, call: Callable[[RedisPipe], Awaitable[T]]) -> T:
+        """`run_or_raise` on the pipelined connection: the same deadline and accounting."""
+        return await self._guarded(operation, lambda: call(self.pipe), piped=True)
+
+    async def _guarded(
+        self, operation: str, work: Callable[[], Awaitable[T]], piped: bool = False
+    ) -> T:
         started = time.monotonic()
         try:
             async with asyncio.timeout(self._deadline_s):
-                result = await call(self.client)
+                result = await work()
         except (RedisError, OSError, TimeoutError) as exc:
+            if piped and isinstance(exc, TimeoutError):
+                # No answer in time: Redis is frozen, or the link lost its replies. Every
+                # command behind this one would wait as long; start on a new connection
+                # (as redis-py drops a connection whose call timed out).
+                self.pipe.drop()
             self._failed(operation, exc, started)
             if isinstance(exc, (RedisConnectionError, OSError)):
                 await self._drop_idle_connections()
@@ -126,4 +156,5 @@ class SharedRedis:
             log.warning("redis available again")
 
     async def aclose(self) -> None:
+        await self.pipe.aclose()
         await self.client.aclose()

@@ -92,9 +92,10 @@ class GatewayProcess:
 class RedisServer:
     """A private redis-server on a free port: the tests may stop and restart it."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, password: str | None = None) -> None:
         self.port = free_port()
         self.workdir = workdir
+        self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -115,6 +116,8 @@ class RedisServer:
             "--dir",
             str(self.workdir),
         ]
+        if self.password is not None:
+            cmd += ["--requirepass", self.password]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         import socket

@@ -14,7 +14,7 @@ from gateway.cache import CacheEntry, MemoryCache, RedisCache
 from gateway.coalesce import SingleFlight
 from gateway.config import RedisConfig
 from gateway.metrics import Metrics
-from gateway.redis_client import SharedRedis, make_redis
+from gateway.redis_client import shared_redis
 from gateway.types import Usage
 from tests.gatewayproc import RedisServer
 
@@ -127,7 +127,9 @@ def test_abandoned_flight_lets_a_waiter_lead_and_cancelled_waiters_leave() -> No
 
 
 def redis_cache(url: str, **kwargs: int) -> RedisCache:
-    shared = SharedRedis(make_redis(RedisConfig(url=url)), Metrics(CollectorRegistry()), 1.0)
+    shared = shared_redis(
+        RedisConfig(url=url, operation_deadline_s=1.0), Metrics(CollectorRegistry())
+    )
     return RedisCache(shared, **kwargs)
 
 

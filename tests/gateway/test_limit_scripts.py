@@ -26,7 +26,7 @@ from gateway.limit_store import (
 )
 from gateway.limit_sync import DeploymentQuotas
 from gateway.metrics import Metrics
-from gateway.redis_client import SharedRedis, make_redis
+from gateway.redis_client import shared_redis
 from tests.gatewayproc import RedisServer
 
 Scenario = Callable[[LimitStore], Awaitable[None]]
@@ -36,7 +36,9 @@ Scenario = Callable[[LimitStore], Awaitable[None]]
 async def redis_store(
     url: str, window_s: float, reservation_ttl_s: float
 ) -> AsyncIterator[RedisLimitStore]:
-    redis = SharedRedis(make_redis(RedisConfig(url=url)), Metrics(CollectorRegistry()), 1.0)
+    redis = shared_redis(
+        RedisConfig(url=url, operation_deadline_s=1.0), Metrics(CollectorRegistry())
+    )
     try:
         yield RedisLimitStore(redis, window_s, reservation_ttl_s, usage_ttl_s=3600)
     finally:
@@ -249,6 +251,27 @@ def test_writes_survive_a_redis_that_lost_its_scripts(redis_server: RedisServer)
             assert await store.spend(unchecked.key_id, unchecked.period) == (2.0, 0.0)
             await store._redis.client.script_flush()
             await store.apply([Release(another(first))])  # nothing held: a no-op, no error
+
+    asyncio.run(main())
+
+
+def test_a_noscript_reload_leaves_no_script_missing(redis_server: RedisServer) -> None:
+    """After a flush, a batch that needs one script loads them all.
+
+    Loading only that one left the settle script missing behind a loaded release: the
+    next [settle, release] of a request ran the release first (the settle answered
+    NOSCRIPT and was resent after it), which gave back the slot of a request that had
+    been served.
+    """
+
+    async def main() -> None:
+        async with redis_store(redis_server.url, 30.0, 60.0) as store:
+            first = admission(rpm=1)
+            assert (await store.admit(first)).reason is None
+            await store._redis.client.script_flush()
+            await store.apply([Release(admission())])  # needs (and loads) the release script
+            await store.apply([settlement(first, 0.0), Release(first)])
+            assert (await store.admit(another(first))).reason == "rpm"
 
     asyncio.run(main())
 

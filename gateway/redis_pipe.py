@@ -1,0 +1,208 @@
+"""One pipelined Redis connection for the commands on every request's path.
+
+redis-py checks a connection out of its pool (behind a lock), packs, sends, parses and
+checks it back in for every command: about a quarter of the gateway's CPU for a
+request that misses the cache. Here commands from every request share one socket:
+each is written at once, and replies (parsed by hiredis) resolve the callers' futures
+in the order the commands went out, as Redis guarantees. No pool, no lock, no task.
+
+It raises redis-py's own exceptions (`ConnectionError` for the connection,
+`ResponseError` for an error reply), so `SharedRedis` treats both clients alike. A
+caller that gives up leaves its slot in the queue: a late reply is dropped when it
+comes and the order holds. `SharedRedis` drops the whole connection when a command
+passed its deadline (a frozen Redis, or a link that lost its replies: every command
+behind it would wait as long), as redis-py drops a connection whose call timed out. A
+lost connection fails every waiting command and the next command connects again; past
+`max_in_flight` waiting commands the connection is dropped rather than queued on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import hiredis
+from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+Command = Sequence[str | bytes | int | float]
+
+
+class _ReplyProtocol(asyncio.Protocol):
+    """Feeds hiredis and hands each reply to the oldest waiting command."""
+
+    def __init__(self, lost: asyncio.Future[None]) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.waiting: deque[asyncio.Future[Any]] = deque()
+        self._reader = hiredis.Reader(replyError=ResponseError)
+        self._lost = lost
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed(data)
+        waiting = self.waiting
+        while (reply := self._reader.gets()) is not False:
+            if not waiting:  # a reply nobody asked for: the stream is out of step
+                self.fail(RedisConnectionError("Redis sent an unexpected reply."))
+                return
+            future = waiting.popleft()
+            if future.done():
+                continue  # its caller gave up; the reply still keeps the order
+            if isinstance(reply, ResponseError):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._drain(RedisConnectionError("Connection to Redis lost."))
+        if not self._lost.done():
+            self._lost.set_result(None)
+
+    def fail(self, error: Exception) -> None:
+        if self.transport is not None:
+            self.transport.abort()  # connection_lost fails what still waits
+        self._drain(error)
+
+    def _drain(self, error: Exception) -> None:
+        while self.waiting:
+            future = self.waiting.popleft()
+            if not future.done():
+                future.set_exception(error)
+                future.exception()  # a caller that gave up will not retrieve it
+
+
+class RedisPipe:
+    """Lazily connected; `execute` sends one command, `execute_many` several in one write."""
+
+    def __init__(self, url: str, *, connect_timeout_s: float, max_in_flight: int = 10_000) -> None:
+        self._options: dict[str, Any] = dict(parse_url(url))
+        self._connect_timeout_s = connect_timeout_s
+        self._max_in_flight = max_in_flight
+        self._protocol: _ReplyProtocol | None = None
+        self._connecting: asyncio.Task[_ReplyProtocol] | None = None
+
+    async def execute(self, *command: str | bytes | int | float) -> Any:
+        protocol = self._protocol or await self._connect()
+        return await self._send(protocol, [command])[0]
+
+    async def execute_many(self, commands: Sequence[Command]) -> list[Any]:
+        """Every reply in order, sent in one write; an error reply (`ResponseError`) is
+        returned in its place, a lost connection raised."""
+        protocol = self._protocol or await self._connect()
+        futures = self._send(protocol, commands)
+        if len(futures) == 1:  # the usual case (a cache read): no gather to build
+            try:
+                return [await futures[0]]
+            except ResponseError as error:
+                return [error]
+        replies = await asyncio.gather(*futures, return_exceptions=True)
+        for reply in replies:
+            if isinstance(reply, BaseException) and not isinstance(reply, ResponseError):
+                raise reply
+        return replies
+
+    def _send(self, protocol: _ReplyProtocol, commands: Sequence[Command]) -> list[Any]:
+        transport = protocol.transport
+        if transport is None or transport.is_closing():
+            raise RedisConnectionError("Connection to Redis lost.")
+        if len(protocol.waiting) + len(commands) > self._max_in_flight:
+            # Redis stopped answering (frozen, or a peer gone without a word): start over
+            # on a new connection rather than wait behind replies that may never come.
+            protocol.fail(RedisConnectionError("Redis stopped answering."))
+            raise RedisConnectionError("Too many Redis commands waiting for replies.")
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in commands]
+        protocol.waiting.extend(futures)
+        transport.write(b"".join(_pack(c) for c in commands))
+        return futures
+
+    async def _connect(self) -> _ReplyProtocol:
+        # Every command that finds no connection waits for the same connect.
+        # The connect goes on if they give up (shielded); once done, the next one is new.
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(self._open())
+            self._connecting.add_done_callback(self._connected)
+        return await asyncio.shield(self._connecting)
+
+    def _connected(self, connecting: asyncio.Task[_ReplyProtocol]) -> None:
+        if self._connecting is connecting:
+            self._connecting = None
+        if not connecting.cancelled():
+            connecting.exception()  # retrieved, even when every waiter gave up
+
+    async def _open(self) -> _ReplyProtocol:
+        loop = asyncio.get_running_loop()
+        lost = loop.create_future()
+        try:
+            async with asyncio.timeout(self._connect_timeout_s):
+                protocol = await self._create_connection(lambda: _ReplyProtocol(lost))
+                await self._handshake(protocol)
+        except (OSError, TimeoutError) as exc:
+            error = f"Could not connect to Redis ({type(exc).__name__})."
+            raise RedisConnectionError(error) from None
+        self._protocol = protocol
+        lost.add_done_callback(lambda _: self._forget(protocol))
+        return protocol
+
+    async def _create_connection(self, factory: Any) -> _ReplyProtocol:
+        loop, options = asyncio.get_running_loop(), self._options
+        if options.get("connection_class") is UnixDomainSocketConnection:
+            _, protocol = await loop.create_unix_connection(factory, options["path"])
+        else:
+            secure = options.get("connection_class") is SSLConnection
+            tls = _tls_context(options) if secure else None
+            host, port = options.get("host", "localhost"), int(options.get("port", 6379))
+            _, protocol = await loop.create_connection(factory, host, port, ssl=tls)
+        return protocol  # type: ignore[no-any-return]
+
+    async def _handshake(self, protocol: _ReplyProtocol) -> None:
+        options, commands = self._options, list[Command]()
+        if options.get("password") is not None:
+            user, password = options.get("username"), options["password"]
+            commands.append(("AUTH", user, password) if user else ("AUTH", password))
+        if int(options.get("db") or 0):
+            commands.append(("SELECT", int(options["db"])))
+        for reply in await asyncio.gather(*self._send(protocol, commands), return_exceptions=True):
+            if isinstance(reply, BaseException):
+                if protocol.transport is not None:
+                    protocol.transport.close()
+                raise RedisConnectionError(f"Redis refused the connection setup: {reply}")
+
+    def _forget(self, protocol: _ReplyProtocol) -> None:
+        if self._protocol is protocol:
+            self._protocol = None
+
+    def drop(self) -> None:
+        """Fail every waiting command and close the connection; the next one reconnects."""
+        protocol, self._protocol = self._protocol, None
+        if protocol is not None:
+            protocol.fail(RedisConnectionError("Redis did not answer in time."))
+
+    async def aclose(self) -> None:
+        protocol, self._protocol = self._protocol, None
+        if protocol is not None and protocol.transport is not None:
+            protocol.transport.close()
+
+
+def _pack(command: Command) -> bytes:
+    packed: bytes = hiredis.pack_command(tuple(command))  # type: ignore[arg-type]  # stub: 1-tuples
+    return packed
+
+
+def _tls_context(options: dict[str, Any]) -> ssl.SSLContext:
+    """`rediss://` as redis-py reads its query: `ssl_ca_certs`, `ssl_cert_reqs=none`,
+    `ssl_check_hostname`; verified, host name included, by default."""
+    context = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
+    if str(options.get("ssl_cert_reqs", "required")).lower() in ("none", "optional"):
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif options.get("ssl_check_hostname") is False:
+        context.check_hostname = False
+    return context

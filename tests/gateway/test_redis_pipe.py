@@ -1,0 +1,168 @@
+"""The pipelined Redis connection against a real redis-server: order, errors, loss."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from redis import Redis as SyncRedis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from gateway.redis_pipe import RedisPipe
+from tests.gatewayproc import RedisServer, free_port
+
+
+def run(scenario: Callable[[RedisPipe], Awaitable[None]], url: str, **kwargs: int) -> None:
+    async def main() -> None:
+        pipe = RedisPipe(url, connect_timeout_s=1.0, **kwargs)
+        try:
+            await scenario(pipe)
+        finally:
+            await pipe.aclose()
+
+    asyncio.run(main())
+
+
+def test_replies_reach_their_own_callers_in_any_concurrency(redis_server: RedisServer) -> None:
+    direct = SyncRedis.from_url(redis_server.url)
+    direct.mset({f"pipe:{i}": f"value-{i}" for i in range(300)})
+
+    async def scenario(pipe: RedisPipe) -> None:
+        replies = await asyncio.gather(*(pipe.execute("GET", f"pipe:{i}") for i in range(300)))
+        assert replies == [f"value-{i}".encode() for i in range(300)]
+        assert await pipe.execute("MGET", "pipe:1", "pipe:none") == [b"value-1", None]
+
+    run(scenario, redis_server.url)
+
+
+def test_an_error_reply_is_raised_alone_or_returned_in_its_place(
+    redis_server: RedisServer,
+) -> None:
+    SyncRedis.from_url(redis_server.url).set("pipe:text", "not a number")
+
+    async def scenario(pipe: RedisPipe) -> None:
+        with pytest.raises(ResponseError):
+            await pipe.execute("INCR", "pipe:text")
+        replies = await pipe.execute_many(
+            [("SET", "pipe:n", 1, "EX", 60), ("INCR", "pipe:text"), ("INCR", "pipe:n")]
+        )
+        assert replies[0] == b"OK" and replies[2] == 2
+        assert isinstance(replies[1], ResponseError)
+
+    run(scenario, redis_server.url)
+
+
+def test_a_caller_that_gives_up_leaves_the_order_intact(redis_server: RedisServer) -> None:
+    """BLPOP holds the connection's replies back; the callers behind it still get theirs."""
+    SyncRedis.from_url(redis_server.url).set("pipe:after", "after")
+
+    async def scenario(pipe: RedisPipe) -> None:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):
+                await pipe.execute("BLPOP", "pipe:empty-list", "0.3")
+        assert await pipe.execute("GET", "pipe:after") == b"after"
+
+    run(scenario, redis_server.url)
+
+
+def test_a_lost_connection_fails_the_waiting_and_the_next_command_reconnects(
+    redis_server: RedisServer,
+) -> None:
+    direct = SyncRedis.from_url(redis_server.url)
+
+    async def scenario(pipe: RedisPipe) -> None:
+        await pipe.execute("CLIENT", "SETNAME", "pipe-under-test")
+        blocked = asyncio.ensure_future(pipe.execute("BLPOP", "pipe:empty-list", "5"))
+        await asyncio.sleep(0.1)
+        assert direct.client_kill_filter(_type="normal", skipme=True) >= 1
+        with pytest.raises(RedisConnectionError):
+            await blocked
+        assert await pipe.execute("PING") == b"PONG"
+
+    run(scenario, redis_server.url)
+
+
+def test_too_many_commands_waiting_drops_the_connection(redis_server: RedisServer) -> None:
+    async def scenario(pipe: RedisPipe) -> None:
+        blocked = asyncio.ensure_future(pipe.execute("BLPOP", "pipe:empty-list", "5"))
+        await asyncio.sleep(0.05)
+        queued = asyncio.ensure_future(pipe.execute("PING"))
+        await asyncio.sleep(0.05)
+        with pytest.raises(RedisConnectionError, match="Too many"):
+            await pipe.execute("PING")
+        for waiting in (blocked, queued):  # failed with the connection, not left hanging
+            with pytest.raises(RedisConnectionError):
+                await waiting
+        assert await pipe.execute("PING") == b"PONG"  # on a new connection
+
+    run(scenario, redis_server.url, max_in_flight=2)
+
+
+def test_the_url_database_is_selected(redis_server: RedisServer) -> None:
+    url = redis_server.url.rsplit("/", 1)[0] + "/5"
+
+    async def scenario(pipe: RedisPipe) -> None:
+        await pipe.execute("SET", "pipe:db", "five")
+
+    run(scenario, url)
+    assert SyncRedis.from_url(url).get("pipe:db") == b"five"
+    assert SyncRedis.from_url(redis_server.url).get("pipe:db") is None
+
+
+def test_a_password_in_the_url_authenticates(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path, password="s3cret-pw").start()
+    try:
+        good = f"redis://:s3cret-pw@127.0.0.1:{server.port}/0"
+        bad = f"redis://:wrong@127.0.0.1:{server.port}/0"
+
+        async def answers(pipe: RedisPipe) -> None:
+            assert await pipe.execute("PING") == b"PONG"
+
+        async def refused(pipe: RedisPipe) -> None:
+            with pytest.raises(RedisConnectionError, match="refused the connection setup"):
+                await pipe.execute("PING")
+
+        run(answers, good)
+        run(refused, bad)
+    finally:
+        server.stop()
+
+
+def test_no_server_is_a_connection_error() -> None:
+    async def scenario(pipe: RedisPipe) -> None:
+        with pytest.raises(RedisConnectionError, match="Could not connect"):
+            await pipe.execute("PING")
+
+    run(scenario, f"redis://127.0.0.1:{free_port()}/0")
+
+
+def test_a_connect_every_caller_gave_up_on_does_not_stick(tmp_path: Path) -> None:
+    """A silent peer: the connect fails after its timeout with no one waiting; once a
+    real Redis listens there, the next command connects afresh."""
+    port = free_port()
+    silent = socket.create_server(("127.0.0.1", port))  # accepts, never answers
+    url = f"redis://:pw@127.0.0.1:{port}/0"  # a password, so the setup waits for a reply
+
+    async def main() -> None:
+        pipe = RedisPipe(url, connect_timeout_s=0.2)
+        try:
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.05):
+                    await pipe.execute("PING")
+            await asyncio.sleep(0.4)  # the abandoned connect has failed by now
+            silent.close()
+            server = RedisServer(tmp_path, password="pw")
+            server.port = port
+            server.start()
+            try:
+                assert await pipe.execute("PING") == b"PONG"
+            finally:
+                server.stop()
+        finally:
+            await pipe.aclose()
+
+    asyncio.run(main())
