@@ -258,10 +258,10 @@ def test_writes_survive_a_redis_that_lost_its_scripts(redis_server: RedisServer)
 def test_a_noscript_reload_leaves_no_script_missing(redis_server: RedisServer) -> None:
     """After a flush, a batch that needs one script loads them all.
 
-    Loading only that one left the settle script missing behind a loaded release: the
-    next [settle, release] of a request ran the release first (the settle answered
-    NOSCRIPT and was resent after it), which gave back the slot of a request that had
-    been served.
+    Loading only that one would leave the settle script missing behind a loaded
+    release: the next [settle, release] of a request would run the release first (the
+    settle answers NOSCRIPT and is resent after it), giving back the slot of a request
+    that was served.
     """
 
     async def main() -> None:
