@@ -148,9 +148,13 @@ local rid = ARGV[1]
 local held = redis.call('HGET', KEYS[4], rid)
 if held then
   unhold(3, 4, 5, rid, held)
-elseif redis.call('ZREM', KEYS[6], rid) == 0 then
-  if ARGV[2] == '1' then return 0 end
-  if not redis.call('SET', KEYS[7], '1', 'NX', 'EX', tonumber(ARGV[12])) then return 0 end
+elseif redis.call('ZREM', KEYS[6], rid) == 0 and ARGV[2] == '1' then
+  return 0
+end
+-- Admitted without the store (an outage): the marker settles it once, even when its
+-- admission ran late in Redis and was found held above (a retry finds none).
+if ARGV[2] ~= '1' and not redis.call('SET', KEYS[7], '1', 'NX', 'EX', tonumber(ARGV[12])) then
+  return 0
 end
 redis.call('HINCRBYFLOAT', KEYS[3], 'spent', ARGV[4])
 local keep = tonumber(ARGV[5])

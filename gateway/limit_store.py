@@ -256,9 +256,11 @@ class MemoryLimitStore:
         held = budget.reservations.pop(a.request_id, None)
         if held is not None:
             budget.reserved_usd -= held[1]
-        elif budget.lost.pop(a.request_id, None) is None:
-            if s.reserved or a.request_id in self._done:
-                return  # settled already: a retried write
+        elif budget.lost.pop(a.request_id, None) is None and s.reserved:
+            return  # settled already: a retried write
+        if not s.reserved:  # admitted without the store: settled once, by its marker
+            if a.request_id in self._done:
+                return
             self._remember_done(a.request_id)
         budget.spent_usd += s.cost_usd
         tokens = self._tokens.get(a.key_id, {})

@@ -226,6 +226,24 @@ def test_settle_is_idempotent_per_request_id(run: Callable[..., None]) -> None:
     run(scenario)
 
 
+def test_a_late_applied_admission_settles_once_when_the_settle_repeats(
+    run: Callable[..., None],
+) -> None:
+    """The admission timed out (the request went on, fail open: its settle says not
+    reserved) but Redis ran it later, so the settle finds it held. The settle's answer
+    is lost and it is written again: the second run must not bill a second time."""
+
+    async def scenario(store: LimitStore) -> None:
+        first = admission(budget_usd=10.0, cost_usd=1.0)
+        assert (await store.admit(first)).reason is None  # the admission that ran late
+        unreserved = settlement(first, 0.25, reserved=False)
+        await store.apply([unreserved])
+        await store.apply([unreserved])
+        assert await store.spend(first.key_id, first.period) == (0.25, 0.0)
+
+    run(scenario)
+
+
 def test_outage_admissions_settle_once_by_marker(run: Callable[..., None]) -> None:
     async def scenario(store: LimitStore) -> None:
         unchecked = admission(budget_usd=10.0)  # never reached the store
