@@ -26,11 +26,12 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ResponseError
 
 from gateway import jsonutil
 from gateway.limit_store import Admission, Decision, Release, Settlement, UsageRow, Write
 from gateway.redis_client import SharedRedis
+from gateway.redis_pipe import Command
 
 log = logging.getLogger("gateway")
 
@@ -229,6 +230,10 @@ return out
 """
 
 
+def _no_script(result: Any) -> bool:
+    return isinstance(result, ResponseError) and str(result).startswith("NOSCRIPT")
+
+
 def _key_base(key_id: str) -> str:
     return f"gw:lim:{key_id}"
 
@@ -288,38 +293,32 @@ class RedisLimitStore:
         return Decision(reason.decode(), max(0, wait_ms) / 1000)
 
     async def apply(self, writes: Sequence[Write]) -> None:
-        """One pipeline of EVALSHAs. (redis-py's script objects in a pipeline ask SCRIPT
-        EXISTS first: a second round trip per batch.) A Redis that lost its scripts
-        (restarted, flushed) answers NOSCRIPT: load them, then resend just those writes,
-        which did not run."""
-        results = await self._redis.run_or_raise("limits", lambda c: self._evalsha_all(c, writes))
-        unrun = [w for w, r in zip(writes, results, strict=True) if isinstance(r, NoScriptError)]
+        """Every write's EVALSHA in one write on the pipelined connection (background
+        work: a write whose answer never came is retried, and its script's marker makes
+        the retry a no-op). A Redis that lost its scripts (restarted, flushed) answers
+        NOSCRIPT: load both (one loaded and not the other would run a release before
+        the settle resent after it), then resend just those writes, which did not run."""
+        commands = [self._evalsha(write) for write in writes]
+        results = await self._redis.run_piped("limits", lambda p: p.execute_many(commands))
+        unrun = [i for i, result in enumerate(results) if _no_script(result)]
         if unrun:
-            await self._redis.run_or_raise("limits", self._load_scripts)
-            results = await self._redis.run_or_raise(
-                "limits", lambda c: self._evalsha_all(c, unrun)
-            )
+            loads: list[Command] = [("SCRIPT", "LOAD", text) for text in (SETTLE, RELEASE)]
+            again = [commands[i] for i in unrun]
+            replies = await self._redis.run_piped("limits", lambda p: p.execute_many(loads + again))
+            for i, result in zip(unrun, replies[len(loads) :], strict=True):
+                results[i] = result
         for result in results:
             if isinstance(result, ResponseError):
                 # A script error is a bug, not an outage: retrying would block the queue.
                 log.error("limit write failed: %s", str(result)[:200])
 
-    async def _evalsha_all(self, client: Any, writes: Sequence[Write]) -> list[Any]:
-        async with client.pipeline(transaction=False) as pipe:
-            for write in writes:
-                if isinstance(write, Release):
-                    a = write.admission
-                    keys = [*_rate_keys(a), *_budget_keys(a)]
-                    pipe.evalsha(self._release.sha, len(keys), *keys, a.request_id)
-                else:
-                    keys = self._settle_keys(write)
-                    args = self._settle_args(write)
-                    pipe.evalsha(self._settle.sha, len(keys), *keys, *args)
-            return list(await pipe.execute(raise_on_error=False))
-
-    async def _load_scripts(self, client: Any) -> None:
-        for script in (self._settle, self._release):
-            script.sha = await client.script_load(script.script)
+    def _evalsha(self, write: Write) -> Command:
+        if isinstance(write, Release):
+            a = write.admission
+            keys: list[str] = [*_rate_keys(a), *_budget_keys(a)]
+            return ("EVALSHA", self._release.sha, len(keys), *keys, a.request_id)
+        keys = self._settle_keys(write)
+        return ("EVALSHA", self._settle.sha, len(keys), *keys, *self._settle_args(write))
 
     def _settle_keys(self, s: Settlement) -> list[str]:
         a = s.admission

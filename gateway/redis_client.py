@@ -72,11 +72,12 @@ def shared_redis(config: RedisConfig, metrics: Metrics) -> SharedRedis:
 
 class SharedRedis:
     """`run`/`run_or_raise` call redis-py's pool; `run_piped` sends plain commands on the
-    one pipelined connection (`RedisPipe`): the response cache's reads and writes.
+    one pipelined connection (`RedisPipe`): the response cache's reads and writes, and
+    the limit writes (settles, releases) that follow every request.
 
-    Limit scripts stay on the pool: on one connection, a command whose reply never
-    comes holds up every command behind it until the deadline, and a refused admission
-    (a budget failing closed) costs more than a cache miss.
+    Admissions stay on the pool: on one connection, a command whose reply never comes
+    holds up every command behind it until the deadline, and a refused admission (a
+    budget failing closed) costs more than a cache miss or a write retried later.
     """
 
     def __init__(self, client: Redis, metrics: Metrics, deadline_s: float, pipe: RedisPipe) -> None:
