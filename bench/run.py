@@ -77,9 +77,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=1, help="gateway worker processes")
     parser.add_argument(
         "--transport",
-        choices=["aiohttp", "httpx", "httpx-aiohttp"],
-        default="aiohttp",
-        help="the gateway's server.upstream_transport",
+        choices=["native", "aiohttp", "httpx", "httpx-aiohttp"],
+        default=None,
+        help="the gateway's server.upstream_transport (default: the gateway's own default)",
     )
     parser.add_argument("--wrk-threads", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=1, help="measured runs each; best kept")
@@ -201,7 +201,8 @@ def _run_scenario(bench: Bench, scenario: Scenario, result: ScenarioResult) -> N
         if bench.redis_url is None:
             result.problems.append("redis-server absent: ran without Redis")
     args = bench.args
-    config = gw.with_transport(config, args.transport)
+    if args.transport is not None:
+        config = gw.with_transport(config, args.transport)
     server = gw.start_gateway(
         bench.group, bench.workdir, scenario.name, config, args.workers, args.gateway_src.resolve()
     )
@@ -433,7 +434,7 @@ def _settings_line(args: argparse.Namespace) -> str:
     return (
         f"gateway benchmark: scenarios {', '.join(args.scenarios)}; {args.duration_s} s per run "
         f"(+{args.warmup_s} s warm-up); concurrency {args.concurrency}; "
-        f"{args.workers} gateway worker(s), {args.transport} upstream transport; "
+        f"{args.workers} gateway worker(s), {args.transport or 'default'} upstream transport; "
         f"wrk {args.wrk_threads} thread(s)"
     )
 

@@ -120,7 +120,7 @@ class ServerConfig(_Model):
     request_timeout_s: float = Field(300.0, gt=0)
     max_concurrent_requests: int = Field(4096, ge=1)  # beyond: 503 with retry-after
     # aiohttp is the fast default; the others exist to measure (bench.run --transport)
-    upstream_transport: Literal["aiohttp", "httpx", "httpx-aiohttp"] = "aiohttp"
+    upstream_transport: Literal["native", "aiohttp", "httpx", "httpx-aiohttp"] = "native"
     access_log: bool = True
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -209,9 +209,14 @@ class AiohttpUpstream:
 
 
 def http_upstream(name: str) -> Upstream:
-    """The pooled HTTP transport `server.upstream_transport` names (aiohttp by default)."""
+    """The pooled HTTP transport `server.upstream_transport` names (`native` by default:
+    gateway.upstream_native for calls, aiohttp for streams)."""
     if name == "aiohttp":
         return AiohttpUpstream()
+    if name == "native":
+        from gateway.upstream_native import NativeUpstream  # it imports this module
+
+        return NativeUpstream()
     from gateway.upstream_httpx import httpx_upstream  # imports httpx only when chosen
 
     return httpx_upstream(name)

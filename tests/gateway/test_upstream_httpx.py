@@ -1,6 +1,7 @@
-"""The gateway with `server.upstream_transport: httpx` (and httpx over aiohttp, when the
-`bench` extra is installed) behaves as with the default aiohttp transport: the same
-answers, the same error statuses, no redirects followed, hang-ups passed upstream.
+"""The gateway with `server.upstream_transport: aiohttp` or `httpx` (and httpx over
+aiohttp, when the `bench` extra is installed) behaves as with the default `native`
+transport: the same answers, the same error statuses, no redirects followed, hang-ups
+passed upstream.
 
 A few representative cases; the full fault matrix runs on the default transport."""
 
@@ -37,7 +38,7 @@ def fake_trap() -> Iterator[FakeOpenAI]:
     fake.stop()
 
 
-@pytest.fixture(scope="module", params=["httpx", "httpx-aiohttp"])
+@pytest.fixture(scope="module", params=["aiohttp", "httpx", "httpx-aiohttp"])
 def gateway(
     request: pytest.FixtureRequest,
     start_gateway: Callable[..., GatewayProcess],

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 import pytest
 from aiohttp import web
 
-TRANSPORTS = ["aiohttp", "httpx", "httpx-aiohttp"]
+TRANSPORTS = ["native", "aiohttp", "httpx", "httpx-aiohttp"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -1,0 +1,239 @@
+"""The native HTTP/1.1 client (`server.upstream_transport: native`) against raw servers on
+127.0.0.1 that answer with exact bytes: framing, reuse, encodings, timeouts, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+
+from gateway.errors import UpstreamTimeoutError, UpstreamUnavailableError
+from gateway.upstream import Timeouts, UpstreamRequest
+from gateway.upstream_native import NativeUpstream
+from tests.fakes.server import free_port
+
+Answer = Callable[[bytes, asyncio.StreamWriter], Awaitable[bool]]  # False: close after
+BODY = b'{"model":"m"}'
+
+
+class RawServer:
+    """Reads one request at a time (head, then content-length bytes) and hands it over."""
+
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+        self.connections = 0
+        self.requests: list[bytes] = []
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                request = head + await reader.readexactly(length)
+                self.requests.append(request)
+                if not await self.answer(request, writer):
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+@asynccontextmanager
+async def raw_server(answer: Answer) -> AsyncIterator[tuple[RawServer, str]]:
+    raw = RawServer(answer)
+    server = await asyncio.start_server(raw._serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield raw, f"http://127.0.0.1:{port}/v1/chat/completions?x=1"
+    finally:
+        server.close()
+
+
+def reply(status: int, body: bytes, *headers: str, close: bool = False) -> Answer:
+    async def answer(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        head = [f"HTTP/1.1 {status} X", f"content-length: {len(body)}", *headers]
+        if close:
+            head.append("connection: close")
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+        await writer.drain()
+        return not close
+
+    return answer
+
+
+def request(url: str, read_s: float = 5.0, **headers: str) -> UpstreamRequest:
+    timeouts = Timeouts(connect_s=2.0, read_s=read_s, total_s=10.0)
+    return UpstreamRequest(url, {"authorization": "Bearer k", **headers}, BODY, timeouts=timeouts)
+
+
+def run(scenario: Callable[[NativeUpstream], Awaitable[None]]) -> None:
+    async def main() -> None:
+        upstream = NativeUpstream()
+        try:
+            await scenario(upstream)
+        finally:
+            await upstream.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_call_is_one_well_formed_request_and_connections_are_reused() -> None:
+    async def scenario(upstream: NativeUpstream) -> None:
+        async with raw_server(reply(200, b'{"ok":1}', "content-type: application/json")) as (
+            raw,
+            url,
+        ):
+            for _ in range(3):
+                response = await upstream.send(request(url))
+                assert (response.status, response.body) == (200, b'{"ok":1}')
+                assert response.headers["Content-Type"] == "application/json"  # any case
+            assert raw.connections == 1
+            head, _, body = raw.requests[0].partition(b"\r\n\r\n")
+            lines = head.split(b"\r\n")
+            assert lines[0] == b"POST /v1/chat/completions?x=1 HTTP/1.1"
+            assert f"host: 127.0.0.1:{url.split(':')[2].split('/')[0]}".encode() in lines
+            assert b"authorization: Bearer k" in lines
+            assert f"content-length: {len(BODY)}".encode() in lines
+            assert body == BODY
+
+    run(scenario)
+
+
+def test_connection_close_and_a_body_that_ends_with_the_connection() -> None:
+    async def until_close(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\npart one, ")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"part two")
+        await writer.drain()
+        return False
+
+    async def scenario(upstream: NativeUpstream) -> None:
+        async with raw_server(until_close) as (raw, url):
+            assert (await upstream.send(request(url))).body == b"part one, part two"
+            assert (await upstream.send(request(url))).body == b"part one, part two"
+            assert raw.connections == 2  # not pooled after `connection: close`
+
+    run(scenario)
+
+
+def test_chunked_gzip_and_deflate_bodies_are_decoded() -> None:
+    text = b'{"choices":[]}' * 50
+
+    async def encoded(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        if b"x-want: gzip" in request:
+            body, encoding = gzip.compress(text), "gzip"
+        else:
+            body, encoding = zlib.compress(text), "deflate"
+        chunks = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in (body[:10], body[10:]))
+        head = f"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-encoding: {encoding}"
+        writer.write(head.encode() + b"\r\n\r\n" + chunks + b"0\r\n\r\n")
+        await writer.drain()
+        return True
+
+    async def scenario(upstream: NativeUpstream) -> None:
+        async with raw_server(encoded) as (raw, url):
+            assert (await upstream.send(request(url, **{"x-want": "gzip"}))).body == text
+            assert (await upstream.send(request(url, **{"x-want": "deflate"}))).body == text
+            assert raw.connections == 1
+
+    run(scenario)
+
+
+def test_an_idle_connection_the_upstream_closed_is_not_used_again() -> None:
+    async def answer_then_hang_up(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        await reply(200, b"{}")(request, writer)
+        return False  # closes without a `connection: close` header
+
+    async def scenario(upstream: NativeUpstream) -> None:
+        async with raw_server(answer_then_hang_up) as (raw, url):
+            assert (await upstream.send(request(url))).status == 200
+            await asyncio.sleep(0.05)  # the close reaches the pooled connection
+            assert (await upstream.send(request(url))).status == 200
+            assert raw.connections == 2
+
+    run(scenario)
+
+
+def test_no_answer_within_read_s_is_a_timeout_and_the_connection_is_dropped() -> None:
+    async def stall(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        if b"x-stall: 1" in request:
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n12345")  # then silence
+            await writer.drain()
+            await asyncio.sleep(2)
+            return False
+        return await reply(200, b"{}")(request, writer)
+
+    async def scenario(upstream: NativeUpstream) -> None:
+        async with raw_server(stall) as (raw, url):
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(UpstreamTimeoutError):
+                await upstream.send(request(url, read_s=0.3, **{"x-stall": "1"}))
+            assert 0.25 < loop.time() - started < 1.5
+            assert (await upstream.send(request(url))).status == 200
+            assert raw.connections == 2  # the stalled one was not pooled
+
+    run(scenario)
+
+
+def test_refused_connect_is_unavailable_during_connect() -> None:
+    async def scenario(upstream: NativeUpstream) -> None:
+        url = f"http://127.0.0.1:{free_port()}/v1/chat/completions"
+        with pytest.raises(UpstreamUnavailableError) as caught:
+            await upstream.send(request(url))
+        assert caught.value.during_connect
+
+    run(scenario)
+
+
+def test_a_hang_up_mid_answer_is_unavailable_and_not_retryable() -> None:
+    async def half(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{")
+        await writer.drain()
+        return False
+
+    async def scenario(upstream: NativeUpstream) -> None:
+        async with raw_server(half) as (_, url):
+            with pytest.raises(UpstreamUnavailableError) as caught:
+                await upstream.send(request(url))
+            assert not caught.value.during_connect
+
+    run(scenario)
+
+
+def test_malformed_answers_and_line_breaks_in_headers_are_refused() -> None:
+    async def garbage(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+        await writer.drain()
+        return False
+
+    async def scenario(upstream: NativeUpstream) -> None:
+        async with raw_server(garbage) as (raw, url):
+            with pytest.raises(UpstreamUnavailableError, match="malformed"):
+                await upstream.send(request(url))
+            with pytest.raises(UpstreamUnavailableError, match="line break"):
+                await upstream.send(request(url, **{"x-injected": "a\r\nx-evil: 1"}))
+            assert len(raw.requests) == 1  # the second never left
+
+    run(scenario)
+
+
+def test_a_redirect_is_returned_not_followed() -> None:
+    async def scenario(upstream: NativeUpstream) -> None:
+        answer = reply(307, b"", "location: http://127.0.0.1:1/elsewhere")
+        async with raw_server(answer) as (raw, url):
+            response = await upstream.send(request(url))
+            assert response.status == 307 and len(raw.requests) == 1
+
+    run(scenario)
