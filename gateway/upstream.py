@@ -210,7 +210,7 @@ class AiohttpUpstream:
 
 def http_upstream(name: str) -> Upstream:
     """The pooled HTTP transport `server.upstream_transport` names (`native` by default:
-    gateway.upstream_native for calls, aiohttp for streams)."""
+    gateway.upstream_native, our own HTTP/1.1 client)."""
     if name == "aiohttp":
         return AiohttpUpstream()
     if name == "native":

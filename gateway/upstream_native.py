@@ -1,19 +1,19 @@
-"""Non-streaming upstream calls on our own HTTP/1.1 client: asyncio + httptools.
+"""Upstream calls and streams on our own HTTP/1.1 client: asyncio + httptools.
 
 aiohttp's client costs about 190 µs of CPU per call on the benchmark machine (its
 request, response and payload objects, a writer task per request, its timer context);
-this client about 50: a call is one write of the head and body, httptools parses the
-answer (the parser uvicorn uses for the other side), and a future resolves when the
-message is complete. Streams stay on aiohttp (`stream` delegates): their per-chunk
-work, flow control and early close are where its machinery earns its keep.
+this client about 50: a request is one write of the head and body, httptools parses
+the answer (the parser uvicorn uses for the other side), and the caller waits on one
+future for the head and one per read of the body.
 
-The semantics are `AiohttpUpstream.send`'s: connections pooled per origin and kept
-alive (dropped after `KEEPALIVE_S` idle, or when the upstream closes them), no
-redirects followed, no cookies kept, `Timeouts` per call (`connect_s`; `read_s` for
-the first byte and every gap; `total_s` for the whole call), gzip and deflate bodies
-decoded, and every failure an `UpstreamTimeoutError` or `UpstreamUnavailableError`
-(`during_connect` when no byte of an answer came: a refused connect, or a pooled
-connection the upstream had closed).
+The semantics are `AiohttpUpstream`'s: connections pooled per origin and kept alive
+(dropped after `KEEPALIVE_S` idle, or when the upstream closes them), no redirects
+followed, no cookies kept, `Timeouts` per request (`connect_s`; `read_s` for the first
+byte and every gap; `total_s` for a whole non-streaming call), gzip and deflate bodies
+decoded, a stream closed early drops its connection (which is what stops the upstream
+generating), reading pauses while a stream's consumer is behind, and every failure is
+an `UpstreamTimeoutError` or `UpstreamUnavailableError` (`during_connect` when no byte
+of an answer came: a refused connect, or a pooled connection the upstream had closed).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import functools
 import ssl
 import zlib
 from collections import deque
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
@@ -32,7 +33,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.errors import ProviderError, UpstreamUnavailableError
 from gateway.upstream import (
-    AiohttpUpstream,
+    LineSplitter,
     UpstreamRequest,
     UpstreamResponse,
     UpstreamStream,
@@ -41,6 +42,7 @@ from gateway.upstream import (
 
 KEEPALIVE_S = 15.0  # as aiohttp's default: idle connections live as long under both
 MAX_IDLE_PER_ORIGIN = 1024
+PAUSE_AT_BYTES = 256 * 1024  # a stream's unread body past this: stop reading the socket
 
 
 class Origin(NamedTuple):
@@ -69,6 +71,101 @@ def parse_target(url: str) -> Target:
     return Target(Origin(parts.scheme, host, port, host_header), path)
 
 
+class Reply:
+    """One answer as it arrives: its head, the body read so far, its end or its failure."""
+
+    def __init__(self, exchange: _Exchange, loop: asyncio.AbstractEventLoop) -> None:
+        self._exchange = exchange
+        self._loop = loop
+        self.head: asyncio.Future[None] = loop.create_future()
+        self.status = 0
+        self.headers: CIMultiDictProxy[str] = _NO_HEADERS
+        self.ended = False
+        self.error: BaseException | None = None
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._decoder: zlib._Decompress | None = None
+
+    # -- the connection's side ----------------------------------------------------------
+    def headers_done(self, status: int, headers: list[tuple[str, str]]) -> None:
+        self.status, self.headers = status, CIMultiDictProxy(CIMultiDict(headers))
+        self._decoder = _decoder(self.headers.get("content-encoding", ""))
+        if not self.head.done():
+            self.head.set_result(None)
+
+    def body(self, data: bytes) -> int:
+        """Keeps `data`; returns how much is unread."""
+        self._chunks.append(data)
+        self._size += len(data)
+        self._wake()
+        return self._size
+
+    def end(self) -> None:
+        self.ended = True
+        self._wake()
+
+    def fail(self, error: BaseException) -> None:
+        if self.ended or self.error is not None:
+            return
+        self.error = error
+        if not self.head.done():
+            self.head.set_exception(error)
+            self.head.exception()  # retrieved: a caller that gave up never will
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- the caller's side --------------------------------------------------------------
+    async def read(self) -> bytes:
+        """What arrived since the last read (decoded); b"" at the end. Raises the failure."""
+        while not self._chunks and not self.ended:
+            if self.error is not None:
+                raise self.error
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        if not self._chunks:
+            return b""  # the end
+        data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+        self._chunks.clear()
+        self._size = 0
+        self._exchange.drained()
+        if self._decoder is not None:
+            data = self._decode(data)
+        return data
+
+    def _decode(self, data: bytes) -> bytes:
+        assert self._decoder is not None
+        try:
+            return self._decoder.decompress(data) + (self._decoder.flush() if self.ended else b"")
+        except zlib.error:
+            raise UpstreamUnavailableError("The upstream sent a corrupt body.") from None
+
+    async def read_all(self) -> bytes:
+        parts = []
+        while data := await self.read():
+            parts.append(data)
+        return b"".join(parts)
+
+
+_NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+
+
+def _decoder(encoding: str) -> zlib._Decompress | None:
+    encoding = encoding.strip().lower()
+    if not encoding or encoding == "identity":
+        return None
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        return zlib.decompressobj(zlib.MAX_WBITS | 32)  # a gzip or a zlib header
+    raise UpstreamUnavailableError(f"The upstream sent an unsupported encoding {encoding!r}.")
+
+
 class _Exchange(asyncio.Protocol):
     """One kept-alive connection: one request at a time, its answer parsed by httptools."""
 
@@ -79,22 +176,23 @@ class _Exchange(asyncio.Protocol):
         self.closed = False
         self.idle_timer: asyncio.TimerHandle | None = None
         self._parser = httptools.HttpResponseParser(self)
-        self._answer: asyncio.Future[UpstreamResponse] | None = None
+        self._reply: Reply | None = None
         self._headers: list[tuple[str, str]] = []
-        self._body: list[bytes] = []
         self._started = False  # a byte of the answer came
-        self._headers_done = False
-        self._last_read = 0.0
-        self._read_timer: asyncio.TimerHandle | None = None
-        self._read_s = 0.0
         self._sized = False  # content-length or chunked: it ends by itself, not by close
+        self._keep_alive = False
+        self._paused = False
+        self._last_read = 0.0
+        self._read_s = 0.0
+        self._read_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        if self._answer is None:
+        reply = self._reply
+        if reply is None or reply.ended:
             self._close()  # bytes nobody asked for: the connection is out of step
             return
         self._started = True
@@ -106,94 +204,85 @@ class _Exchange(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed, self.transport = True, None
-        if self._answer is not None and not self._answer.done():
-            if self._headers_done and not self._sized:
-                self._finish()  # a body that ends when the connection does
-            else:
-                self._fail(self._lost_error())
-        self._cancel_timers()
+        self._stop_timers()
+        reply = self._reply
+        if reply is None or reply.ended:
+            return
+        if reply.head.done() and not self._sized:
+            reply.end()  # a body that ends when the connection does
+            return
+        # Nothing of an answer came: the upstream closed a pooled connection, or refused
+        # the request at once. Either way no work started there: safe to retry.
+        reply.fail(_mapped(ConnectionResetError(), connecting=not self._started))
 
     # -- httptools callbacks ------------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
-        self._headers_done = True
         names = {name.lower() for name, _ in self._headers}
         self._sized = "content-length" in names or "transfer-encoding" in names
+        assert self._reply is not None
+        try:
+            self._reply.headers_done(self._parser.get_status_code(), self._headers)
+        except ProviderError as error:  # an encoding we cannot decode
+            self._fail(error)
 
     def on_body(self, body: bytes) -> None:
-        self._body.append(body)
+        assert self._reply is not None
+        if self._reply.body(body) > PAUSE_AT_BYTES and not self._paused and self.transport:
+            self._paused = True
+            self.transport.pause_reading()
 
     def on_message_complete(self) -> None:
-        keep = self._parser.should_keep_alive()
-        self._finish()
-        if keep:
+        self._keep_alive = self._parser.should_keep_alive()
+        self._stop_timers()
+        assert self._reply is not None
+        self._reply.end()
+
+    # -- the caller's side --------------------------------------------------------------
+    def start(self, head: bytes, body: bytes | None, read_s: float) -> Reply:
+        assert self.transport is not None
+        loop = asyncio.get_running_loop()
+        self._reply = reply = Reply(self, loop)
+        self._read_s, self._last_read = read_s, loop.time()
+        self._read_timer = loop.call_at(self._last_read + read_s, self._check_read)
+        self.transport.write(head + body if body else head)
+        return reply
+
+    def drained(self) -> None:
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self._last_read = asyncio.get_running_loop().time()  # the gap was ours
+            self.transport.resume_reading()
+
+    def finish(self) -> None:
+        """The caller is done: pooled again if its answer came whole, else closed (for a
+        stream left early, that is what stops the upstream)."""
+        reply, self._reply = self._reply, None
+        self._stop_timers()
+        if reply is not None and reply.ended and self._keep_alive and not self.closed:
+            self._headers, self._started, self._sized, self._keep_alive = [], False, False, False
+            self._parser = httptools.HttpResponseParser(self)
             self._pool.release(self)
         else:
             self._close()
 
-    # -- one call -----------------------------------------------------------------------
-    async def call(self, head: bytes, body: bytes | None, read_s: float) -> UpstreamResponse:
-        assert self.transport is not None
-        loop = asyncio.get_running_loop()
-        self._answer = loop.create_future()
-        self._read_s, self._last_read = read_s, loop.time()
-        self._read_timer = loop.call_at(self._last_read + read_s, self._check_read)
-        self.transport.write(head + body if body else head)
-        try:
-            return await self._answer
-        except BaseException:
-            self._close()  # given up (timeout, cancel) or failed: the connection is spent
-            raise
-
     def _check_read(self) -> None:
         loop = asyncio.get_running_loop()
         due = self._last_read + self._read_s
-        if loop.time() < due:  # bytes came since: check again when this gap would end
-            self._read_timer = loop.call_at(due, self._check_read)
+        if self._paused or loop.time() < due:  # reading since, or paused by us: not idle
+            self._read_timer = loop.call_at(max(due, loop.time() + 0.05), self._check_read)
             return
         self._read_timer = None
         self._fail(TimeoutError())
 
-    def _finish(self) -> None:
-        answer = self._answer
-        if answer is None:
-            return
-        status = self._parser.get_status_code()
-        headers = CIMultiDictProxy(CIMultiDict(self._headers))
-        body = b"".join(self._body)
-        self._reset()
-        if answer.done():
-            return
-        try:
-            body = _decoded(body, headers.get("content-encoding", ""))
-        except zlib.error:
-            answer.set_exception(UpstreamUnavailableError("The upstream sent a corrupt body."))
-            return
-        answer.set_result(UpstreamResponse(status, headers, body))
-
     def _fail(self, error: BaseException) -> None:
-        answer = self._answer
-        self._reset()
-        if answer is not None and not answer.done():
-            answer.set_exception(error)
+        if self._reply is not None:
+            self._reply.fail(error)
         self._close()
 
-    def _lost_error(self) -> ProviderError:
-        # Nothing of an answer came: the upstream closed a pooled connection, or refused
-        # the request at once. Either way no work started there: safe to retry.
-        return _mapped(ConnectionResetError(), connecting=not self._started)
-
-    def _reset(self) -> None:
-        self._answer, self._headers, self._body = None, [], []
-        self._started = self._headers_done = self._sized = False
-        self._parser = httptools.HttpResponseParser(self)
-        if self._read_timer is not None:
-            self._read_timer.cancel()
-            self._read_timer = None
-
-    def _cancel_timers(self) -> None:
+    def _stop_timers(self) -> None:
         for timer in (self._read_timer, self.idle_timer):
             if timer is not None:
                 timer.cancel()
@@ -203,20 +292,6 @@ class _Exchange(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
         self.closed = True
-
-
-def _decoded(body: bytes, encoding: str) -> bytes:
-    encoding = encoding.strip().lower()
-    if not encoding or encoding == "identity" or not body:
-        return body
-    if encoding in ("gzip", "x-gzip"):
-        return zlib.decompress(body, 16 + zlib.MAX_WBITS)
-    if encoding == "deflate":
-        try:
-            return zlib.decompress(body)
-        except zlib.error:
-            return zlib.decompress(body, -zlib.MAX_WBITS)  # raw deflate, as some servers send
-    raise UpstreamUnavailableError(f"The upstream sent an unsupported encoding {encoding!r}.")
 
 
 class ConnectionPool:
@@ -239,7 +314,7 @@ class ConnectionPool:
 
     def release(self, exchange: _Exchange) -> None:
         connections = self._idle.setdefault(exchange.origin, deque())
-        if exchange.closed or len(connections) >= MAX_IDLE_PER_ORIGIN:
+        if len(connections) >= MAX_IDLE_PER_ORIGIN:
             exchange._close()
             return
         loop = asyncio.get_running_loop()
@@ -256,14 +331,17 @@ class ConnectionPool:
     async def connect(self, origin: Origin, connect_s: float) -> _Exchange:
         loop = asyncio.get_running_loop()
         tls = self._tls_context() if origin.scheme == "https" else None
-        async with asyncio.timeout(connect_s):
-            _, exchange = await loop.create_connection(
-                lambda: _Exchange(self, origin),
-                origin.host,
-                origin.port,
-                ssl=tls,
-                server_hostname=origin.host if tls is not None else None,
-            )
+        try:
+            async with asyncio.timeout(connect_s):
+                _, exchange = await loop.create_connection(
+                    lambda: _Exchange(self, origin),
+                    origin.host,
+                    origin.port,
+                    ssl=tls,
+                    server_hostname=origin.host if tls is not None else None,
+                )
+        except (TimeoutError, OSError) as exc:
+            raise _mapped(exc, connecting=True) from None
         return exchange
 
     def _tls_context(self) -> ssl.SSLContext:
@@ -274,45 +352,82 @@ class ConnectionPool:
     def close(self) -> None:
         for connections in self._idle.values():
             for exchange in connections:
-                exchange._cancel_timers()
+                exchange._stop_timers()
                 exchange._close()
         self._idle.clear()
 
 
-class NativeUpstream:
-    """`send` on this module's client; `stream` on aiohttp (one session for both uses)."""
+class NativeStream:
+    def __init__(self, reply: Reply) -> None:
+        self._reply = reply
+        self.status = reply.status
+        self.headers: Mapping[str, str] = reply.headers
 
-    def __init__(self, streams: AiohttpUpstream | None = None) -> None:
-        self._pool = ConnectionPool()
-        self._streams = streams or AiohttpUpstream()
-
-    async def send(self, req: UpstreamRequest) -> UpstreamResponse:
-        target = parse_target(req.url)
-        head = _head(req, target)
-        t = req.timeouts
+    async def read_all(self) -> bytes:
         try:
-            async with asyncio.timeout(t.total_s):
-                exchange = self._pool.idle(target.origin)
-                if exchange is None:
-                    exchange = await self._connect(target.origin, t.connect_s)
-                return await exchange.call(head, req.body, t.read_s)
-        except ProviderError:
-            raise
+            return await self._reply.read_all()
         except (TimeoutError, OSError) as exc:
             raise _mapped(exc) from None
 
-    async def _connect(self, origin: Origin, connect_s: float) -> _Exchange:
-        try:
-            return await self._pool.connect(origin, connect_s)
-        except (TimeoutError, OSError) as exc:
-            raise _mapped(exc, connecting=True) from None
+    async def line_batches(self) -> AsyncIterator[list[bytes]]:
+        """The lines completed by each read, together (see `AiohttpStream.line_batches`)."""
+        splitter, reply = LineSplitter(), self._reply
+        while True:
+            try:
+                data = await reply.read()
+            except (TimeoutError, OSError) as exc:
+                raise _mapped(exc) from None
+            if not data:
+                break
+            lines = splitter.feed(data)
+            if lines:
+                yield lines
+        rest = splitter.rest()
+        if rest:
+            yield [rest]
 
-    def stream(self, req: UpstreamRequest) -> AbstractAsyncContextManager[UpstreamStream]:
-        return self._streams.stream(req)
+
+class NativeUpstream:
+    def __init__(self) -> None:
+        self._pool = ConnectionPool()
+
+    async def send(self, req: UpstreamRequest) -> UpstreamResponse:
+        try:
+            async with asyncio.timeout(req.timeouts.total_s):
+                exchange, reply = await self._start(req)
+                try:
+                    await reply.head
+                    body = await reply.read_all()
+                finally:
+                    exchange.finish()
+        except (TimeoutError, OSError) as exc:
+            raise _mapped(exc) from None
+        return UpstreamResponse(reply.status, reply.headers, body)
+
+    @asynccontextmanager
+    async def stream(self, req: UpstreamRequest) -> AsyncIterator[UpstreamStream]:
+        """No total deadline: a stream may run long; `read_s` bounds its first byte and
+        every gap."""
+        exchange, reply = await self._start(req)
+        try:
+            try:
+                await reply.head
+            except (TimeoutError, OSError) as exc:
+                raise _mapped(exc) from None
+            yield NativeStream(reply)
+        finally:
+            exchange.finish()
+
+    async def _start(self, req: UpstreamRequest) -> tuple[_Exchange, Reply]:
+        target = parse_target(req.url)
+        head = _head(req, target)
+        exchange = self._pool.idle(target.origin)
+        if exchange is None:
+            exchange = await self._pool.connect(target.origin, req.timeouts.connect_s)
+        return exchange, exchange.start(head, req.body, req.timeouts.read_s)
 
     async def aclose(self) -> None:
         self._pool.close()
-        await self._streams.aclose()
 
 
 def _head(req: UpstreamRequest, target: Target) -> bytes:

@@ -237,3 +237,94 @@ def test_a_redirect_is_returned_not_followed() -> None:
             assert response.status == 307 and len(raw.requests) == 1
 
     run(scenario)
+
+
+def sse_chunks(*events: bytes) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events)
+
+
+def test_a_stream_read_to_its_end_leaves_its_connection_for_the_next_call() -> None:
+    async def stream(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        for event in (b"data: 1\n\n", b"data: [DONE]\n\n"):
+            writer.write(sse_chunks(event))
+            await writer.drain()
+            await asyncio.sleep(0.01)
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        return True
+
+    async def scenario(upstream: NativeUpstream) -> None:
+        async with raw_server(stream) as (raw, url):
+            for _ in range(2):
+                async with upstream.stream(request(url)) as opened:
+                    lines = [line async for batch in opened.line_batches() for line in batch]
+                assert lines == [b"data: 1\n", b"\n", b"data: [DONE]\n", b"\n"]
+            assert raw.connections == 1
+
+    run(scenario)
+
+
+def test_a_stream_left_early_closes_its_connection() -> None:
+    hung_up = asyncio.Event()
+
+    async def endless(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        try:
+            for _ in range(200):
+                writer.write(sse_chunks(b"data: more\n\n"))
+                await writer.drain()
+                await asyncio.sleep(0.01)
+        except ConnectionError:
+            hung_up.set()
+        return False
+
+    async def scenario(upstream: NativeUpstream) -> None:
+        async with raw_server(endless) as (_, url):
+            async with upstream.stream(request(url)) as opened:
+                async for _ in opened.line_batches():
+                    break
+            await asyncio.wait_for(hung_up.wait(), 2)  # the upstream saw the hang-up
+
+    run(scenario)
+
+
+def test_a_stream_silent_past_read_s_times_out() -> None:
+    async def stalls(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        writer.write(sse_chunks(b"data: 1\n\n"))
+        await writer.drain()
+        await asyncio.sleep(2)
+        return False
+
+    async def scenario(upstream: NativeUpstream) -> None:
+        async with raw_server(stalls) as (_, url):
+            async with upstream.stream(request(url, read_s=0.3)) as opened:
+                batches = opened.line_batches()
+                assert await anext(batches) == [b"data: 1\n", b"\n"]
+                with pytest.raises(UpstreamTimeoutError):
+                    await anext(batches)
+
+    run(scenario)
+
+
+def test_a_slow_reader_pauses_the_socket_and_still_gets_every_byte() -> None:
+    line = b"data: " + b"x" * 1000 + b"\n\n"
+
+    async def flood(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        writer.write(sse_chunks(*[line] * 2000))  # 2 MB at once, past the pause mark
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        return True
+
+    async def scenario(upstream: NativeUpstream) -> None:
+        async with raw_server(flood) as (_, url):
+            async with upstream.stream(request(url, read_s=1.0)) as opened:
+                count = 0
+                async for batch in opened.line_batches():
+                    count += len(batch)
+                    await asyncio.sleep(0.005)  # slower than the socket
+                assert count == 2 * 2000
+
+    run(scenario)
