@@ -9,7 +9,7 @@ this module knows which HTTP library is in use. Redirects are never followed (ru
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -75,29 +75,36 @@ class AiohttpStream:
         with _mapped_errors():
             return await self._response.read()
 
-    async def line_batches(self) -> AsyncIterator[list[bytes]]:
+    def line_batches(self) -> AsyncIterator[list[bytes]]:
         """The lines completed by each network read, together.
 
         (`readline` scans and waits once per line, two per SSE event: the largest
         per-chunk cost of a relayed stream in the benchmark. A batch also lets the
-        relay send what arrived together in one write.) A line split over many
-        reads is joined once, when it ends, so a long line costs linear time.
+        relay send what arrived together in one write.)
         """
-        content = self._response.content
-        splitter = LineSplitter()
-        while True:
-            try:  # not `_mapped_errors()`: a context manager per read is a per-chunk cost
-                data = await content.readany()
-            except _TRANSPORT_ERRORS as exc:
-                raise _mapped(exc) from None
-            if not data:
-                break
-            lines = splitter.feed(data)
-            if lines:
-                yield lines
-        rest = splitter.rest()
-        if rest:
-            yield [rest]
+        return line_batches_of(self._response.content.readany, _TRANSPORT_ERRORS)
+
+
+async def line_batches_of(
+    read: Callable[[], Awaitable[bytes]], errors: tuple[type[BaseException], ...]
+) -> AsyncIterator[list[bytes]]:
+    """The lines completed by each `read()` (b"" at the end), grouped as they came; a
+    line split over many reads is joined once, when it ends, so a long line costs
+    linear time. `errors` from `read` become provider errors."""
+    splitter = LineSplitter()
+    while True:
+        try:  # not `_mapped_errors()`: a context manager per read is a per-chunk cost
+            data = await read()
+        except errors as exc:
+            raise _mapped(exc) from None
+        if not data:
+            break
+        lines = splitter.feed(data)
+        if lines:
+            yield lines
+    rest = splitter.rest()
+    if rest:
+        yield [rest]
 
 
 class LineSplitter:

@@ -33,11 +33,11 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.errors import ProviderError, UpstreamUnavailableError
 from gateway.upstream import (
-    LineSplitter,
     UpstreamRequest,
     UpstreamResponse,
     UpstreamStream,
     _mapped,
+    line_batches_of,
 )
 
 KEEPALIVE_S = 15.0  # as aiohttp's default: idle connections live as long under both
@@ -369,22 +369,9 @@ class NativeStream:
         except (TimeoutError, OSError) as exc:
             raise _mapped(exc) from None
 
-    async def line_batches(self) -> AsyncIterator[list[bytes]]:
+    def line_batches(self) -> AsyncIterator[list[bytes]]:
         """The lines completed by each read, together (see `AiohttpStream.line_batches`)."""
-        splitter, reply = LineSplitter(), self._reply
-        while True:
-            try:
-                data = await reply.read()
-            except (TimeoutError, OSError) as exc:
-                raise _mapped(exc) from None
-            if not data:
-                break
-            lines = splitter.feed(data)
-            if lines:
-                yield lines
-        rest = splitter.rest()
-        if rest:
-            yield [rest]
+        return line_batches_of(self._reply.read, (TimeoutError, OSError))
 
 
 class NativeUpstream:

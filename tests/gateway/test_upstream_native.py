@@ -71,6 +71,20 @@ def reply(status: int, body: bytes, *headers: str, close: bool = False) -> Answe
     return answer
 
 
+def pieces(*parts: bytes, keep_alive: bool = False, pause_s: float = 0.01) -> Answer:
+    """Sends the answer in `parts`, `pause_s` apart; then closes, unless `keep_alive`."""
+
+    async def answer(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        for i, part in enumerate(parts):
+            if i:
+                await asyncio.sleep(pause_s)
+            writer.write(part)
+            await writer.drain()
+        return keep_alive
+
+    return answer
+
+
 def request(url: str, read_s: float = 5.0, **headers: str) -> UpstreamRequest:
     timeouts = Timeouts(connect_s=2.0, read_s=read_s, total_s=10.0)
     return UpstreamRequest(url, {"authorization": "Bearer k", **headers}, BODY, timeouts=timeouts)
@@ -110,13 +124,7 @@ def test_a_call_is_one_well_formed_request_and_connections_are_reused() -> None:
 
 
 def test_connection_close_and_a_body_that_ends_with_the_connection() -> None:
-    async def until_close(request: bytes, writer: asyncio.StreamWriter) -> bool:
-        writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\npart one, ")
-        await writer.drain()
-        await asyncio.sleep(0.05)
-        writer.write(b"part two")
-        await writer.drain()
-        return False
+    until_close = pieces(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\npart one, ", b"part two")
 
     async def scenario(upstream: NativeUpstream) -> None:
         async with raw_server(until_close) as (raw, url):
@@ -198,10 +206,7 @@ def test_refused_connect_is_unavailable_during_connect() -> None:
 
 
 def test_a_hang_up_mid_answer_is_unavailable_and_not_retryable() -> None:
-    async def half(request: bytes, writer: asyncio.StreamWriter) -> bool:
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{")
-        await writer.drain()
-        return False
+    half = pieces(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{")
 
     async def scenario(upstream: NativeUpstream) -> None:
         async with raw_server(half) as (_, url):
@@ -213,10 +218,7 @@ def test_a_hang_up_mid_answer_is_unavailable_and_not_retryable() -> None:
 
 
 def test_malformed_answers_and_line_breaks_in_headers_are_refused() -> None:
-    async def garbage(request: bytes, writer: asyncio.StreamWriter) -> bool:
-        writer.write(b"NOT HTTP AT ALL\r\n\r\n")
-        await writer.drain()
-        return False
+    garbage = pieces(b"NOT HTTP AT ALL\r\n\r\n")
 
     async def scenario(upstream: NativeUpstream) -> None:
         async with raw_server(garbage) as (raw, url):
@@ -244,15 +246,13 @@ def sse_chunks(*events: bytes) -> bytes:
 
 
 def test_a_stream_read_to_its_end_leaves_its_connection_for_the_next_call() -> None:
-    async def stream(request: bytes, writer: asyncio.StreamWriter) -> bool:
-        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
-        for event in (b"data: 1\n\n", b"data: [DONE]\n\n"):
-            writer.write(sse_chunks(event))
-            await writer.drain()
-            await asyncio.sleep(0.01)
-        writer.write(b"0\r\n\r\n")
-        await writer.drain()
-        return True
+    stream = pieces(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+        sse_chunks(b"data: 1\n\n"),
+        sse_chunks(b"data: [DONE]\n\n"),
+        b"0\r\n\r\n",
+        keep_alive=True,
+    )
 
     async def scenario(upstream: NativeUpstream) -> None:
         async with raw_server(stream) as (raw, url):
