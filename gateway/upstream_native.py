@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import ssl
 import zlib
 from collections import deque
@@ -184,6 +185,7 @@ class _Exchange(asyncio.Protocol):
         self._paused = False
         self._last_read = 0.0
         self._read_s = 0.0
+        self._total_due = math.inf
         self._read_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol --------------------------------------------------------------
@@ -241,12 +243,16 @@ class _Exchange(asyncio.Protocol):
         self._reply.end()
 
     # -- the caller's side --------------------------------------------------------------
-    def start(self, head: bytes, body: bytes | None, read_s: float) -> Reply:
+    def start(self, head: bytes, body: bytes | None, read_s: float, total_s: float) -> Reply:
+        """Sends the request. One timer bounds the answer: its first byte and every gap
+        (`read_s`), and the whole of it (`total_s`, infinite for a stream)."""
         assert self.transport is not None
         loop = asyncio.get_running_loop()
         self._reply = reply = Reply(self, loop)
         self._read_s, self._last_read = read_s, loop.time()
-        self._read_timer = loop.call_at(self._last_read + read_s, self._check_read)
+        self._total_due = self._last_read + total_s
+        due = min(self._last_read + read_s, self._total_due)
+        self._read_timer = loop.call_at(due, self._check_read)
         self.transport.write(head + body if body else head)
         return reply
 
@@ -270,9 +276,10 @@ class _Exchange(asyncio.Protocol):
 
     def _check_read(self) -> None:
         loop = asyncio.get_running_loop()
-        due = self._last_read + self._read_s
-        if self._paused or loop.time() < due:  # reading since, or paused by us: not idle
-            self._read_timer = loop.call_at(max(due, loop.time() + 0.05), self._check_read)
+        now, due = loop.time(), self._last_read + self._read_s
+        if now < self._total_due and (self._paused or now < due):  # read since, or paused
+            due = min(max(due, now + 0.05), self._total_due)  # by us: not idle
+            self._read_timer = loop.call_at(due, self._check_read)
             return
         self._read_timer = None
         self._fail(TimeoutError())
@@ -380,13 +387,12 @@ class NativeUpstream:
 
     async def send(self, req: UpstreamRequest) -> UpstreamResponse:
         try:
-            async with asyncio.timeout(req.timeouts.total_s):
-                exchange, reply = await self._start(req)
-                try:
-                    await reply.head
-                    body = await reply.read_all()
-                finally:
-                    exchange.finish()
+            exchange, reply = await self._start(req, req.timeouts.total_s)
+            try:
+                await reply.head
+                body = await reply.read_all()
+            finally:
+                exchange.finish()
         except (TimeoutError, OSError) as exc:
             raise _mapped(exc) from None
         return UpstreamResponse(reply.status, reply.headers, body)
@@ -395,7 +401,7 @@ class NativeUpstream:
     async def stream(self, req: UpstreamRequest) -> AsyncIterator[UpstreamStream]:
         """No total deadline: a stream may run long; `read_s` bounds its first byte and
         every gap."""
-        exchange, reply = await self._start(req)
+        exchange, reply = await self._start(req, math.inf)
         try:
             try:
                 await reply.head
@@ -405,13 +411,14 @@ class NativeUpstream:
         finally:
             exchange.finish()
 
-    async def _start(self, req: UpstreamRequest) -> tuple[_Exchange, Reply]:
+    async def _start(self, req: UpstreamRequest, total_s: float) -> tuple[_Exchange, Reply]:
         target = parse_target(req.url)
         head = _head(req, target)
+        t = req.timeouts
         exchange = self._pool.idle(target.origin)
         if exchange is None:
-            exchange = await self._pool.connect(target.origin, req.timeouts.connect_s)
-        return exchange, exchange.start(head, req.body, req.timeouts.read_s)
+            exchange = await self._pool.connect(target.origin, t.connect_s)
+        return exchange, exchange.start(head, req.body, t.read_s, total_s)
 
     async def aclose(self) -> None:
         self._pool.close()

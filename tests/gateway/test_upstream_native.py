@@ -85,8 +85,10 @@ def pieces(*parts: bytes, keep_alive: bool = False, pause_s: float = 0.01) -> An
     return answer
 
 
-def request(url: str, read_s: float = 5.0, **headers: str) -> UpstreamRequest:
-    timeouts = Timeouts(connect_s=2.0, read_s=read_s, total_s=10.0)
+def request(
+    url: str, read_s: float = 5.0, total_s: float = 10.0, **headers: str
+) -> UpstreamRequest:
+    timeouts = Timeouts(connect_s=2.0, read_s=read_s, total_s=total_s)
     return UpstreamRequest(url, {"authorization": "Bearer k", **headers}, BODY, timeouts=timeouts)
 
 
@@ -191,6 +193,20 @@ def test_no_answer_within_read_s_is_a_timeout_and_the_connection_is_dropped() ->
             assert 0.25 < loop.time() - started < 1.5
             assert (await upstream.send(request(url))).status == 200
             assert raw.connections == 2  # the stalled one was not pooled
+
+    run(scenario)
+
+
+def test_an_answer_that_trickles_past_total_s_times_out() -> None:
+    trickle = pieces(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n", *[b"x"] * 40, pause_s=0.05)
+
+    async def scenario(upstream: NativeUpstream) -> None:
+        async with raw_server(trickle) as (_, url):
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(UpstreamTimeoutError):  # no gap reaches read_s
+                await upstream.send(request(url, read_s=0.3, total_s=0.6))
+            assert 0.55 < loop.time() - started < 1.5
 
     run(scenario)
 
