@@ -172,28 +172,37 @@ class CacheLookup:
             data = await self._cache.backend.get(self.key)
             entry = CacheEntry.decode(data) if data is not None else None
             if entry is None and self.write and self._cache.config.coalesce:
-                entry = await guard(self._join())
+                flight = self._flight_to_wait_on()
+                if flight is not None:  # most misses lead: no wait, no guard to pay for
+                    entry = await guard(self._join(flight))
         finally:
             self._cache.record(self._ctx, "hit" if entry is not None else "miss")
         return entry
 
-    async def _join(self) -> CacheEntry | None:
+    def _flight_to_wait_on(self) -> Flight[FlightResult] | None:
+        """An identical request's flight to wait on; None when this one leads (or too
+        many wait already: it goes upstream alone)."""
+        flight, leads = self._cache.flights.join(self.key)
+        if leads:
+            self._flight = flight
+            return None
+        return flight
+
+    async def _join(self, flight: Flight[FlightResult]) -> CacheEntry | None:
         deadline = self._ctx.started + self._cache.wait_timeout_s
         while True:
-            flight, leader = self._cache.flights.join(self.key)
-            if flight is None:
-                return None  # too many waiters already: go upstream alone
-            if leader:
-                self._flight = flight
-                return None
             try:
                 result = await flight.wait(deadline - time.perf_counter())
             except TimeoutError:
                 raise UpstreamTimeoutError(
                     "Timed out waiting for an identical request in flight."
                 ) from None
-            if result is None:
-                continue  # abandoned: lead a new flight, or wait on whoever does
+            if result is None:  # abandoned: lead a new flight, or wait on whoever does
+                next_flight = self._flight_to_wait_on()
+                if next_flight is None:
+                    return None
+                flight = next_flight
+                continue
             if result.error is not None:
                 # The same instance for every waiter: errors carry no per-request state,
                 # and a fresh traceback keeps it from growing with each raise.
