@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import shutil
+import ssl
+import subprocess
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 
@@ -49,12 +53,15 @@ class RawServer:
 
 
 @asynccontextmanager
-async def raw_server(answer: Answer) -> AsyncIterator[tuple[RawServer, str]]:
+async def raw_server(
+    answer: Answer, tls: ssl.SSLContext | None = None
+) -> AsyncIterator[tuple[RawServer, str]]:
     raw = RawServer(answer)
-    server = await asyncio.start_server(raw._serve, "127.0.0.1", 0)
+    server = await asyncio.start_server(raw._serve, "127.0.0.1", 0, ssl=tls)
     port = server.sockets[0].getsockname()[1]
+    origin = f"https://localhost:{port}" if tls else f"http://127.0.0.1:{port}"
     try:
-        yield raw, f"http://127.0.0.1:{port}/v1/chat/completions?x=1"
+        yield raw, f"{origin}/v1/chat/completions?x=1"
     finally:
         server.close()
 
@@ -344,3 +351,44 @@ def test_a_slow_reader_pauses_the_socket_and_still_gets_every_byte() -> None:
                 assert count == 2 * 2000
 
     run(scenario)
+
+
+@pytest.fixture
+def localhost_cert(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for `localhost` (cert, key), made with openssl."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+        + ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost"]
+        + ["-addext", "subjectAltName=DNS:localhost"],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def test_https_verifies_the_certificate_and_its_host_name(
+    localhost_cert: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = localhost_cert
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+
+    async def untrusted(upstream: NativeUpstream) -> None:
+        async with raw_server(reply(200, b"{}"), tls) as (raw, url):
+            with pytest.raises(UpstreamUnavailableError) as caught:
+                await upstream.send(request(url))
+            assert caught.value.during_connect and not raw.requests
+
+    async def trusted(upstream: NativeUpstream) -> None:
+        async with raw_server(reply(200, b'{"ok":1}'), tls) as (raw, url):
+            for _ in range(2):
+                assert (await upstream.send(request(url))).body == b'{"ok":1}'
+            assert raw.connections == 1
+            assert b"host: localhost:" in raw.requests[0]
+
+    run(untrusted)  # the system's CAs do not know it
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # read by ssl.create_default_context
+    run(trusted)
