@@ -111,7 +111,7 @@ class ChatStream:
         # the request's own task (gateway.api.sse), where a cancel arrives once, at the
         # await it interrupted, so these awaits run to the end. (Under Starlette's
         # StreamingResponse, an anyio task group re-cancelled every await: it needed an
-        # anyio shield, which cost a tenth of a relayed stream's CPU.)
+        # anyio shield.)
         await self._close_and_settle(outcome)
 
     async def _close_and_settle(self, outcome: str) -> None:
