@@ -197,8 +197,7 @@ class RedisCache:
         self._reading = True
         try:
             replies = await self._call([("MGET", *keys)])
-            values = replies[0] if replies and isinstance(replies[0], list) else []
-            values = values or [None] * len(keys)
+            values = replies[0] if replies and isinstance(replies[0], list) else [None] * len(keys)
         finally:
             self._reading = False
             if self._queued_reads:

@@ -35,11 +35,14 @@ Command = Sequence[str | bytes | int | float]
 class _ReplyProtocol(asyncio.Protocol):
     """Feeds hiredis and hands each reply to the oldest waiting command."""
 
-    def __init__(self, lost: asyncio.Future[None]) -> None:
+    def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.waiting: deque[asyncio.Future[Any]] = deque()
         self._reader = hiredis.Reader(replyError=ResponseError)
-        self._lost = lost
+
+    @property
+    def open(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -62,8 +65,6 @@ class _ReplyProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self._drain(RedisConnectionError("Connection to Redis lost."))
-        if not self._lost.done():
-            self._lost.set_result(None)
 
     def fail(self, error: Exception) -> None:
         if self.transport is not None:
@@ -89,13 +90,13 @@ class RedisPipe:
         self._connecting: asyncio.Task[_ReplyProtocol] | None = None
 
     async def execute(self, *command: str | bytes | int | float) -> Any:
-        protocol = self._protocol or await self._connect()
+        protocol = await self._connection()
         return await self._send(protocol, [command])[0]
 
     async def execute_many(self, commands: Sequence[Command]) -> list[Any]:
         """Every reply in order, sent in one write; an error reply (`ResponseError`) is
         returned in its place, a lost connection raised."""
-        protocol = self._protocol or await self._connect()
+        protocol = await self._connection()
         futures = self._send(protocol, commands)
         if len(futures) == 1:  # the usual case (a cache read): no gather to build
             try:
@@ -109,8 +110,7 @@ class RedisPipe:
         return replies
 
     def _send(self, protocol: _ReplyProtocol, commands: Sequence[Command]) -> list[Any]:
-        transport = protocol.transport
-        if transport is None or transport.is_closing():
+        if not protocol.open:  # lost while its connect was being awaited
             raise RedisConnectionError("Connection to Redis lost.")
         if len(protocol.waiting) + len(commands) > self._max_in_flight:
             # Redis stopped answering (frozen, or a peer gone without a word): start over
@@ -120,8 +120,16 @@ class RedisPipe:
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in commands]
         protocol.waiting.extend(futures)
-        transport.write(b"".join(_pack(c) for c in commands))
+        assert protocol.transport is not None
+        protocol.transport.write(b"".join(_pack(c) for c in commands))
         return futures
+
+    async def _connection(self) -> _ReplyProtocol:
+        """The open connection, or a new one once the last was lost or dropped."""
+        protocol = self._protocol
+        if protocol is not None and protocol.open:
+            return protocol
+        return await self._connect()
 
     async def _connect(self) -> _ReplyProtocol:
         # Every command that finds no connection waits for the same connect.
@@ -138,17 +146,14 @@ class RedisPipe:
             connecting.exception()  # retrieved, even when every waiter gave up
 
     async def _open(self) -> _ReplyProtocol:
-        loop = asyncio.get_running_loop()
-        lost = loop.create_future()
         try:
             async with asyncio.timeout(self._connect_timeout_s):
-                protocol = await self._create_connection(lambda: _ReplyProtocol(lost))
+                protocol = await self._create_connection(_ReplyProtocol)
                 await self._handshake(protocol)
         except (OSError, TimeoutError) as exc:
             error = f"Could not connect to Redis ({type(exc).__name__})."
             raise RedisConnectionError(error) from None
         self._protocol = protocol
-        lost.add_done_callback(lambda _: self._forget(protocol))
         return protocol
 
     async def _create_connection(self, factory: Any) -> _ReplyProtocol:
@@ -175,15 +180,10 @@ class RedisPipe:
                     protocol.transport.close()
                 raise RedisConnectionError(f"Redis refused the connection setup: {reply}")
 
-    def _forget(self, protocol: _ReplyProtocol) -> None:
-        if self._protocol is protocol:
-            self._protocol = None
-
     def drop(self) -> None:
         """Fail every waiting command and close the connection; the next one reconnects."""
-        protocol, self._protocol = self._protocol, None
-        if protocol is not None:
-            protocol.fail(RedisConnectionError("Redis did not answer in time."))
+        if self._protocol is not None:
+            self._protocol.fail(RedisConnectionError("Redis did not answer in time."))
 
     async def aclose(self) -> None:
         protocol, self._protocol = self._protocol, None

@@ -34,10 +34,12 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.errors import ProviderError, UpstreamUnavailableError
 from gateway.upstream import (
+    _TRANSPORT_ERRORS,
     UpstreamRequest,
     UpstreamResponse,
     UpstreamStream,
     _mapped,
+    _mapped_errors,
     line_batches_of,
 )
 
@@ -63,11 +65,11 @@ def parse_target(url: str) -> Target:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UpstreamUnavailableError(f"Unsupported upstream URL scheme {parts.scheme!r}.")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    default = port == (443 if parts.scheme == "https" else 80)
+    default_port = 443 if parts.scheme == "https" else 80
+    port = parts.port or default_port
     host = parts.hostname
     shown = f"[{host}]" if ":" in host else host
-    host_header = shown if default else f"{shown}:{port}"
+    host_header = shown if port == default_port else f"{shown}:{port}"
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     return Target(Origin(parts.scheme, host, port, host_header), path)
 
@@ -137,14 +139,10 @@ class Reply:
         self._chunks.clear()
         self._size = 0
         self._exchange.drained()
-        if self._decoder is not None:
-            data = self._decode(data)
-        return data
-
-    def _decode(self, data: bytes) -> bytes:
-        assert self._decoder is not None
-        try:
-            return self._decoder.decompress(data) + (self._decoder.flush() if self.ended else b"")
+        if self._decoder is None:
+            return data
+        try:  # with no max_length, decompress returns all it can: nothing is left to flush
+            return self._decoder.decompress(data)
         except zlib.error:
             raise UpstreamUnavailableError("The upstream sent a corrupt body.") from None
 
@@ -174,7 +172,6 @@ class _Exchange(asyncio.Protocol):
         self._pool = pool
         self.origin = origin
         self.transport: asyncio.Transport | None = None
-        self.closed = False
         self.idle_timer: asyncio.TimerHandle | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._reply: Reply | None = None
@@ -187,6 +184,10 @@ class _Exchange(asyncio.Protocol):
         self._read_s = 0.0
         self._total_due = math.inf
         self._read_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self.transport is None or self.transport.is_closing()
 
     # -- asyncio.Protocol --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -205,7 +206,7 @@ class _Exchange(asyncio.Protocol):
             self._fail(UpstreamUnavailableError("The upstream sent a malformed HTTP answer."))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed, self.transport = True, None
+        self.transport = None
         self._stop_timers()
         reply = self._reply
         if reply is None or reply.ended:
@@ -298,7 +299,6 @@ class _Exchange(asyncio.Protocol):
     def _close(self) -> None:
         if self.transport is not None:
             self.transport.close()
-        self.closed = True
 
 
 class ConnectionPool:
@@ -312,10 +312,8 @@ class ConnectionPool:
         connections = self._idle.get(origin)
         while connections:
             exchange = connections.pop()
-            if exchange.idle_timer is not None:
-                exchange.idle_timer.cancel()
-                exchange.idle_timer = None
-            if not exchange.closed and exchange.transport is not None:
+            exchange._stop_timers()
+            if not exchange.closed:
                 return exchange
         return None
 
@@ -338,7 +336,7 @@ class ConnectionPool:
     async def connect(self, origin: Origin, connect_s: float) -> _Exchange:
         loop = asyncio.get_running_loop()
         tls = self._tls_context() if origin.scheme == "https" else None
-        try:
+        with _mapped_errors(connecting=True):
             async with asyncio.timeout(connect_s):
                 _, exchange = await loop.create_connection(
                     lambda: _Exchange(self, origin),
@@ -347,8 +345,6 @@ class ConnectionPool:
                     ssl=tls,
                     server_hostname=origin.host if tls is not None else None,
                 )
-        except (TimeoutError, OSError) as exc:
-            raise _mapped(exc, connecting=True) from None
         return exchange
 
     def _tls_context(self) -> ssl.SSLContext:
@@ -371,14 +367,12 @@ class NativeStream:
         self.headers: Mapping[str, str] = reply.headers
 
     async def read_all(self) -> bytes:
-        try:
+        with _mapped_errors():
             return await self._reply.read_all()
-        except (TimeoutError, OSError) as exc:
-            raise _mapped(exc) from None
 
     def line_batches(self) -> AsyncIterator[list[bytes]]:
         """The lines completed by each read, together (see `AiohttpStream.line_batches`)."""
-        return line_batches_of(self._reply.read, (TimeoutError, OSError))
+        return line_batches_of(self._reply.read, _TRANSPORT_ERRORS)
 
 
 class NativeUpstream:
@@ -386,15 +380,13 @@ class NativeUpstream:
         self._pool = ConnectionPool()
 
     async def send(self, req: UpstreamRequest) -> UpstreamResponse:
+        exchange, reply = await self._start(req, req.timeouts.total_s)
         try:
-            exchange, reply = await self._start(req, req.timeouts.total_s)
-            try:
+            with _mapped_errors():
                 await reply.head
                 body = await reply.read_all()
-            finally:
-                exchange.finish()
-        except (TimeoutError, OSError) as exc:
-            raise _mapped(exc) from None
+        finally:
+            exchange.finish()
         return UpstreamResponse(reply.status, reply.headers, body)
 
     @asynccontextmanager
@@ -403,10 +395,8 @@ class NativeUpstream:
         every gap."""
         exchange, reply = await self._start(req, math.inf)
         try:
-            try:
+            with _mapped_errors():
                 await reply.head
-            except (TimeoutError, OSError) as exc:
-                raise _mapped(exc) from None
             yield NativeStream(reply)
         finally:
             exchange.finish()
