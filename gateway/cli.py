@@ -89,6 +89,9 @@ def _serve(args: argparse.Namespace) -> int:
         "log_level": "warning",
         "lifespan": "on",
         "server_header": False,
+        # Nothing reads the client's address or scheme: uvicorn's X-Forwarded-* layer
+        # would only add a wrapper to every request.
+        "proxy_headers": False,
     }
     with multiprocess_dir(multiproc_dir(), workers) as metrics_dir:
         set_worker_environment(args.config.resolve(), metrics_dir)

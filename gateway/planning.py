@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -90,19 +90,27 @@ def _set_header(headers: Any, name: str) -> frozenset[str] | None:
     return frozenset(part.strip() for part in value.split(",") if part.strip())
 
 
-def candidate(d: Deployment, stats: LiveStats) -> Candidate:
-    return Candidate(
-        deployment_id=d.id,
-        provider=d.provider,
-        input_price_per_mtok_usd=d.prices.input_per_mtok_usd,
-        output_price_per_mtok_usd=d.prices.output_per_mtok_usd,
-        context_window_tokens=d.context_window_tokens,
-        max_output_tokens=d.max_output_tokens,
-        capabilities=d.capabilities,
-        quality_score=d.quality,
-        quality_by_tag=d.quality_by_tag,
-        weight=d.weight,
-        stats=stats,
+# Candidate's fields up to `stats`: id, provider, input and output price, context
+# window, output limit, capabilities, quality, quality by tag, weight.
+_FixedFields = tuple[
+    str, str, float, float, int, int | None, frozenset[str], float, Mapping[str, float], float
+]
+
+
+def _fixed_fields(d: Deployment) -> _FixedFields:
+    """What a candidate holds of its deployment, in `Candidate`'s field order up to
+    `stats`: built once per deployment, since the planner makes candidates per request."""
+    return (
+        d.id,
+        d.provider,
+        d.prices.input_per_mtok_usd,
+        d.prices.output_per_mtok_usd,
+        d.context_window_tokens,
+        d.max_output_tokens,
+        d.capabilities,
+        d.quality,
+        d.quality_by_tag,
+        d.weight,
     )
 
 
@@ -131,9 +139,9 @@ class Planner:
         stats: StatsStore,
         headroom: Callable[[str], tuple[int | None, int | None]] = lambda _: (None, None),
     ) -> None:
-        self._deployments = deployments
         self._stats = stats
         self._headroom = headroom
+        self._fixed = {i: _fixed_fields(d) for i, d in deployments.items()}
         self._policies: dict[str, Policy] = {
             name: build_policy(route.policy, route.params) for name, route in routes.items()
         }
@@ -142,7 +150,8 @@ class Planner:
         policy = self._policies[route.name]
         if override and override != route.policy:
             policy = _override_policy(override)
-        candidates = [candidate(self._deployments[i], self._live(i)) for i in route.deployment_ids]
+        fixed = self._fixed
+        candidates = [Candidate(*fixed[i], self._live(i)) for i in route.deployment_ids]
         plan = policy.plan(request, candidates)
         if (
             not plan.ordered

@@ -30,12 +30,12 @@ class DeploymentStats:
     cooldown_until: float = 0.0
 
     def snapshot(self) -> LiveStats:
-        return LiveStats(
-            ttft_ewma_s=self.ttft_ewma_s,
-            per_token_ewma_s=self.per_token_ewma_s,
-            error_rate=self.error_rate,
-            in_flight=self.in_flight,
-            cooldown_until=self.cooldown_until,
+        return LiveStats(  # positional: a frozen dataclass's keywords cost, per request
+            self.ttft_ewma_s,
+            self.per_token_ewma_s,
+            self.error_rate,
+            self.in_flight,
+            self.cooldown_until,
         )
 
 

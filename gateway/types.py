@@ -67,6 +67,8 @@ class ChatRequest:
     stream: bool = False
     include_usage: bool = False  # the client asked for the final usage chunk
     max_tokens: int | None = None  # max_tokens or max_completion_tokens
+    # prompt_chars(), counted once: planning, admission and accounting each ask for it.
+    _prompt_chars: int | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def has_tools(self) -> bool:
@@ -95,6 +97,11 @@ class ChatRequest:
 
     def prompt_chars(self) -> int:
         """Characters of text in the prompt, for the cheap token estimate."""
+        if self._prompt_chars is None:
+            self._prompt_chars = self._count_prompt_chars()
+        return self._prompt_chars
+
+    def _count_prompt_chars(self) -> int:
         total = 0
         for message in self.messages:
             total += _text_chars(message.get("content"))

@@ -24,11 +24,13 @@ class Cheapest(BasePolicy):
         self, request: RouteRequest, eligible: list[Candidate]
     ) -> tuple[list[Ranked], list[str]]:
         """Sort by (cost, unknown-latency flag, latency); the sort is stable for input order."""
+        # The breakdown holds the cost and latency: computed once per candidate.
+        explained = [(c, self.breakdown(request, c)) for c in eligible]
 
-        def key(c: Candidate) -> tuple[float, bool, float]:
-            latency = self.latency(request, c)
-            return (self.cost(request, c), latency is None, latency or 0.0)
+        def key(item: tuple[Candidate, dict[str, float]]) -> tuple[float, bool, float]:
+            latency = item[1].get("latency_s")
+            return (item[1]["expected_cost_usd"], latency is None, latency or 0.0)
 
-        ordered = sorted(eligible, key=key)
-        ranked = [Ranked(c, -self.cost(request, c), self.breakdown(request, c)) for c in ordered]
+        explained.sort(key=key)
+        ranked = [Ranked(c, -b["expected_cost_usd"], b) for c, b in explained]
         return ranked, ["ascending expected cost; ties by known latency, then input order"]

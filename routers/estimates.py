@@ -20,10 +20,13 @@ def expected_output_tokens(request: RouteRequest, candidate: Candidate, default:
 
 def expected_cost_usd(request: RouteRequest, candidate: Candidate, default_out: int) -> float:
     """Expected USD cost of serving the request on this candidate."""
-    out = expected_output_tokens(request, candidate, default_out)
+    return _cost_usd(request, candidate, expected_output_tokens(request, candidate, default_out))
+
+
+def _cost_usd(request: RouteRequest, candidate: Candidate, output_tokens: int) -> float:
     return (
         request.estimated_input_tokens * candidate.input_price_per_mtok_usd / 1e6
-        + out * candidate.output_price_per_mtok_usd / 1e6
+        + output_tokens * candidate.output_price_per_mtok_usd / 1e6
     )
 
 
@@ -31,11 +34,14 @@ def latency_estimate_s(
     request: RouteRequest, candidate: Candidate, default_out: int
 ) -> float | None:
     """Expected seconds to the full response, or None when either EWMA is still unknown."""
+    return _latency_s(candidate, expected_output_tokens(request, candidate, default_out))
+
+
+def _latency_s(candidate: Candidate, output_tokens: int) -> float | None:
     stats = candidate.stats
     if stats.ttft_ewma_s is None or stats.per_token_ewma_s is None:
         return None
-    out = expected_output_tokens(request, candidate, default_out)
-    return stats.ttft_ewma_s + out * stats.per_token_ewma_s
+    return stats.ttft_ewma_s + output_tokens * stats.per_token_ewma_s
 
 
 def quality(request: RouteRequest, candidate: Candidate) -> float:
@@ -47,12 +53,13 @@ def quality(request: RouteRequest, candidate: Candidate) -> float:
 
 def breakdown(request: RouteRequest, candidate: Candidate, default_out: int) -> dict[str, float]:
     """The common explanation attached to every ranked candidate (unknown latency omitted)."""
+    out = expected_output_tokens(request, candidate, default_out)
     result = {
-        "expected_cost_usd": expected_cost_usd(request, candidate, default_out),
-        "expected_output_tokens": float(expected_output_tokens(request, candidate, default_out)),
+        "expected_cost_usd": _cost_usd(request, candidate, out),
+        "expected_output_tokens": float(out),
         "quality": quality(request, candidate),
     }
-    latency = latency_estimate_s(request, candidate, default_out)
+    latency = _latency_s(candidate, out)
     if latency is not None:
         result["latency_s"] = latency
     return result

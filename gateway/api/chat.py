@@ -7,6 +7,7 @@ from starlette.responses import Response
 from starlette.routing import Route as HTTPRoute
 
 from gateway.api.deps import (
+    BytesResponse,
     authenticate,
     context_of,
     json_response,
@@ -88,7 +89,7 @@ async def complete(
     if lookup is None:
         return json_response(response.body, headers=ctx.response_headers())
     content = await lookup.store_response(response)
-    return Response(content, media_type="application/json", headers=ctx.response_headers())
+    return BytesResponse(content, headers=ctx.response_headers())
 
 
 async def serve_hit(
@@ -105,7 +106,7 @@ async def serve_hit(
     if req.stream:
         headers = {**SSE_HEADERS, **ctx.response_headers()}
         return Response(content, media_type="text/event-stream", headers=headers)
-    return Response(content, media_type="application/json", headers=ctx.response_headers())
+    return BytesResponse(content, headers=ctx.response_headers())
 
 
 def estimate(plan: Plan, req: ChatRequest) -> tuple[int, float]:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import cast
 
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway import jsonutil
@@ -39,20 +40,45 @@ async def read_body(request: Request, limit_bytes: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit_bytes:
         raise PayloadTooLargeError(f"Request body is larger than {limit_bytes} bytes.")
+    # From `receive` itself: Starlette's `request.stream()` is an async generator, a
+    # few percent of a request's CPU for the one or two messages a body takes.
     parts: list[bytes] = []
     size = 0
-    try:
-        async for part in request.stream():
-            size += len(part)
-            if size > limit_bytes:
-                raise PayloadTooLargeError(f"Request body is larger than {limit_bytes} bytes.")
-            parts.append(part)
-    except ClientDisconnect:
-        raise IncompleteBodyError("The client closed the connection mid-body.") from None
-    return b"".join(parts)
+    more = True
+    while more:
+        message = await request.receive()
+        if message["type"] != "http.request":  # http.disconnect
+            raise IncompleteBodyError("The client closed the connection mid-body.")
+        part = message.get("body", b"")
+        more = message.get("more_body", False)
+        size += len(part)
+        if size > limit_bytes:
+            raise PayloadTooLargeError(f"Request body is larger than {limit_bytes} bytes.")
+        parts.append(part)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def json_response(
     body: object, status: int = 200, headers: dict[str, str] | None = None
 ) -> Response:
-    return Response(jsonutil.dumps(body), status, headers, media_type="application/json")
+    return BytesResponse(jsonutil.dumps(body), status, headers)
+
+
+class BytesResponse(Response):
+    """A finished body whose header names are already lower case: Starlette's Response
+    without its header normalisation (a few percent of a request's CPU)."""
+
+    def __init__(
+        self,
+        content: bytes,
+        status_code: int = 200,
+        headers: Mapping[str, str] | None = None,
+        media_type: bytes = b"application/json",
+    ) -> None:
+        self.status_code = status_code
+        self.background = None
+        self.body = content
+        raw = [(b"content-length", b"%d" % len(content)), (b"content-type", media_type)]
+        if headers:
+            raw += [(name.encode("latin-1"), v.encode("latin-1")) for name, v in headers.items()]
+        self.raw_headers = raw
