@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import sys
 import time
 from typing import BinaryIO, TextIO
 
 from gateway import jsonutil
+
+_STDERR_BUFFER_BYTES = 64 * 1024
 
 
 class JSONFormatter(logging.Formatter):
@@ -80,13 +83,30 @@ class AccessLog:
 
 
 def configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(buffered_stderr())
     handler.setFormatter(JSONFormatter())
     for name in ("gateway", "gateway.access"):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
         logger.setLevel(level.upper())
         logger.propagate = False
+
+
+def buffered_stderr() -> TextIO:
+    """stderr over a byte buffer that the access log batches into.
+
+    Python's own `sys.stderr.buffer` is the unbuffered file itself when stderr is not a
+    terminal, which made every access line a write call of its own. The text layer
+    writes through to the buffer and the handler flushes after each record, so other
+    log lines still go out at once, and in order after the access lines before them.
+    """
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by something without a file
+        return sys.stderr
+    raw = io.FileIO(fd, "wb", closefd=False)
+    buffer = io.BufferedWriter(raw, buffer_size=_STDERR_BUFFER_BYTES)
+    return io.TextIOWrapper(buffer, encoding="utf-8", errors="backslashreplace", write_through=True)
 
 
 def now_ms() -> float:
