@@ -102,12 +102,12 @@ class Limits:
         estimated_tokens: int,
         estimated_cost_usd: float,
     ) -> None:
-        admission = new_admission(caller, estimated_tokens, estimated_cost_usd)
         if not has_limits(caller):
-            # Nothing to check or reserve: no store round trip. The settle still bills
-            # exactly once, by its per-request marker (an unreserved settlement).
-            self._hold(ctx, admission, reserved=False)
+            # Nothing to check, reserve or hold: no store round trip. The settle makes
+            # the admission it bills under, exactly once, by its per-request marker
+            # (an unreserved settlement).
             return
+        admission = new_admission(caller, estimated_tokens, estimated_cost_usd)
         try:
             decision = await self.store.admit(admission)
         except RedisUnavailableError:
