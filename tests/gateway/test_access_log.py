@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
+import sys
 from pathlib import Path
+from typing import Any
 
-from gateway.logs import AccessLog, JSONFormatter
+from gateway.logs import AccessLog, JSONFormatter, configure_logging
 
 
 def _logger(path: Path, name: str) -> tuple[logging.Logger, logging.StreamHandler]:  # type: ignore[type-arg]
@@ -68,3 +71,34 @@ def test_without_an_event_loop_a_line_is_written_at_once(tmp_path: Path) -> None
         assert json.loads(path.read_text())["n"] == 7
     finally:
         handler.stream.close()
+
+
+def test_lines_are_batched_over_real_stderr(tmp_path: Path, monkeypatch: Any) -> None:
+    """stderr as Python makes it when it is not a terminal: a text layer straight over
+    the unbuffered file. The access log still batches (one write, not one per line)."""
+    path = tmp_path / "stderr.log"
+    raw = open(path, "wb", buffering=0)  # noqa: SIM115  # closed below
+    stderr_like = io.TextIOWrapper(raw, encoding="utf-8", line_buffering=True, write_through=True)
+    monkeypatch.setattr(sys, "stderr", stderr_like)
+    saved = {n: logging.getLogger(n).handlers[:] for n in ("gateway", "gateway.access")}
+    configure_logging("info")
+    access = AccessLog()
+
+    async def run() -> tuple[str, str]:
+        for n in range(3):
+            access.write({"event": "access", "n": n})
+        before = path.read_text()
+        await asyncio.sleep(AccessLog.FLUSH_AFTER_S * 3)
+        return before, path.read_text()
+
+    try:
+        before, after = asyncio.run(run())
+        logging.getLogger("gateway").warning("after")
+        last = path.read_text().splitlines()[-1]
+    finally:
+        for name, handlers in saved.items():
+            logging.getLogger(name).handlers[:] = handlers
+        raw.close()
+    assert before == ""
+    assert [json.loads(line)["n"] for line in after.splitlines()] == [0, 1, 2]
+    assert json.loads(last)["msg"] == "after"  # other records go out at once
