@@ -22,7 +22,8 @@ pytestmark = pytest.mark.skipif(
 SUMMARY_LABELS = (
     "RSS at rest before load",
     "RSS peak",
-    "RSS plateau (round 1)",
+    "RSS after round 1",
+    "RSS plateau (round 2)",
     "RSS at end",
     "growth plateau -> end",
     "open fds start / end",
@@ -30,7 +31,7 @@ SUMMARY_LABELS = (
 )
 
 
-def test_soak_runs_two_rounds_and_summarises(tmp_path: Path) -> None:
+def test_soak_runs_three_rounds_and_summarises(tmp_path: Path) -> None:
     output = tmp_path / "soak.json"
     # 2 s phases: a paced stream takes 1.15 s, so every phase completes some requests.
     cmd = [sys.executable, "-m", "bench.soak", "--minutes", "0.05", "--cycle-s", "2"]
@@ -52,9 +53,9 @@ def test_soak_runs_two_rounds_and_summarises(tmp_path: Path) -> None:
 
     data = json.loads(output.read_text())
     samples = data["samples"]
-    # Two whole rounds at least (the plateau and a later reading), phases in order.
+    # Three whole rounds at least (round 1, the plateau and a later reading), in order.
     phases = [(s["round"], s["phase"]) for s in samples]
-    assert phases[:6] == [(r, p) for r in (1, 2) for p in ("misses", "hits", "streams")]
+    assert phases[:9] == [(r, p) for r in (1, 2, 3) for p in ("misses", "hits", "streams")]
     for sample in samples:
         load = sample["load"]
         assert load["requests"] > 0, sample
@@ -65,11 +66,12 @@ def test_soak_runs_two_rounds_and_summarises(tmp_path: Path) -> None:
         if sample["phase"] == "streams":
             assert load["connections"] == 40 and load["events"] > 0
     summary = data["summary"]
-    assert summary["rounds"] >= 2
+    assert summary["rounds"] >= 3
     assert summary["requests"] == sum(s["load"]["requests"] for s in samples)
     end_rest = data["end_rest"]
     assert end_rest["at_s"] >= samples[-1]["at_s"] and end_rest["fds"][0] > 0
     assert summary["end_rss_mb"] == end_rest["rss_mb"] and end_rest["rss_mb"][0] > 10
-    assert summary["plateau_rss_mb"] == samples[2]["rss_mb"]
+    assert summary["round1_rss_mb"] == samples[2]["rss_mb"]
+    assert summary["plateau_rss_mb"] == samples[5]["rss_mb"]
     assert summary["verdict"] in ("no growth", "GROWTH")
     assert _bench_processes(proc.pid) == []
