@@ -24,20 +24,20 @@ def _logger(path: Path, name: str) -> tuple[logging.Logger, logging.StreamHandle
     return logger, handler
 
 
+async def _three_lines_then_wait(access: AccessLog, path: Path) -> tuple[str, str]:
+    """What the log file held right after three access lines, and once flushed."""
+    for n in range(3):
+        access.write({"event": "access", "n": n})
+    before = path.read_text()
+    await asyncio.sleep(AccessLog.FLUSH_AFTER_S * 3)
+    return before, path.read_text()
+
+
 def test_lines_are_flushed_together_after_a_short_delay(tmp_path: Path) -> None:
     path = tmp_path / "access.log"
     logger, handler = _logger(path, "test.access.batch")
-    access = AccessLog(logger)
-
-    async def run() -> tuple[str, str]:
-        for n in range(3):
-            access.write({"event": "access", "n": n})
-        before = path.read_text()
-        await asyncio.sleep(AccessLog.FLUSH_AFTER_S * 3)
-        return before, path.read_text()
-
     try:
-        before, after = asyncio.run(run())
+        before, after = asyncio.run(_three_lines_then_wait(AccessLog(logger), path))
     finally:
         handler.stream.close()
     assert before == ""  # nothing written per line
@@ -82,17 +82,8 @@ def test_lines_are_batched_over_real_stderr(tmp_path: Path, monkeypatch: Any) ->
     monkeypatch.setattr(sys, "stderr", stderr_like)
     saved = {n: logging.getLogger(n).handlers[:] for n in ("gateway", "gateway.access")}
     configure_logging("info")
-    access = AccessLog()
-
-    async def run() -> tuple[str, str]:
-        for n in range(3):
-            access.write({"event": "access", "n": n})
-        before = path.read_text()
-        await asyncio.sleep(AccessLog.FLUSH_AFTER_S * 3)
-        return before, path.read_text()
-
     try:
-        before, after = asyncio.run(run())
+        before, after = asyncio.run(_three_lines_then_wait(AccessLog(), path))
         logging.getLogger("gateway").warning("after")
         last = path.read_text().splitlines()[-1]
     finally:
