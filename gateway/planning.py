@@ -171,7 +171,7 @@ class Planner:
         return plan
 
     def _live(self, deployment_id: str) -> LiveStats:
-        stats = self._stats.get(deployment_id).snapshot()
+        stats = self._stats.snapshot(deployment_id)
         rpm, tpm = self._headroom(deployment_id)
         if rpm is None and tpm is None:
             return stats

@@ -57,9 +57,6 @@ def _int(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-_NO_NEEDS: frozenset[str] = frozenset()
-
-
 @dataclass(slots=True)
 class ChatRequest:
     """A validated chat request. `body` is what the client sent, minus nothing."""
@@ -87,9 +84,6 @@ class ChatRequest:
         return isinstance(fmt, dict) and fmt.get("type") == "json_schema"
 
     def required_capabilities(self) -> frozenset[str]:
-        if not (self.stream or "tools" in self.body or "response_format" in self.body):
-            if not any(isinstance(m.get("content"), list) for m in self.messages):
-                return _NO_NEEDS  # plain text, not streamed: the common request, one pass
         needs = set()
         if self.has_tools:
             needs.add("tools")

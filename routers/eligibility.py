@@ -78,23 +78,6 @@ def check(request: RouteRequest, candidate: Candidate, default_out: int) -> Reje
     return Rejection(candidate=candidate, reason=failure[0], detail=failure[1])
 
 
-def plainly_eligible(request: RouteRequest, c: Candidate) -> bool:
-    """True when no constraint can apply: the common case, answered in one function
-    (planning runs per request). False means "maybe not": `check` then decides."""
-    stats = c.stats
-    return (
-        request.allowed_providers is None
-        and c.provider not in request.excluded_providers
-        and request.required_capabilities <= c.capabilities
-        and request.max_output_tokens is None
-        and request.estimated_input_tokens <= c.context_window_tokens
-        and stats.cooldown_until <= request.now
-        and stats.remaining_rpm != 0
-        and stats.remaining_tpm is None
-        and request.max_cost_usd is None
-    )
-
-
 def split(
     request: RouteRequest, candidates: Sequence[Candidate], default_out: int
 ) -> tuple[list[Candidate], list[Rejection]]:
@@ -102,9 +85,6 @@ def split(
     eligible: list[Candidate] = []
     rejected: list[Rejection] = []
     for candidate in candidates:
-        if plainly_eligible(request, candidate):
-            eligible.append(candidate)
-            continue
         rejection = check(request, candidate, default_out)
         if rejection is None:
             eligible.append(candidate)

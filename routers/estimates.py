@@ -52,27 +52,14 @@ def quality(request: RouteRequest, candidate: Candidate) -> float:
 
 
 def breakdown(request: RouteRequest, candidate: Candidate, default_out: int) -> dict[str, float]:
-    """The common explanation attached to every ranked candidate (unknown latency omitted).
-
-    The same numbers as `expected_cost_usd`, `expected_output_tokens`, `quality` and
-    `latency_estimate_s`, computed inline: every plan makes one per ranked candidate."""
-    out = request.max_output_tokens if request.max_output_tokens is not None else default_out
-    if candidate.max_output_tokens is not None and candidate.max_output_tokens < out:
-        out = candidate.max_output_tokens
-    tag = request.task_tag
+    """The common explanation attached to every ranked candidate (unknown latency omitted)."""
+    out = expected_output_tokens(request, candidate, default_out)
     result = {
-        "expected_cost_usd": (
-            request.estimated_input_tokens * candidate.input_price_per_mtok_usd / 1e6
-            + out * candidate.output_price_per_mtok_usd / 1e6
-        ),
+        "expected_cost_usd": _cost_usd(request, candidate, out),
         "expected_output_tokens": float(out),
-        "quality": (
-            candidate.quality_by_tag[tag]
-            if tag is not None and tag in candidate.quality_by_tag
-            else candidate.quality_score
-        ),
+        "quality": quality(request, candidate),
     }
-    stats = candidate.stats
-    if stats.ttft_ewma_s is not None and stats.per_token_ewma_s is not None:
-        result["latency_s"] = stats.ttft_ewma_s + out * stats.per_token_ewma_s
+    latency = _latency_s(candidate, out)
+    if latency is not None:
+        result["latency_s"] = latency
     return result

@@ -10,14 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from routers import Candidate, RouteRequest, build_policy
-from routers.eligibility import check, plainly_eligible
-from routers.estimates import (
-    breakdown,
-    expected_cost_usd,
-    expected_output_tokens,
-    latency_estimate_s,
-    quality,
-)
+from routers.eligibility import check
+from routers.estimates import expected_cost_usd, quality
 from tests.routers.helpers import (
     POLICY_NAMES,
     cand,
@@ -125,27 +119,3 @@ def test_weighted_param_overrides_candidate_weight() -> None:
     req = RouteRequest(estimated_input_tokens=10)
     firsts = Counter(ids(policy.plan(req, cands))[0] for _ in range(1000))
     assert 0.85 < firsts["b"] / 1000 < 0.95
-
-
-@FAST
-@given(requests_strategy, candidate_lists(), st.integers(1, 4096))
-def test_plainly_eligible_never_admits_what_check_rejects(
-    req: RouteRequest, cands: list[Candidate], default_out: int
-) -> None:
-    """The fast path of eligibility is only ever a shortcut for `check`'s verdict."""
-    for c in cands:
-        if plainly_eligible(req, c):
-            assert check(req, c, default_out) is None
-
-
-@FAST
-@given(requests_strategy, candidate_lists(), st.integers(1, 4096))
-def test_breakdown_agrees_with_the_estimates(
-    req: RouteRequest, cands: list[Candidate], default_out: int
-) -> None:
-    for c in cands:
-        b = breakdown(req, c, default_out)
-        assert b["expected_cost_usd"] == expected_cost_usd(req, c, default_out)
-        assert b["expected_output_tokens"] == expected_output_tokens(req, c, default_out)
-        assert b["quality"] == quality(req, c)
-        assert b.get("latency_s") == latency_estimate_s(req, c, default_out)
