@@ -27,7 +27,7 @@ from prometheus_client import multiprocess as prom_multiprocess
 
 from gateway import __version__
 from gateway.context import RequestContext
-from gateway.types import Usage
+from gateway.metrics_pending import PendingCount, PendingHistogram, PendingMetrics
 
 LATENCY_BUCKETS_S = (
     0.001,
@@ -76,6 +76,12 @@ class Metrics:
         self._multiproc_dir = multiproc_dir
         self._key_pairs: set[tuple[str, str]] = set()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        # The hot path's updates, summed here and applied by `flush` (metrics_pending.py).
+        self.pending = PendingMetrics()
+        self._request_series: dict[tuple[Any, ...], _RequestSeries] = {}
+        self._attempt_series: dict[tuple[str, str, str], _AttemptSeries] = {}
+        self._usage_series: dict[tuple[str, str], _UsageSeries] = {}
+        self._key_costs: dict[tuple[str, str], PendingCount] = {}
         self._declare_requests(registry)
         self._declare_upstream(registry)
         self._declare_spend(registry)
@@ -111,7 +117,9 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",  # sum over live workers only
         )
-        self.in_flight_by_endpoint = {e: self.in_flight.labels(e) for e in IN_FLIGHT_ENDPOINTS}
+        # Requests being served, by endpoint: counted here, set on the gauge at each flush.
+        self.in_flight_now = dict.fromkeys(IN_FLIGHT_ENDPOINTS, 0)
+        self._in_flight_children = {e: self.in_flight.labels(e) for e in IN_FLIGHT_ENDPOINTS}
         self.cache_requests = Counter(
             "gateway_cache_requests", "Cache lookups by result.", ("result",), registry=r
         )
@@ -241,17 +249,36 @@ class Metrics:
         return self._multiproc_dir is not None
 
     def render(self) -> bytes:
+        """The exposition text, after this process's pending sums (on the loop's thread)."""
+        self.flush()
+        return self.render_flushed()
+
+    def render_flushed(self) -> bytes:
+        """The exposition text as last flushed (any thread)."""
         if self._multiproc_dir:
             return render_multiprocess(self._multiproc_dir)
         return generate_latest(self.registry)
+
+    def flush(self) -> None:
+        for endpoint, count in self.in_flight_now.items():
+            self._in_flight_children[endpoint].set(count)
+        self.pending.flush()
+
+    async def start(self) -> None:
+        self.pending.start()
+
+    async def stop(self) -> None:
+        """The last sums applied (a worker's files outlive it in multiprocess mode)."""
+        self.flush()
+        await self.pending.stop()
 
     def close(self) -> None:
         """A worker that stops takes its live gauges (in-flight) out of the merged view."""
         if self._multiproc_dir:
             prom_multiprocess.mark_process_dead(os.getpid(), self._multiproc_dir)  # type: ignore[no-untyped-call]  # untyped lib
 
-    def in_flight_for(self, endpoint: str) -> Gauge | None:
-        return self.in_flight_by_endpoint.get(endpoint)
+    def cache_result(self, result: str) -> PendingCount:
+        return self.pending.count(self.cache_requests.labels(result))
 
     def record_cooldown(self, deployment_id: str, until_s: float) -> None:
         self.cooldown_until.labels(deployment_id).set(until_s)
@@ -263,56 +290,91 @@ class Metrics:
                 self.record_cooldown(deployment_id, until_s)
 
     def record_request(self, ctx: RequestContext) -> None:
-        status_class = f"{ctx.status // 100}xx"
-        route = ctx.route or "unknown"
-        deployment = ctx.deployment_id or "none"
-        cache = (ctx.cache or "off").lower()
-        self._child(
-            self.requests,
+        key = (
             ctx.endpoint,
-            route,
-            deployment,
+            ctx.route or "unknown",
+            ctx.deployment_id or "none",
             ctx.provider or "none",
-            status_class,
-            cache,
-        ).inc()
+            ctx.status // 100,
+            ctx.cache,
+            ctx.stream,
+        )
+        series = self._request_series.get(key) or self._new_request_series(key)
+        series.count.amount += 1
         elapsed_s = ctx.elapsed_s()
-        self._child(
-            self.request_duration, ctx.endpoint, route, "true" if ctx.stream else "false"
-        ).observe(elapsed_s)
+        series.duration.observe(elapsed_s)
         if ctx.upstream_s is not None and not ctx.stream:
-            self._child(self.overhead, ctx.endpoint).observe(max(0.0, elapsed_s - ctx.upstream_s))
+            series.overhead.observe(max(0.0, elapsed_s - ctx.upstream_s))
+
+    def _new_request_series(self, key: tuple[Any, ...]) -> _RequestSeries:
+        endpoint, route, deployment, provider, status, cache, stream = key
+        labels = (endpoint, route, deployment, provider, f"{status}xx", (cache or "off").lower())
+        series = _RequestSeries(
+            self.pending.count(self._child(self.requests, *labels)),
+            self._histogram(self.request_duration, endpoint, route, "true" if stream else "false"),
+            self._histogram(self.overhead, endpoint),
+        )
+        self._request_series[key] = series
+        return series
 
     def record_attempt(
         self, provider: str, deployment: str, outcome: str, duration_s: float
     ) -> None:
-        self._child(self.upstream_requests, provider, deployment, outcome).inc()
+        key = (provider, deployment, outcome)
+        series = self._attempt_series.get(key)
+        if series is None:
+            series = self._attempt_series[key] = _AttemptSeries(
+                self.pending.count(self._child(self.upstream_requests, *key)),
+                self._histogram(self.upstream_duration, provider, deployment),
+            )
+        series.count.amount += 1
         if outcome == "ok":
-            self._child(self.upstream_duration, provider, deployment).observe(duration_s)
+            series.duration.observe(duration_s)
 
     def record_usage(self, ctx: RequestContext, key_label: str, team_label: str) -> None:
         provider, deployment = ctx.provider or "none", ctx.deployment_id or "none"
-        if ctx.usage is not None:
-            self._record_tokens(provider, deployment, ctx.usage)
+        series = self._usage_series.get((provider, deployment))
+        if series is None:
+            series = self._new_usage_series(provider, deployment)
+        usage = ctx.usage
+        if usage is not None:
+            tokens = series.tokens
+            tokens[0].amount += usage.prompt_tokens
+            tokens[1].amount += usage.completion_tokens
+            tokens[2].amount += usage.cached_tokens
+            tokens[3].amount += usage.cache_write_tokens
+            tokens[4].amount += usage.reasoning_tokens
+            if usage.estimated:
+                series.estimated.amount += 1
         if ctx.cost_usd:
-            self._child(self.cost, provider, deployment).inc(ctx.cost_usd)
-            self._child(self.key_cost, *self._key_pair(key_label, team_label)).inc(ctx.cost_usd)
+            series.cost.amount += ctx.cost_usd
+            self._key_cost(key_label, team_label).amount += ctx.cost_usd
         if ctx.ttft_s is not None and ctx.stream:
-            self._child(self.ttft, provider, deployment).observe(ctx.ttft_s)
+            series.ttft.observe(ctx.ttft_s)
 
-    def _record_tokens(self, provider: str, deployment: str, usage: Usage) -> None:
-        counts = (
-            ("input", usage.prompt_tokens),
-            ("output", usage.completion_tokens),
-            ("cached_input", usage.cached_tokens),
-            ("cache_write_input", usage.cache_write_tokens),
-            ("reasoning", usage.reasoning_tokens),
+    def _new_usage_series(self, provider: str, deployment: str) -> _UsageSeries:
+        series = _UsageSeries(
+            tuple(
+                self.pending.count(self._child(self.tokens, provider, deployment, kind))
+                for kind in TOKEN_KINDS
+            ),
+            self.pending.count(self._child(self.usage_estimated, provider, deployment)),
+            self.pending.count(self._child(self.cost, provider, deployment)),
+            self._histogram(self.ttft, provider, deployment),
         )
-        for kind, count in counts:
-            if count > 0:
-                self._child(self.tokens, provider, deployment, kind).inc(count)
-        if usage.estimated:
-            self._child(self.usage_estimated, provider, deployment).inc()
+        self._usage_series[(provider, deployment)] = series
+        return series
+
+    def _key_cost(self, key: str, team: str) -> PendingCount:
+        pending = self._key_costs.get((key, team))
+        if pending is None:
+            pending = self.pending.count(self._child(self.key_cost, *self._key_pair(key, team)))
+            if len(self._key_costs) < MAX_KEY_LABELS:  # past it, a lookup each time
+                self._key_costs[(key, team)] = pending
+        return pending
+
+    def _histogram(self, metric: Histogram, *values: str) -> PendingHistogram:
+        return self.pending.histogram(self._child(metric, *values))
 
     def _child(self, metric: Any, *values: str) -> Any:
         """`metric.labels(*values)`, remembered: label lookups are a hot-path cost and
@@ -331,3 +393,34 @@ class Metrics:
             return ("other", "other")
         self._key_pairs.add(pair)
         return pair
+
+
+class _RequestSeries:
+    __slots__ = ("count", "duration", "overhead")
+
+    def __init__(
+        self, count: PendingCount, duration: PendingHistogram, overhead: PendingHistogram
+    ) -> None:
+        self.count, self.duration, self.overhead = count, duration, overhead
+
+
+class _AttemptSeries:
+    __slots__ = ("count", "duration")
+
+    def __init__(self, count: PendingCount, duration: PendingHistogram) -> None:
+        self.count, self.duration = count, duration
+
+
+class _UsageSeries:
+    """One deployment's spend; `tokens` in TOKEN_KINDS order."""
+
+    __slots__ = ("tokens", "estimated", "cost", "ttft")
+
+    def __init__(
+        self,
+        tokens: tuple[PendingCount, ...],
+        estimated: PendingCount,
+        cost: PendingCount,
+        ttft: PendingHistogram,
+    ) -> None:
+        self.tokens, self.estimated, self.cost, self.ttft = tokens, estimated, cost, ttft

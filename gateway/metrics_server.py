@@ -49,9 +49,25 @@ def token_ok(token: str | None, authorization: str | None) -> bool:
 
 def scrape(services: Services) -> bytes:
     """The exposition text; cooldowns learnt from other replicas are folded in first."""
+    _fold_in(services)
+    return services.metrics.render()
+
+
+def scrape_from_thread(services: Services) -> bytes:
+    """`scrape` for the listener's thread: cooldowns and pending sums belong to the
+    event loop, so they are folded in there, and the text rendered here."""
+
+    def fold_in() -> None:
+        _fold_in(services)
+        services.metrics.flush()
+
+    services.metrics.pending.call_on_loop(fold_in)
+    return services.metrics.render_flushed()
+
+
+def _fold_in(services: Services) -> None:
     stats = services.stats.items()
     services.metrics.refresh_cooldowns((d, s.cooldown_until) for d, s in stats)
-    return services.metrics.render()
 
 
 class MetricsListener:
@@ -88,7 +104,8 @@ def start_in_process(services: Services) -> MetricsListener | None:
     config = services.config.metrics
     if config.port is None or not config.enabled or services.metrics.multiprocess:
         return None
-    listener = MetricsListener(config.host, config.port, lambda: scrape(services), config.token)
+    render = lambda: scrape_from_thread(services)  # noqa: E731
+    listener = MetricsListener(config.host, config.port, render, config.token)
     return listener.start()
 
 

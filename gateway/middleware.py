@@ -69,9 +69,10 @@ class RequestContextMiddleware:
         state["ctx"] = ctx
         header = (b"x-request-id", ctx.request_id.encode())
         services = state.get("services")
-        gauge = services.metrics.in_flight_for(ctx.endpoint) if services is not None else None
-        if gauge is not None:
-            gauge.inc()
+        in_flight: dict[str, int] = services.metrics.in_flight_now if services is not None else {}
+        counted = ctx.endpoint in in_flight
+        if counted:
+            in_flight[ctx.endpoint] += 1
         try:
             endpoint = self._hot.get(scope["path"]) if scope.get("method") == "POST" else None
             if endpoint is not None:
@@ -79,8 +80,8 @@ class RequestContextMiddleware:
             else:
                 await self._serve_app(scope, receive, send, ctx, header)
         finally:
-            if gauge is not None:
-                gauge.dec()
+            if counted:
+                in_flight[ctx.endpoint] -= 1
 
     async def _serve_app(
         self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext, header: Header

@@ -85,8 +85,8 @@ class ResponseCache:
         self.flights: SingleFlight[FlightResult] = SingleFlight()
         self.wait_timeout_s = wait_timeout_s
         self._deployments = deployments
-        self._saved = metrics.cache_saved
-        self._results = {r: metrics.cache_requests.labels(r) for r in ("hit", "miss", "bypass")}
+        self._saved = metrics.pending.count(metrics.cache_saved)
+        self._results = {r: metrics.cache_result(r) for r in ("hit", "miss", "bypass")}
 
     def lookup(
         self,
@@ -112,7 +112,7 @@ class ResponseCache:
 
     def record(self, ctx: RequestContext, result: str) -> None:
         ctx.cache = result.upper()
-        self._results[result].inc()
+        self._results[result].amount += 1
 
     def account_hit(self, entry: CacheEntry, ctx: RequestContext) -> None:
         """A hit costs nothing; what producing the answer cost is reported as saved."""
@@ -121,7 +121,7 @@ class ResponseCache:
         ctx.cost_usd, ctx.saved_usd = 0.0, saved_usd
         if d is not None:
             ctx.deployment_id, ctx.provider, ctx.model = d.id, d.provider, d.model
-        self._saved.inc(saved_usd)
+        self._saved.amount += saved_usd
 
     async def aclose(self) -> None:
         await self.backend.aclose()

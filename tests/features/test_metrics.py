@@ -210,6 +210,30 @@ def test_retries_and_cooldown_are_exported(gateway: GatewayProcess) -> None:
     assert ok < time.time()
 
 
+def test_histograms_count_every_request_once(
+    gateway: GatewayProcess, fake_openai: FakeOpenAI
+) -> None:
+    def totals(page: Any) -> tuple[float, ...]:
+        chat = {"endpoint": "chat", "route": "chain"}
+        return (
+            page.value("gateway_request_duration_seconds_count", **chat),
+            page.value("gateway_request_duration_seconds_bucket", le="+Inf", **chat),
+            page.value("gateway_request_duration_seconds_bucket", le="10.0", **chat),
+            page.value("gateway_request_duration_seconds_sum", **chat),
+            page.value("gateway_upstream_request_duration_seconds_count"),
+        )
+
+    before = totals(scrape(gateway.url, TOKEN))
+    client = openai.OpenAI(base_url=gateway.base_url, api_key=GATEWAY_KEY, max_retries=0)
+    for _ in range(3):
+        client.chat.completions.create(model="chain", messages=ASK)
+    after = totals(scrape_until(gateway.url, lambda p: totals(p)[0] >= before[0] + 3, TOKEN))
+    count, inf, under_10s, seconds, upstream = (a - b for a, b in zip(after, before, strict=True))
+    assert (count, inf, under_10s) == (3, 3, 3)
+    assert 0 < seconds < 30
+    assert upstream >= 3
+
+
 def test_separate_metrics_listener(
     start_gateway: Callable[..., GatewayProcess], fake_openai: FakeOpenAI
 ) -> None:
@@ -221,8 +245,11 @@ def test_separate_metrics_listener(
     openai.OpenAI(base_url=gw.base_url, api_key=GATEWAY_KEY).chat.completions.create(
         model="m-ok", messages=ASK
     )
+    # The listener's thread has the loop flush the pending sums before it renders: well
+    # within the once-a-second background flush.
     assert eventually(
-        lambda: scrape(listener, TOKEN).value("gateway_requests_total", route="m-ok") == 1
+        lambda: scrape(listener, TOKEN).value("gateway_requests_total", route="m-ok") == 1,
+        timeout_s=0.5,
     )
     assert httpx.get(f"{listener}/metrics").status_code == 401
     other = httpx.get(f"{listener}/v1/models", headers={"authorization": f"Bearer {TOKEN}"})
