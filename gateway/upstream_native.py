@@ -172,7 +172,7 @@ class _Exchange(asyncio.Protocol):
         self._pool = pool
         self.origin = origin
         self.transport: asyncio.Transport | None = None
-        self.idle_timer: asyncio.TimerHandle | None = None
+        self.idle_since = 0.0  # loop time it went back to the pool
         self._parser = httptools.HttpResponseParser(self)
         self._reply: Reply | None = None
         self._headers: list[tuple[str, str]] = []
@@ -291,10 +291,9 @@ class _Exchange(asyncio.Protocol):
         self._close()
 
     def _stop_timers(self) -> None:
-        for timer in (self._read_timer, self.idle_timer):
-            if timer is not None:
-                timer.cancel()
-        self._read_timer = self.idle_timer = None
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
 
     def _close(self) -> None:
         if self.transport is not None:
@@ -302,17 +301,20 @@ class _Exchange(asyncio.Protocol):
 
 
 class ConnectionPool:
-    """Idle kept-alive connections per origin, newest first (the likeliest still open)."""
+    """Idle kept-alive connections per origin, oldest first: reused newest first (the
+    likeliest still open), dropped oldest first once idle for `KEEPALIVE_S`. One timer
+    for the whole pool, due when the oldest idle connection expires, instead of one
+    per connection returned (a timer is a few microseconds on every request)."""
 
     def __init__(self) -> None:
         self._idle: dict[Origin, deque[_Exchange]] = {}
         self._tls: ssl.SSLContext | None = None
+        self._sweep: asyncio.TimerHandle | None = None
 
     def idle(self, origin: Origin) -> _Exchange | None:
         connections = self._idle.get(origin)
         while connections:
             exchange = connections.pop()
-            exchange._stop_timers()
             if not exchange.closed:
                 return exchange
         return None
@@ -323,15 +325,24 @@ class ConnectionPool:
             exchange._close()
             return
         loop = asyncio.get_running_loop()
-        exchange.idle_timer = loop.call_later(KEEPALIVE_S, self._expire, exchange)
+        exchange.idle_since = loop.time()
         connections.append(exchange)
+        if self._sweep is None:
+            self._sweep = loop.call_at(exchange.idle_since + KEEPALIVE_S, self._expire)
 
-    def _expire(self, exchange: _Exchange) -> None:
-        exchange.idle_timer = None
-        connections = self._idle.get(exchange.origin)
-        if connections is not None and exchange in connections:
-            connections.remove(exchange)
-        exchange._close()
+    def _expire(self) -> None:
+        """Drops every connection idle for `KEEPALIVE_S`; due again for the next one."""
+        loop = asyncio.get_running_loop()
+        cutoff = loop.time() - KEEPALIVE_S
+        next_since = math.inf
+        for connections in self._idle.values():
+            while connections and connections[0].idle_since <= cutoff:
+                connections.popleft()._close()
+            if connections:
+                next_since = min(next_since, connections[0].idle_since)
+        self._sweep = None
+        if next_since < math.inf:
+            self._sweep = loop.call_at(next_since + KEEPALIVE_S, self._expire)
 
     async def connect(self, origin: Origin, connect_s: float) -> _Exchange:
         loop = asyncio.get_running_loop()
@@ -353,9 +364,11 @@ class ConnectionPool:
         return self._tls
 
     def close(self) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         for connections in self._idle.values():
             for exchange in connections:
-                exchange._stop_timers()
                 exchange._close()
         self._idle.clear()
 

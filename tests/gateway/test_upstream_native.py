@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway import upstream_native as native
 from gateway.errors import UpstreamTimeoutError, UpstreamUnavailableError
 from gateway.upstream import Timeouts, UpstreamRequest
 from gateway.upstream_native import NativeUpstream
@@ -30,6 +31,7 @@ class RawServer:
     def __init__(self, answer: Answer) -> None:
         self.answer = answer
         self.connections = 0
+        self.ended = 0  # connections over (the client closed them, or we did)
         self.requests: list[bytes] = []
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -49,6 +51,7 @@ class RawServer:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
+            self.ended += 1
             writer.close()
 
 
@@ -176,6 +179,26 @@ def test_an_idle_connection_the_upstream_closed_is_not_used_again() -> None:
         async with raw_server(answer_then_hang_up) as (raw, url):
             assert (await upstream.send(request(url))).status == 200
             await asyncio.sleep(0.05)  # the close reaches the pooled connection
+            assert (await upstream.send(request(url))).status == 200
+            assert raw.connections == 2
+
+    run(scenario)
+
+
+def test_idle_connections_close_after_keepalive_s_counted_from_their_last_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(native, "KEEPALIVE_S", 0.5)
+
+    async def scenario(upstream: NativeUpstream) -> None:
+        async with raw_server(reply(200, b"{}")) as (raw, url):
+            assert (await upstream.send(request(url))).status == 200  # idle from t=0
+            await asyncio.sleep(0.3)
+            assert (await upstream.send(request(url))).status == 200  # reused; idle from 0.3
+            await asyncio.sleep(0.3)
+            assert (raw.connections, raw.ended) == (1, 0)  # t=0.6: its use at 0.3 counts
+            await asyncio.sleep(0.5)
+            assert (raw.connections, raw.ended) == (1, 1)  # t=1.1: closed at 0.8
             assert (await upstream.send(request(url))).status == 200
             assert raw.connections == 2
 
