@@ -13,7 +13,9 @@ Keys (one Redis, not a Cluster: scripts touch keys of several slots):
     gw:lim:<key id>:b:<period>:resv    open reservations (hash rid -> USD held; the settle marker)
     gw:lim:<key id>:b:<period>:resvt   their admission times (zset), to give up on dead ones
     gw:lim:<key id>:b:<period>:lost    given-up reservations a late settle still bills (zset)
-    gw:lim:done:<rid>                  settle marker of a request admitted during an outage
+    gw:lim:done:<rid>                  settle marker of a request that reserved nothing (a key
+                                       without limits, or admitted during an outage), kept
+                                       `_MARKER_TTL_S`: while a write may still be retried
     gw:usage:<YYYY-MM-DD>              usage report: [key id, team, route]|metric -> number
     gw:usage:keys                      key id -> key name, for the report
     gw:dep:<deployment id>:<unix s>    per-second deployment use: r (requests), t (tokens)
@@ -37,7 +39,11 @@ log = logging.getLogger("gateway")
 
 USAGE_PREFIX = "gw:usage:"
 USAGE_NAMES = "gw:usage:keys"
-_MARKER_TTL_S = 86_400
+# A marker per request that reserved nothing: one Redis key each, so memory is the
+# request rate times this. It need only outlive the retries of a write whose reply was
+# lost (every 0.5 s while Redis is unreachable); a write retried after a longer outage
+# than this may bill twice (at most the one batch that was in flight).
+_MARKER_TTL_S = 300
 
 _NOW = """
 local clock = redis.call('TIME')
@@ -152,8 +158,9 @@ if held then
 elseif redis.call('ZREM', KEYS[6], rid) == 0 and ARGV[2] == '1' then
   return 0
 end
--- Admitted without the store (an outage): the marker settles it once, even when its
--- admission ran late in Redis and was found held above (a retry finds none).
+-- Nothing reserved (a key without limits, or admitted during an outage): the marker
+-- settles it once, even when an outage's admission ran late in Redis and was found
+-- held above (a retry finds none).
 if ARGV[2] ~= '1' and not redis.call('SET', KEYS[7], '1', 'NX', 'EX', tonumber(ARGV[12])) then
   return 0
 end

@@ -19,7 +19,11 @@ counts alone). The rules, for one admission:
 
 Settle replaces the estimates with the real numbers exactly once per request id
 (a retried write after a timeout finds no reservation and does nothing); release
-gives everything back. A reservation whose request never settles (a crashed
+gives everything back. A settlement with no reservation (a key without limits, which
+reserves nothing, or an admission made while the store was down) bills as it comes:
+only the shared store retries writes, and there a short-lived marker per request id
+(`gateway.limit_scripts`) keeps a retry from billing twice; here nothing is retried,
+so nothing is kept per request. A reservation whose request never settles (a crashed
 replica) stops holding budget after `reservation_ttl_s`; a late settle still bills.
 """
 
@@ -63,7 +67,7 @@ class Decision:
 @dataclass(frozen=True, slots=True)
 class Settlement:
     admission: Admission
-    reserved: bool  # False: admitted without the store (outage), settle once by marker
+    reserved: bool  # False: nothing reserved (no limits, or admitted during an outage)
     tokens: int
     input_tokens: int
     output_tokens: int
@@ -166,7 +170,6 @@ class MemoryLimitStore:
         self._requests: dict[str, dict[str, float]] = {}  # key -> rid -> t
         self._tokens: dict[str, dict[str, tuple[float, int]]] = {}  # key -> rid -> (t, tokens)
         self._budgets: dict[tuple[str, str], _Budget] = {}
-        self._done: dict[str, float] = {}  # settle markers of unreserved admissions
         self._usage: dict[tuple[str, str, str | None, str], _Usage] = {}
         self._names: dict[str, str] = {}
 
@@ -258,10 +261,6 @@ class MemoryLimitStore:
             budget.reserved_usd -= held[1]
         elif budget.lost.pop(a.request_id, None) is None and s.reserved:
             return  # settled already: a retried write
-        if not s.reserved:  # admitted without the store: settled once, by its marker
-            if a.request_id in self._done:
-                return
-            self._remember_done(a.request_id)
         budget.spent_usd += s.cost_usd
         tokens = self._tokens.get(a.key_id, {})
         if a.request_id in tokens:
@@ -272,15 +271,6 @@ class MemoryLimitStore:
         row.output_tokens += s.output_tokens
         row.cost_usd += s.cost_usd
         self._names[a.key_id] = a.key_name
-
-    def _remember_done(self, request_id: str) -> None:
-        now = self._clock()
-        while self._done:  # oldest first: forget markers nobody will retry any more
-            oldest, t = next(iter(self._done.items()))
-            if t > now - _LOST_KEEP_S:
-                break
-            del self._done[oldest]
-        self._done[request_id] = now
 
     def _release(self, a: Admission) -> None:
         budget = self._budgets.setdefault((a.key_id, a.period), _Budget())

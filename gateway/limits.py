@@ -104,8 +104,7 @@ class Limits:
     ) -> None:
         if not has_limits(caller):
             # Nothing to check, reserve or hold: no store round trip. The settle makes
-            # the admission it bills under, exactly once, by its per-request marker
-            # (an unreserved settlement).
+            # the admission it bills under (an unreserved settlement: see limit_store).
             return
         admission = new_admission(caller, estimated_tokens, estimated_cost_usd)
         try:

@@ -227,32 +227,57 @@ def test_settle_is_idempotent_per_request_id(run: Callable[..., None]) -> None:
 
 
 def test_a_late_applied_admission_settles_once_when_the_settle_repeats(
-    run: Callable[..., None],
+    redis_server: RedisServer,
 ) -> None:
     """The admission timed out (the request went on, fail open: its settle says not
     reserved) but Redis ran it later, so the settle finds it held. The settle's answer
-    is lost and it is written again: the second run must not bill a second time."""
+    is lost and it is written again: the second run must not bill a second time.
+    (Only the shared store has timeouts and retried writes.)"""
 
-    async def scenario(store: LimitStore) -> None:
-        first = admission(budget_usd=10.0, cost_usd=1.0)
-        assert (await store.admit(first)).reason is None  # the admission that ran late
-        unreserved = settlement(first, 0.25, reserved=False)
-        await store.apply([unreserved])
-        await store.apply([unreserved])
-        assert await store.spend(first.key_id, first.period) == (0.25, 0.0)
+    async def main() -> None:
+        async with redis_store(redis_server.url, 30.0, 60.0) as store:
+            first = admission(budget_usd=10.0, cost_usd=1.0)
+            assert (await store.admit(first)).reason is None  # the admission that ran late
+            unreserved = settlement(first, 0.25, reserved=False)
+            await store.apply([unreserved])
+            await store.apply([unreserved])
+            assert await store.spend(first.key_id, first.period) == (0.25, 0.0)
 
-    run(scenario)
+    asyncio.run(main())
 
 
-def test_outage_admissions_settle_once_by_marker(run: Callable[..., None]) -> None:
-    async def scenario(store: LimitStore) -> None:
-        unchecked = admission(budget_usd=10.0)  # never reached the store
-        once = settlement(unchecked, 2.0, reserved=False)
-        await store.apply([once])
-        await store.apply([once])
-        assert await store.spend(unchecked.key_id, unchecked.period) == (2.0, 0.0)
+def test_unreserved_settles_bill_once_by_a_short_lived_marker(redis_server: RedisServer) -> None:
+    """Only the shared store retries a write whose reply was lost: its marker makes the
+    retry a no-op, and expires (one key per request must not pile up in Redis)."""
 
-    run(scenario)
+    async def main() -> None:
+        async with redis_store(redis_server.url, 30.0, 60.0) as store:
+            unchecked = admission(budget_usd=10.0)  # never reached the store
+            once = settlement(unchecked, 2.0, reserved=False)
+            await store.apply([once])
+            await store.apply([once])
+            assert await store.spend(unchecked.key_id, unchecked.period) == (2.0, 0.0)
+            marker = f"gw:lim:done:{unchecked.request_id}"
+            assert 0 < await store._redis.client.ttl(marker) <= 300
+
+    asyncio.run(main())
+
+
+def test_the_memory_store_keeps_nothing_per_unreserved_request() -> None:
+    """It applies each write once, at once (nothing retries it): no marker to keep, so
+    keys without limits do not grow its memory with every request."""
+
+    async def main() -> None:
+        store = MemoryLimitStore(30.0, 60.0)
+        first = admission()
+        await store.apply([settlement(first, 1.0, reserved=False)])
+        for _ in range(200):
+            await store.apply([settlement(another(first), 1.0, reserved=False)])
+        assert await store.spend(first.key_id, first.period) == (201.0, 0.0)
+        per_request = [v for v in vars(store).values() if isinstance(v, dict) and len(v) > 100]
+        assert per_request == []
+
+    asyncio.run(main())
 
 
 def test_writes_survive_a_redis_that_lost_its_scripts(redis_server: RedisServer) -> None:
