@@ -1,6 +1,6 @@
 """Instructions per request under callgrind: a before/after figure that does not drift.
 
-    .venv/bin/python -m bench.instructions [--config chat|realistic] [--requests 300]
+    .venv/bin/python -m bench.instructions [--config chat|realistic|stream] [--requests 300]
         [--src DIR ...]
 
 On a shared VM, wall-clock and CPU-time figures move by a fifth between runs; the
@@ -40,7 +40,7 @@ STARTUP_S = 300.0  # under callgrind the gateway starts some 50 times slower
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.instructions")
-    parser.add_argument("--config", choices=("chat", "realistic"), default="chat")
+    parser.add_argument("--config", choices=("chat", "realistic", "stream"), default="chat")
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--idle-s", type=float, default=10.0)
     parser.add_argument("--src", type=Path, action="append", help="source tree (repeatable)")
@@ -63,10 +63,12 @@ def measure(src: Path, config_name: str, requests: int, idle_s: float) -> float:
             if config_name == "realistic":
                 config = gw.realistic_config(upstream, gw.start_redis(group, workdir))
                 model, key = gw.ROUTE, gw.BENCH_KEY
+            elif config_name == "stream":  # the minimal config, its SSE model, streamed
+                config, model, key = gw.minimal_config(upstream), gw.STREAM_MODEL, None
             else:
                 config, model, key = gw.minimal_config(upstream), gw.MODEL, None
             port, pid, out = _start_under_callgrind(group, workdir, src, config)
-            client = _Client(port, model, key)
+            client = _Client(port, model, key, stream=config_name == "stream")
             client.send(WARMUP_REQUESTS, "warm-up")
             time.sleep(SETTLE_S)
             _control("-z", pid)
@@ -125,9 +127,10 @@ class _Client:
     """Sequential POSTs, one keep-alive connection per batch (the server closes idle
     ones after a few seconds); unique prompts (cache misses)."""
 
-    def __init__(self, port: int, model: str, key: str | None) -> None:
+    def __init__(self, port: int, model: str, key: str | None, stream: bool = False) -> None:
         self._port = port
         self._model = model
+        self._stream = stream
         self._headers = {"content-type": "application/json"}
         if key:
             self._headers["authorization"] = f"Bearer {key}"
@@ -142,11 +145,12 @@ class _Client:
     def _send(self, connection: http.client.HTTPConnection, count: int, label: str) -> None:
         for n in range(count):
             message = {"role": "user", "content": f"Say hello ({label} {n})"}
-            body = json.dumps({"model": self._model, "messages": [message]})
+            fields = {"model": self._model, "messages": [message], "stream": self._stream}
+            body = json.dumps(fields)
             connection.request("POST", CHAT_PATH, body, self._headers)
             response = connection.getresponse()
             data = response.read()
-            if response.status != 200:
+            if response.status != 200 or (self._stream and not data.endswith(b"[DONE]\n\n")):
                 raise RuntimeError(f"the gateway answered {response.status}: {data[:300]!r}")
 
 

@@ -20,18 +20,21 @@ class SSEDecoder:
         self._event: str | None = None
 
     def feed_line(self, raw: bytes) -> SSEEvent | None:
-        line = raw.decode("utf-8").rstrip("\r\n")
+        if raw[:6] == b"data: ":  # nearly every line: checked first, decoded alone
+            self._data.append(raw[6:].rstrip(b"\r\n").decode("utf-8"))
+            return None
+        line = raw.rstrip(b"\r\n")
         if not line:
             return self._dispatch()
-        if line.startswith(":"):
+        if line[:1] == b":":
             return None  # comment / keep-alive
-        name, _, value = line.partition(":")
-        if value.startswith(" "):
+        name, _, value = line.partition(b":")
+        if value[:1] == b" ":
             value = value[1:]
-        if name == "data":
-            self._data.append(value)
-        elif name == "event":
-            self._event = value
+        if name == b"data":
+            self._data.append(value.decode("utf-8"))
+        elif name == b"event":
+            self._event = value.decode("utf-8")
         return None
 
     def flush(self) -> SSEEvent | None:

@@ -75,6 +75,27 @@ def test_sse_decoder() -> None:
     assert [(e.event, e.data) for e in events] == [("message_start", '{"a":\n1}'), (None, "[DONE]")]
 
 
+def test_sse_decoder_field_rules() -> None:
+    """WHATWG: one space after the colon is dropped, a bare field name has an empty
+    value, unknown fields are ignored, and data lines join with newlines."""
+    decoder = SSEDecoder()
+    lines = [
+        b"data:no-space\n",
+        b"data:  two spaces\r\n",
+        b"data\n",
+        b"data: \n",
+        b"id: 7\n",
+        "data: caf\u00e9 \u2713\n".encode(),
+        b"\n",
+        b"event:ping\n",
+        b"\n",  # an event with no data is not dispatched
+    ]
+    events = [e for e in (decoder.feed_line(line) for line in lines) if e is not None]
+    assert [(e.event, e.data) for e in events] == [
+        (None, "no-space\n two spaces\n\n\ncaf\u00e9 \u2713")
+    ]
+
+
 @pytest.mark.parametrize(
     ("status", "message", "headers", "expected"),
     [
