@@ -85,6 +85,8 @@ class Sample:
     rss_mb: list[float]  # per worker
     peak_rss_mb: list[float]  # per worker, the high-water mark since it started
     fds: list[int]  # per worker
+    anon_mb: list[float] = field(default_factory=list)  # of rss: heap (per worker)
+    file_mb: list[float] = field(default_factory=list)  # of rss: mapped files' pages
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,6 +321,8 @@ def _sample(
         rss_mb=[round(m.rss_mb, 1) for m in memory],
         peak_rss_mb=[round(m.peak_rss_mb, 1) for m in memory],
         fds=[_fds(pid) for pid in worker_pids(server.pid)],
+        anon_mb=[round(m.anon_mb, 1) for m in memory],
+        file_mb=[round(m.file_mb, 1) for m in memory],
     )
 
 
@@ -347,7 +351,8 @@ def _sample_line(s: Sample) -> str:
     return (
         f"round {s.round:<2} {s.phase:<8} c={load.connections:<4} {load.rps:>8.0f} req/s  "
         f"requests {load.requests:<7} errors {_errors(load):<3} RSS {_mb(s.rss_mb)} MB "
-        f"(peak {_mb(s.peak_rss_mb)})  fds {_ints(s.fds)}  busy {s.foreign_cores:.2f}  "
+        f"(peak {_mb(s.peak_rss_mb)}; anon {_mb(s.anon_mb)}, files {_mb(s.file_mb)})  "
+        f"fds {_ints(s.fds)}  busy {s.foreign_cores:.2f}  "
         f"t={s.at_s:.0f}s"
     )
 

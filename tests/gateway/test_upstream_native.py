@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import gzip
 import shutil
 import ssl
@@ -203,6 +204,26 @@ def test_idle_connections_close_after_keepalive_s_counted_from_their_last_use(
             assert raw.connections == 2
 
     run(scenario)
+
+
+def test_closed_connections_are_freed_without_the_cycle_collector() -> None:
+    """Reference counting alone frees a closed connection (the collector runs rarely
+    under load: whatever waits for it piles up)."""
+
+    async def scenario(upstream: NativeUpstream) -> None:
+        async with raw_server(reply(200, b"{}", close=True)) as (raw, url):
+            for _ in range(3):
+                assert (await upstream.send(request(url))).status == 200
+            await asyncio.sleep(0.05)  # the last close reaches its connection
+            assert raw.connections == 3
+            assert [o for o in gc.get_objects() if isinstance(o, native._Exchange)] == []
+
+    gc.collect()
+    gc.disable()
+    try:
+        run(scenario)
+    finally:
+        gc.enable()
 
 
 def test_no_answer_within_read_s_is_a_timeout_and_the_connection_is_dropped() -> None:
