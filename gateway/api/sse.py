@@ -1,11 +1,12 @@
-"""A streamed response that costs one watcher task per stream, and nothing per chunk.
+"""A streamed response that costs at most one watcher task per stream, nothing per chunk.
 
 Starlette's `StreamingResponse` (under uvicorn's ASGI 2.3) runs each stream in an
 anyio task group beside a disconnect listener: two tasks, a cancel scope and their
 bookkeeping per stream. Here the body is relayed in the request's own task, and one
-watcher task cancels it if the client leaves (rule 6: the upstream is cancelled at
-once, and the body's own `finally` still closes and bills it). Each piece the body
-yields is one `send`: the body decides what goes out together.
+watcher task, started `WATCH_AFTER_S` into the stream as for any request (a stream
+over sooner never pays for it), cancels the body if the client leaves (rule 6: the
+upstream is cancelled at once, and the body's own `finally` still closes and bills
+it). Each piece the body yields is one `send`: the body decides what goes out together.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import AsyncGenerator, Mapping
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gateway.api.disconnect import DisconnectWatch
+from gateway.api.disconnect import WATCH_AFTER_S, DisconnectWatch
 
 
 class SSEResponse(Response):
@@ -32,7 +33,7 @@ class SSEResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         watch = DisconnectWatch(receive)
-        watch.start()
+        watch.start(after_s=WATCH_AFTER_S)
         try:
             await self._relay(send)
         except asyncio.CancelledError:
