@@ -112,7 +112,7 @@ def create_app(config: GatewayConfig) -> RequestContextMiddleware:
             sync = StatsSync(services.stats, services.redis, interval_s)
             sync.start()
         services.limits.start()
-        await services.metrics.start()
+        services.metrics.start()
         await services.key_admin.start()
         listener = start_in_process(services)  # only with `metrics.port`
         tune_gc()

@@ -264,13 +264,13 @@ class Metrics:
             self._in_flight_children[endpoint].set(count)
         self.pending.flush()
 
-    async def start(self) -> None:
+    def start(self) -> None:
         self.pending.start()
 
     async def stop(self) -> None:
         """The last sums applied (a worker's files outlive it in multiprocess mode)."""
-        self.flush()
         await self.pending.stop()
+        self.flush()
 
     def close(self) -> None:
         """A worker that stops takes its live gauges (in-flight) out of the merged view."""

@@ -23,7 +23,7 @@ FLUSH_INTERVAL_S = 1.0
 
 
 class PendingCount:
-    """Increments of one counter child (or the current value of a gauge child)."""
+    """Increments of one counter child."""
 
     __slots__ = ("child", "amount")
 
@@ -107,11 +107,11 @@ class PendingMetrics:
             self.flush()
 
     async def stop(self) -> None:
+        """Ends the background flush (the owner applies the last sums itself)."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        self.flush()
 
     def call_on_loop(self, work: Callable[[], None], timeout_s: float = 1.0) -> None:
         """From another thread: run `work` on the loop and wait for it (at most
