@@ -20,6 +20,7 @@ from gateway.key_admin import build_key_admin
 from gateway.keys import KeyStore
 from gateway.limits import build_limits
 from gateway.logs import AccessLog, configure_logging
+from gateway.memory_trim import build_trimmer
 from gateway.metrics import Metrics
 from gateway.metrics_server import start_in_process
 from gateway.middleware import RequestContextMiddleware
@@ -115,10 +116,16 @@ def create_app(config: GatewayConfig) -> RequestContextMiddleware:
         services.metrics.start()
         await services.key_admin.start()
         listener = start_in_process(services)  # only with `metrics.port`
+        in_flight = services.metrics.in_flight_now
+        trimmer = build_trimmer(config.server.idle_memory_trim_s, lambda: sum(in_flight.values()))
+        if trimmer is not None:
+            trimmer.start()
         tune_gc()
         try:
             yield {"services": services, "pipeline": Pipeline(services)}
         finally:
+            if trimmer is not None:
+                await trimmer.stop()
             if listener is not None:
                 listener.stop()
             await services.metrics.stop()

@@ -119,9 +119,13 @@ class ServerConfig(_Model):
     max_header_bytes: int = Field(32 * 1024, ge=1024)  # request line + headers; beyond: 431
     request_timeout_s: float = Field(300.0, gt=0)
     max_concurrent_requests: int = Field(4096, ge=1)  # beyond: 503 with retry-after
-    # aiohttp is the fast default; the others exist to measure (bench.run --transport)
+    # native (gateway/upstream_native.py) is the fast default; the others exist to
+    # measure against (bench.run --transport)
     upstream_transport: Literal["native", "aiohttp", "httpx", "httpx-aiohttp"] = "native"
     access_log: bool = True
+    # Idle with RSS grown since the last check: free C-heap pages go back to the OS
+    # (gateway/memory_trim.py). Seconds between checks; 0 switches it off.
+    idle_memory_trim_s: float = Field(10.0, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
