@@ -142,6 +142,9 @@ class Planner:
         self._stats = stats
         self._headroom = headroom
         self._fixed = {i: _fixed_fields(d) for i, d in deployments.items()}
+        # The last Candidate of each deployment: reused while its LiveStats object is the
+        # same (a frozen dataclass of 11 fields costs more to build than the whole check).
+        self._candidates: dict[str, Candidate] = {}
         self._policies: dict[str, Policy] = {
             name: build_policy(route.policy, route.params) for name, route in routes.items()
         }
@@ -150,8 +153,7 @@ class Planner:
         policy = self._policies[route.name]
         if override and override != route.policy:
             policy = _override_policy(override)
-        fixed = self._fixed
-        candidates = [Candidate(*fixed[i], self._live(i)) for i in route.deployment_ids]
+        candidates = [self._candidate(i) for i in route.deployment_ids]
         plan = policy.plan(request, candidates)
         if (
             not plan.ordered
@@ -169,6 +171,14 @@ class Planner:
                 ),
             )
         return plan
+
+    def _candidate(self, deployment_id: str) -> Candidate:
+        live = self._live(deployment_id)
+        last = self._candidates.get(deployment_id)
+        if last is not None and last.stats is live:
+            return last
+        candidate = self._candidates[deployment_id] = Candidate(*self._fixed[deployment_id], live)
+        return candidate
 
     def _live(self, deployment_id: str) -> LiveStats:
         stats = self._stats.snapshot(deployment_id)

@@ -66,7 +66,11 @@ def make_redis(config: RedisConfig) -> Redis:
 
 def shared_redis(config: RedisConfig, metrics: Metrics) -> SharedRedis:
     """redis-py's pool for most calls, one pipelined connection for the hot path's."""
-    pipe = RedisPipe(config.url, connect_timeout_s=config.connect_timeout_s)
+    pipe = RedisPipe(
+        config.url,
+        connect_timeout_s=config.connect_timeout_s,
+        reply_deadline_s=config.operation_deadline_s,
+    )
     return SharedRedis(make_redis(config), metrics, config.operation_deadline_s, pipe)
 
 
@@ -102,7 +106,9 @@ class SharedRedis:
         return await self._guarded(operation, lambda: call(self.client))
 
     async def run_piped(self, operation: str, call: Callable[[RedisPipe], Awaitable[T]]) -> T:
-        """`run_or_raise` on the pipelined connection: the same deadline and accounting."""
+        """`run_or_raise` on the pipelined connection, with the same accounting. The
+        pipe bounds each reply by the same deadline itself (after its connect, which
+        `redis.connect_timeout_s` bounds), with one timer for every command in flight."""
         return await self._guarded(operation, lambda: call(self.pipe), piped=True)
 
     async def _guarded(
@@ -110,14 +116,12 @@ class SharedRedis:
     ) -> T:
         started = time.monotonic()
         try:
-            async with asyncio.timeout(self._deadline_s):
+            if piped:
                 result = await work()
+            else:
+                async with asyncio.timeout(self._deadline_s):
+                    result = await work()
         except (RedisError, OSError, TimeoutError) as exc:
-            if piped and isinstance(exc, TimeoutError):
-                # No answer in time: Redis is frozen, or the link lost its replies. Every
-                # command behind this one would wait as long; start on a new connection
-                # (as redis-py drops a connection whose call timed out).
-                self.pipe.drop()
             self._failed(operation, exc, started)
             if isinstance(exc, (RedisConnectionError, OSError)):
                 await self._drop_idle_connections()

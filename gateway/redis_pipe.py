@@ -7,11 +7,13 @@ each is written at once, and replies (parsed by hiredis) resolve the callers' fu
 in the order the commands went out, as Redis guarantees. No pool, no lock, no task.
 
 It raises redis-py's own exceptions (`ConnectionError` for the connection,
-`ResponseError` for an error reply), so `SharedRedis` treats both clients alike. A
-caller that gives up leaves its slot in the queue: a late reply is dropped when it
-comes and the order holds. `SharedRedis` drops the whole connection when a command
-passed its deadline (a frozen Redis, or a link that lost its replies: every command
-behind it would wait as long), as redis-py drops a connection whose call timed out. A
+`TimeoutError` for a late reply, `ResponseError` for an error reply), so `SharedRedis`
+treats both clients alike. A caller that gives up leaves its slot in the queue: a late
+reply is dropped when it comes and the order holds. A reply not in within
+`reply_deadline_s` of its command fails the whole connection (a frozen Redis, or a
+link that lost its replies: every command behind it would wait as long), as redis-py
+drops a connection whose call timed out; one timer per connection watches the oldest
+command, instead of a timeout per call (a few microseconds each, on every request). A
 lost connection fails every waiting command and the next command connects again; past
 `max_in_flight` waiting commands the connection is dropped rather than queued on.
 """
@@ -28,6 +30,7 @@ import hiredis
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Command = Sequence[str | bytes | int | float]
 
@@ -35,10 +38,12 @@ Command = Sequence[str | bytes | int | float]
 class _ReplyProtocol(asyncio.Protocol):
     """Feeds hiredis and hands each reply to the oldest waiting command."""
 
-    def __init__(self) -> None:
+    def __init__(self, reply_deadline_s: float) -> None:
         self.transport: asyncio.Transport | None = None
-        self.waiting: deque[asyncio.Future[Any]] = deque()
+        self.waiting: deque[tuple[asyncio.Future[Any], float]] = deque()  # (future, due)
         self._reader = hiredis.Reader(replyError=ResponseError)
+        self._deadline_s = reply_deadline_s
+        self._timer: asyncio.TimerHandle | None = None
 
     @property
     def open(self) -> bool:
@@ -54,7 +59,7 @@ class _ReplyProtocol(asyncio.Protocol):
             if not waiting:  # a reply nobody asked for: the stream is out of step
                 self.fail(RedisConnectionError("Redis sent an unexpected reply."))
                 return
-            future = waiting.popleft()
+            future = waiting.popleft()[0]
             if future.done():
                 continue  # its caller gave up; the reply still keeps the order
             if isinstance(reply, ResponseError):
@@ -66,14 +71,34 @@ class _ReplyProtocol(asyncio.Protocol):
         self.transport = None
         self._drain(RedisConnectionError("Connection to Redis lost."))
 
+    def expect(self, futures: list[asyncio.Future[Any]], loop: asyncio.AbstractEventLoop) -> None:
+        """Queue replies to wait for, each due `reply_deadline_s` from now."""
+        due = loop.time() + self._deadline_s
+        self.waiting.extend([(future, due) for future in futures])
+        if self._timer is None:
+            self._timer = loop.call_at(due, self._check_overdue, loop)
+
+    def _check_overdue(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        if not self.waiting:
+            return
+        due = self.waiting[0][1]  # the oldest command: replies come in order
+        if loop.time() >= due:
+            self.fail(RedisTimeoutError("Redis did not answer in time."))
+        else:
+            self._timer = loop.call_at(due, self._check_overdue, loop)
+
     def fail(self, error: Exception) -> None:
         if self.transport is not None:
             self.transport.abort()  # connection_lost fails what still waits
         self._drain(error)
 
     def _drain(self, error: Exception) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         while self.waiting:
-            future = self.waiting.popleft()
+            future = self.waiting.popleft()[0]
             if not future.done():
                 future.set_exception(error)
                 future.exception()  # a caller that gave up will not retrieve it
@@ -82,9 +107,17 @@ class _ReplyProtocol(asyncio.Protocol):
 class RedisPipe:
     """Lazily connected; `execute` sends one command, `execute_many` several in one write."""
 
-    def __init__(self, url: str, *, connect_timeout_s: float, max_in_flight: int = 10_000) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        connect_timeout_s: float,
+        reply_deadline_s: float,
+        max_in_flight: int = 10_000,
+    ) -> None:
         self._options: dict[str, Any] = dict(parse_url(url))
         self._connect_timeout_s = connect_timeout_s
+        self._reply_deadline_s = reply_deadline_s
         self._max_in_flight = max_in_flight
         self._protocol: _ReplyProtocol | None = None
         self._connecting: asyncio.Task[_ReplyProtocol] | None = None
@@ -119,7 +152,7 @@ class RedisPipe:
             raise RedisConnectionError("Too many Redis commands waiting for replies.")
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in commands]
-        protocol.waiting.extend(futures)
+        protocol.expect(futures, loop)
         assert protocol.transport is not None
         protocol.transport.write(b"".join(_pack(c) for c in commands))
         return futures
@@ -148,13 +181,16 @@ class RedisPipe:
     async def _open(self) -> _ReplyProtocol:
         try:
             async with asyncio.timeout(self._connect_timeout_s):
-                protocol = await self._create_connection(_ReplyProtocol)
+                protocol = await self._create_connection(self._new_protocol)
                 await self._handshake(protocol)
         except (OSError, TimeoutError) as exc:
             error = f"Could not connect to Redis ({type(exc).__name__})."
             raise RedisConnectionError(error) from None
         self._protocol = protocol
         return protocol
+
+    def _new_protocol(self) -> _ReplyProtocol:
+        return _ReplyProtocol(self._reply_deadline_s)
 
     async def _create_connection(self, factory: Any) -> _ReplyProtocol:
         loop, options = asyncio.get_running_loop(), self._options
@@ -179,11 +215,6 @@ class RedisPipe:
                 if protocol.transport is not None:
                     protocol.transport.close()
                 raise RedisConnectionError(f"Redis refused the connection setup: {reply}")
-
-    def drop(self) -> None:
-        """Fail every waiting command and close the connection; the next one reconnects."""
-        if self._protocol is not None:
-            self._protocol.fail(RedisConnectionError("Redis did not answer in time."))
 
     async def aclose(self) -> None:
         protocol, self._protocol = self._protocol, None

@@ -13,11 +13,14 @@ until a success.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from routers import LiveStats
 
 _ALPHA = 0.2  # EWMA weight of the newest sample: reacts in ~5 requests
+
+
+_NEVER = LiveStats(error_rate=-1.0)  # matches no real reading: the first snapshot is built
 
 
 @dataclass(slots=True)
@@ -28,15 +31,30 @@ class DeploymentStats:
     in_flight: int = 0
     consecutive_failures: int = 0
     cooldown_until: float = 0.0
+    _last: LiveStats = field(default=_NEVER, repr=False, compare=False)
 
     def snapshot(self) -> LiveStats:
-        return LiveStats(  # positional: a frozen dataclass's keywords cost, per request
+        """The current values as LiveStats; the previous object while they are the same
+        (most deployments of a route are not the one that just served), which also lets
+        the planner keep its Candidate. Compared by value: fields are set from several
+        places (this store, `stats_sync`), so no write can forget to invalidate it."""
+        last = self._last
+        if (
+            last.ttft_ewma_s == self.ttft_ewma_s
+            and last.per_token_ewma_s == self.per_token_ewma_s
+            and last.error_rate == self.error_rate
+            and last.in_flight == self.in_flight
+            and last.cooldown_until == self.cooldown_until
+        ):
+            return last
+        self._last = last = LiveStats(  # positional: a frozen dataclass's keywords cost
             self.ttft_ewma_s,
             self.per_token_ewma_s,
             self.error_rate,
             self.in_flight,
             self.cooldown_until,
         )
+        return last
 
 
 def _ewma(old: float | None, sample: float) -> float:

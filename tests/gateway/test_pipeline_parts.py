@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from gateway.catalog import Deployment, Route
 from gateway.errors import (
     InvalidRequestError,
     UpstreamAuthError,
@@ -16,6 +17,8 @@ from gateway.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
+from gateway.planning import DEFAULT_CONTROLS, Planner, route_request
+from gateway.pricing import Prices
 from gateway.providers.base import classify_status, retry_after_s
 from gateway.retry_budget import RetryBudget
 from gateway.stats import StatsStore
@@ -58,6 +61,58 @@ def test_ewma_latency() -> None:
     snap = stats.snapshot("d")
     assert snap.ttft_ewma_s == pytest.approx(1.2)
     assert snap.per_token_ewma_s == pytest.approx(0.1)
+
+
+def test_snapshots_are_reused_only_while_nothing_changed() -> None:
+    """The planner keeps a deployment's Candidate while its snapshot is the same object:
+    any write, by whichever path (the store, stats_sync's setattr), must show."""
+    stats = StatsStore(cooldown_failures=3, cooldown_s=1)
+    first = stats.snapshot("d")
+    assert stats.snapshot("d") is first
+    stats.started("d")
+    busy = stats.snapshot("d")
+    assert busy is not first and busy.in_flight == 1
+    stats.ended("d")
+    assert stats.snapshot("d").in_flight == 0
+    stats.get("d").cooldown_until = time.time() + 5  # as stats_sync writes a replica's
+    assert stats.snapshot("d").cooldown_until > time.time()
+    setattr(stats.get("d"), "ttft_ewma_s", 0.3)  # noqa: B010  # stats_sync's own way
+    assert stats.snapshot("d").ttft_ewma_s == 0.3
+
+
+def test_planner_sees_every_change_of_the_live_stats() -> None:
+    deployments = {
+        name: Deployment(
+            id=f"p/{name}",
+            name=name,
+            provider="p",
+            kind="openai",
+            model=name,
+            mode="chat",
+            prices=Prices(input_per_mtok_usd=price, output_per_mtok_usd=price),
+            context_window_tokens=1000,
+            max_output_tokens=None,
+            capabilities=frozenset(),
+        )
+        for name, price in (("a", 1.0), ("b", 2.0))
+    }
+    by_id = {d.id: d for d in deployments.values()}
+    route = Route("r", "cheapest", ("p/a", "p/b"), {}, "chat")
+    stats = StatsStore(cooldown_failures=1, cooldown_s=30)
+    planner = Planner({"r": route}, by_id, stats)
+    request = route_request(40, 16, frozenset(), DEFAULT_CONTROLS)
+
+    def order() -> list[str]:
+        plan = planner.plan(route, request)
+        return [r.candidate.deployment_id for r in plan.ordered]
+
+    assert order() == ["p/a", "p/b"]
+    first = planner.plan(route, request).ordered[1].candidate
+    assert planner.plan(route, request).ordered[1].candidate is first  # unchanged: kept
+    stats.failure("p/a")  # cooldown: out of the plan at once
+    assert order() == ["p/b"]
+    stats.get("p/a").cooldown_until = 0.0
+    assert order() == ["p/a", "p/b"]
 
 
 def test_sse_decoder() -> None:

@@ -11,14 +11,16 @@ import pytest
 from redis import Redis as SyncRedis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.redis_pipe import RedisPipe
 from tests.gatewayproc import RedisServer, free_port
 
 
-def run(scenario: Callable[[RedisPipe], Awaitable[None]], url: str, **kwargs: int) -> None:
+def run(scenario: Callable[[RedisPipe], Awaitable[None]], url: str, **kwargs: float) -> None:
     async def main() -> None:
-        pipe = RedisPipe(url, connect_timeout_s=1.0, **kwargs)
+        options = {"connect_timeout_s": 1.0, "reply_deadline_s": 5.0, **kwargs}
+        pipe = RedisPipe(url, **options)  # type: ignore[arg-type]
         try:
             await scenario(pipe)
         finally:
@@ -86,6 +88,28 @@ def test_a_lost_connection_fails_the_waiting_and_the_next_command_reconnects(
     run(scenario, redis_server.url)
 
 
+def test_a_late_reply_fails_the_connection_and_the_next_command_reconnects(
+    redis_server: RedisServer,
+) -> None:
+    """BLPOP holds every reply back past the deadline, as a frozen Redis would: the
+    commands behind it fail with it, and the next command gets a new connection."""
+
+    async def scenario(pipe: RedisPipe) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        blocked = asyncio.ensure_future(pipe.execute("BLPOP", "pipe:empty-list", "2"))
+        await asyncio.sleep(0.1)
+        behind = asyncio.ensure_future(pipe.execute("PING"))  # due later, fails earlier
+        for waiting in (blocked, behind):
+            with pytest.raises(RedisTimeoutError):
+                await waiting
+        assert 0.25 <= loop.time() - started < 1.0  # the oldest command's deadline
+        assert await pipe.execute("PING") == b"PONG"
+        assert await pipe.execute("PING") == b"PONG"  # replies in time: nothing fails
+
+    run(scenario, redis_server.url, reply_deadline_s=0.3)
+
+
 def test_too_many_commands_waiting_drops_the_connection(redis_server: RedisServer) -> None:
     async def scenario(pipe: RedisPipe) -> None:
         blocked = asyncio.ensure_future(pipe.execute("BLPOP", "pipe:empty-list", "5"))
@@ -148,7 +172,7 @@ def test_a_connect_every_caller_gave_up_on_does_not_stick(tmp_path: Path) -> Non
     url = f"redis://:pw@127.0.0.1:{port}/0"  # a password, so the setup waits for a reply
 
     async def main() -> None:
-        pipe = RedisPipe(url, connect_timeout_s=0.2)
+        pipe = RedisPipe(url, connect_timeout_s=0.2, reply_deadline_s=5.0)
         try:
             with pytest.raises(TimeoutError):
                 async with asyncio.timeout(0.05):
