@@ -4,9 +4,11 @@ Every `interval_s` a background task, per process:
 1. publishes this process's cooldowns into one hash, keeping the later deadline
    (a Lua max, so replicas never shorten each other's cooldowns);
 2. publishes its latency and error EWMAs under its own key with a short TTL, so a
-   replica that died stops counting;
+   replica that died stops counting, and names itself in the set of replicas;
 3. reads everything back and merges: cooldown = the latest deadline anywhere,
-   EWMAs = the mean over live replicas that have a value.
+   EWMAs = the mean over live replicas that have a value. A replica whose key expired
+   leaves the set. The set, not a SCAN: a SCAN walks the whole keyspace, response
+   cache entries included (millions), on every round of every replica.
 Requests never wait on Redis for routing; a Redis outage just stops the sharing.
 """
 
@@ -24,6 +26,7 @@ log = logging.getLogger("gateway")
 
 COOLDOWN_KEY = "gw:stats:cooldown"
 EWMA_PREFIX = "gw:stats:ewma:"
+REPLICAS_KEY = "gw:stats:replicas"
 _FIELDS = ("ttft_ewma_s", "per_token_ewma_s", "error_rate")
 
 # KEYS[1] = hash; ARGV = deployment, deadline, deployment, deadline, ...
@@ -79,15 +82,24 @@ class StatsSync:
                 key = EWMA_PREFIX + self._replica
                 pipe.hset(key, mapping=ewmas)
                 pipe.expire(key, max(5, int(self._interval_s * 5)))
+                pipe.sadd(REPLICAS_KEY, self._replica)
             await pipe.execute()
 
     async def _read(self, client: Any) -> tuple[dict[str, float], list[dict[str, float]]]:
-        cooldowns = await client.hgetall(COOLDOWN_KEY)
-        replicas = [key async for key in client.scan_iter(match=EWMA_PREFIX + "*", count=100)]
         async with client.pipeline(transaction=False) as pipe:
-            for key in replicas:
-                pipe.hgetall(key)
+            pipe.hgetall(COOLDOWN_KEY)
+            pipe.smembers(REPLICAS_KEY)
+            cooldowns, members = await pipe.execute()
+        replicas = sorted(members)
+        async with client.pipeline(transaction=False) as pipe:
+            for replica in replicas:
+                pipe.hgetall(EWMA_PREFIX + replica.decode())
             tables = await pipe.execute()
+        # A replica whose key expired stopped publishing; if it comes back, it adds
+        # itself again.
+        gone = [r for r, table in zip(replicas, tables, strict=True) if not table]
+        if gone:
+            await client.srem(REPLICAS_KEY, *gone)
         decoded = {k.decode(): float(v) for k, v in cooldowns.items()}
         return decoded, [{k.decode(): float(v) for k, v in t.items()} for t in tables]
 
