@@ -1,9 +1,10 @@
 """The upstream transport seam: adapters build `UpstreamRequest`s, a transport sends them.
 
-aiohttp runs the hot path (measured several times faster than httpx's own pool under
-concurrency). Every transport exception becomes an `UpstreamTimeoutError` or
-`UpstreamUnavailableError` here, including during stream iteration, so nothing above
-this module knows which HTTP library is in use. Redirects are never followed (rule 10).
+The native client (`upstream_native.py`) runs the hot path by default; aiohttp and
+httpx stay selectable (`server.upstream_transport`) to measure against. Every
+transport exception becomes an `UpstreamTimeoutError` or `UpstreamUnavailableError`
+here, including during stream iteration, so nothing above this module knows which
+HTTP library is in use. Redirects are never followed (rule 10).
 """
 
 from __future__ import annotations

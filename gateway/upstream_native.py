@@ -25,7 +25,6 @@ import ssl
 import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
@@ -406,17 +405,10 @@ class NativeUpstream:
             exchange.finish()
         return UpstreamResponse(reply.status, reply.headers, body)
 
-    @asynccontextmanager
-    async def stream(self, req: UpstreamRequest) -> AsyncIterator[UpstreamStream]:
+    def stream(self, req: UpstreamRequest) -> _OpenedStream:
         """No total deadline: a stream may run long; `read_s` bounds its first byte and
         every gap."""
-        exchange, reply = await self._start(req, math.inf)
-        try:
-            with _mapped_errors():
-                await reply.head
-            yield NativeStream(reply)
-        finally:
-            exchange.finish()
+        return _OpenedStream(self, req)
 
     async def _start(self, req: UpstreamRequest, total_s: float) -> tuple[_Exchange, Reply]:
         target = parse_target(req.url)
@@ -429,6 +421,35 @@ class NativeUpstream:
 
     async def aclose(self) -> None:
         self._pool.close()
+
+
+class _OpenedStream:
+    """`NativeUpstream.stream`'s context manager. A class rather than
+    @asynccontextmanager: that is an async generator per stream, which the event loop
+    hooks and tracks, and a wrapper object around it."""
+
+    __slots__ = ("_upstream", "_req", "_exchange")
+
+    def __init__(self, upstream: NativeUpstream, req: UpstreamRequest) -> None:
+        self._upstream = upstream
+        self._req = req
+        self._exchange: _Exchange | None = None
+
+    async def __aenter__(self) -> UpstreamStream:
+        exchange, reply = await self._upstream._start(self._req, math.inf)
+        self._exchange = exchange
+        try:
+            with _mapped_errors():
+                await reply.head
+        except BaseException:
+            exchange.finish()
+            raise
+        return NativeStream(reply)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        exchange, self._exchange = self._exchange, None
+        if exchange is not None:  # once: a second finish would close a pooled connection
+            exchange.finish()
 
 
 def _head(req: UpstreamRequest, target: Target) -> bytes:
