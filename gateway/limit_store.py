@@ -34,11 +34,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 # Float sums of prices: a request that exactly fits the budget must fit.
 BUDGET_EPSILON_USD = 1e-9
 _LOST_KEEP_S = 86_400.0  # how long a late settle of a given-up reservation still bills
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +139,15 @@ def _day_strings(day_index: int) -> tuple[str, str]:
     return _calendar(datetime.fromtimestamp(day_index * 86_400, UTC))
 
 
+def _entry(table: dict[K, V], key: K, make: Callable[[], V]) -> V:
+    """`table[key]`, made first if missing: `setdefault(key, make())` would build a
+    new (discarded) object on every call, every request."""
+    found = table.get(key)
+    if found is None:
+        found = table[key] = make()
+    return found
+
+
 @dataclass(slots=True)
 class _Budget:
     spent_usd: float = 0.0
@@ -198,7 +209,7 @@ class MemoryLimitStore:
         return Decision(None)
 
     def _budget(self, a: Admission, now: float) -> _Budget:
-        budget = self._budgets.setdefault((a.key_id, a.period), _Budget())
+        budget = _entry(self._budgets, (a.key_id, a.period), _Budget)
         cutoff = now - self._reservation_ttl_s
         for rid, (t, usd) in list(budget.reservations.items()):
             if t > cutoff:
@@ -255,7 +266,7 @@ class MemoryLimitStore:
 
     def _settle(self, s: Settlement) -> None:
         a = s.admission
-        budget = self._budgets.setdefault((a.key_id, a.period), _Budget())
+        budget = _entry(self._budgets, (a.key_id, a.period), _Budget)
         held = budget.reservations.pop(a.request_id, None)
         if held is not None:
             budget.reserved_usd -= held[1]
@@ -265,7 +276,7 @@ class MemoryLimitStore:
         tokens = self._tokens.get(a.key_id, {})
         if a.request_id in tokens:
             tokens[a.request_id] = (tokens[a.request_id][0], s.tokens)
-        row = self._usage.setdefault((s.day, a.key_id, a.team, s.route), _Usage())
+        row = _entry(self._usage, (s.day, a.key_id, a.team, s.route), _Usage)
         row.requests += 1
         row.input_tokens += s.input_tokens
         row.output_tokens += s.output_tokens
@@ -273,7 +284,7 @@ class MemoryLimitStore:
         self._names[a.key_id] = a.key_name
 
     def _release(self, a: Admission) -> None:
-        budget = self._budgets.setdefault((a.key_id, a.period), _Budget())
+        budget = _entry(self._budgets, (a.key_id, a.period), _Budget)
         held = budget.reservations.pop(a.request_id, None)
         if held is None:
             budget.lost.pop(a.request_id, None)
