@@ -124,8 +124,9 @@ class ServerConfig(_Model):
     upstream_transport: Literal["native", "aiohttp", "httpx", "httpx-aiohttp"] = "native"
     access_log: bool = True
     # Idle with RSS grown since the last check: free C-heap pages go back to the OS
-    # (gateway/memory_trim.py). Seconds between checks; 0 switches it off.
-    idle_memory_trim_s: float = Field(10.0, ge=0)
+    # (gateway/memory_trim.py). Seconds between checks (a check reads /proc, a few
+    # microseconds; often enough to catch a short lull after a burst); 0 = off.
+    idle_memory_trim_s: float = Field(1.0, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
