@@ -134,7 +134,9 @@ class RedisConfig(_Model):
     url: str
     socket_timeout_s: float = Field(0.25, gt=0)
     connect_timeout_s: float = Field(0.25, gt=0)
-    operation_deadline_s: float = Field(0.5, gt=0)  # whole call, pool wait included
+    # Whole call, pool wait included; on the pipelined connection, each reply after
+    # its connect (which connect_timeout_s bounds).
+    operation_deadline_s: float = Field(0.5, gt=0)
     max_connections: int = Field(64, ge=1)
 
 
