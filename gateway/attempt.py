@@ -29,18 +29,23 @@ from gateway.upstream import Upstream, UpstreamStream
 
 
 async def chat_once(
-    upstream: Upstream, provider: Provider, req: ChatRequest, d: Deployment
+    upstream: Upstream, provider: Provider, req: ChatRequest, d: Deployment, within_s: float
 ) -> ChatResponse:
-    response = await upstream.send(provider.chat_request(req, d))
+    """`within_s`: what is left of the request's deadline; the transport enforces it."""
+    response = await upstream.send(provider.chat_request(req, d), within_s)
     if response.status != 200:
         raise provider.classify_error(response.status, response.body, response.headers)
     return provider.chat_response(response.body, d)
 
 
 async def embeddings_once(
-    upstream: Upstream, provider: Provider, req: EmbeddingRequest, d: Deployment
+    upstream: Upstream,
+    provider: Provider,
+    req: EmbeddingRequest,
+    d: Deployment,
+    within_s: float,
 ) -> EmbeddingResponse:
-    response = await upstream.send(provider.embeddings_request(req, d))
+    response = await upstream.send(provider.embeddings_request(req, d), within_s)
     if response.status != 200:
         raise provider.classify_error(response.status, response.body, response.headers)
     return provider.embeddings_response(response.body, d)

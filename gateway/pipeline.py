@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from gateway import attempt as attempts
@@ -38,7 +38,9 @@ from gateway.types import ChatRequest, ChatResponse, EmbeddingRequest, Embedding
 from routers import Plan
 
 T = TypeVar("T")
-Attempt = Callable[[Deployment, Provider], Awaitable[T]]
+# One try on one deployment; its float is what is left of the request's deadline, in
+# seconds, which the attempt must keep (the transports' own timers do, for calls).
+Attempt = Callable[[Deployment, Provider, float], Awaitable[T]]
 
 
 class Pipeline:
@@ -57,8 +59,8 @@ class Pipeline:
     ) -> ChatResponse:
         upstream = self.s.upstream
 
-        async def once(d: Deployment, provider: Provider) -> ChatResponse:
-            return await attempts.chat_once(upstream, provider, req, d)
+        async def once(d: Deployment, provider: Provider, within_s: float) -> ChatResponse:
+            return await attempts.chat_once(upstream, provider, req, d, within_s)
 
         response = await self.run_plan(ctx, route, plan, once)
         usage = self.accountant.usage_or_estimate(
@@ -76,8 +78,9 @@ class Pipeline:
     ) -> ChatStream:
         upstream = self.s.upstream
 
-        async def once(d: Deployment, provider: Provider) -> attempts.OpenedStream:
-            return await attempts.open_stream(upstream, provider, req, d)
+        async def once(d: Deployment, provider: Provider, within_s: float) -> attempts.OpenedStream:
+            # Until its first content arrives, over several reads: a timeout of its own.
+            return await _within(within_s, attempts.open_stream(upstream, provider, req, d))
 
         opened = await self.run_plan(ctx, route, plan, once)
         d = self.s.catalog.deployments[ctx.deployment_id or ""]
@@ -89,8 +92,8 @@ class Pipeline:
     ) -> EmbeddingResponse:
         upstream = self.s.upstream
 
-        async def once(d: Deployment, provider: Provider) -> EmbeddingResponse:
-            return await attempts.embeddings_once(upstream, provider, req, d)
+        async def once(d: Deployment, provider: Provider, within_s: float) -> EmbeddingResponse:
+            return await attempts.embeddings_once(upstream, provider, req, d, within_s)
 
         response = await self.run_plan(ctx, route, plan, once)
         chars = sum(len(str(i)) for i in req.inputs)
@@ -161,7 +164,7 @@ class Pipeline:
             ctx.attempt_deployment_id = d.id
             started = time.perf_counter()
             try:
-                result = await self._timed(d, deadline - started, attempt(d, provider))
+                result = await self._timed(d, provider, deadline - started, attempt)
             except ProviderError as error:
                 record_failure(self.s, d, error, time.perf_counter() - started)
                 if not self._retry_in_place(error, is_last, retries):
@@ -177,10 +180,14 @@ class Pipeline:
             self.s.metrics.record_attempt(d.provider, d.id, "ok", ctx.upstream_s)
             return result
 
-    async def _timed(self, d: Deployment, remaining_s: float, work: Awaitable[T]) -> T:
+    async def _timed(
+        self, d: Deployment, provider: Provider, remaining_s: float, attempt: Attempt[T]
+    ) -> T:
+        if remaining_s <= 0:
+            raise UpstreamTimeoutError("The request deadline passed before this attempt.")
         self.s.stats.started(d.id)  # the in-flight count least_busy ranks by
         try:
-            return await _within(remaining_s, work)
+            return await attempt(d, provider, remaining_s)
         finally:
             self.s.stats.ended(d.id)
 
@@ -204,10 +211,6 @@ class Pipeline:
 
 
 async def _within(remaining_s: float, work: Awaitable[T]) -> T:
-    if remaining_s <= 0:
-        if isinstance(work, Coroutine):
-            work.close()  # never started: close it so it is not reported as never awaited
-        raise UpstreamTimeoutError("The request deadline passed before this attempt.")
     try:
         async with asyncio.timeout(remaining_s):
             return await work

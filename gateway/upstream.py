@@ -10,6 +10,7 @@ HTTP library is in use. Redirects are never followed (rule 10).
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -59,7 +60,11 @@ class UpstreamStream(Protocol):
 
 
 class Upstream(Protocol):
-    async def send(self, req: UpstreamRequest) -> UpstreamResponse: ...
+    async def send(self, req: UpstreamRequest, within_s: float = math.inf) -> UpstreamResponse:
+        """The whole answer. `within_s`: the caller's own deadline (the request's, in
+        seconds from now), connecting included; past it, `UpstreamTimeoutError`. The
+        transport's timers enforce it: no timeout context per call on the hot path."""
+        ...
 
     def stream(self, req: UpstreamRequest) -> AbstractAsyncContextManager[UpstreamStream]: ...
 
@@ -175,14 +180,19 @@ class AiohttpUpstream:
             )
         return self._session
 
-    async def send(self, req: UpstreamRequest) -> UpstreamResponse:
+    async def send(self, req: UpstreamRequest, within_s: float = math.inf) -> UpstreamResponse:
+        timeout = _call_timeout(req.timeouts)
+        if within_s < req.timeouts.total_s:  # aiohttp's total includes the connect
+            timeout = aiohttp.ClientTimeout(
+                total=within_s, sock_connect=timeout.sock_connect, sock_read=timeout.sock_read
+            )
         with _mapped_errors(connecting=True):
             response = await self._client().request(
                 req.method,
                 req.url,
                 data=req.body,
                 headers=req.headers,
-                timeout=_call_timeout(req.timeouts),
+                timeout=timeout,
                 allow_redirects=False,
             )
         try:
@@ -283,8 +293,8 @@ class DispatchingUpstream:
         scheme, _, _ = url.partition("://")
         return self._by_scheme.get(scheme, self._http)
 
-    async def send(self, req: UpstreamRequest) -> UpstreamResponse:
-        return await self._pick(req.url).send(req)
+    async def send(self, req: UpstreamRequest, within_s: float = math.inf) -> UpstreamResponse:
+        return await self._pick(req.url).send(req, within_s)
 
     def stream(self, req: UpstreamRequest) -> AbstractAsyncContextManager[UpstreamStream]:
         return self._pick(req.url).stream(req)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from http.cookiejar import CookieJar, DefaultCookiePolicy
@@ -119,11 +120,11 @@ class HttpxUpstream:
             timeout=_timeout(req.timeouts),
         )
 
-    async def send(self, req: UpstreamRequest) -> UpstreamResponse:
+    async def send(self, req: UpstreamRequest, within_s: float = math.inf) -> UpstreamResponse:
         client = self._client()
         request = self._request(req)
         with _mapped_errors():  # the deadline's TimeoutError, raised on leaving its block
-            async with asyncio.timeout(req.timeouts.total_s):
+            async with asyncio.timeout(min(req.timeouts.total_s, within_s)):
                 with _mapped_errors(connecting=True):
                     response = await client.send(request, stream=True)
                 try:

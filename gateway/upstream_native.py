@@ -395,8 +395,8 @@ class NativeUpstream:
     def __init__(self) -> None:
         self._pool = ConnectionPool()
 
-    async def send(self, req: UpstreamRequest) -> UpstreamResponse:
-        exchange, reply = await self._start(req, req.timeouts.total_s)
+    async def send(self, req: UpstreamRequest, within_s: float = math.inf) -> UpstreamResponse:
+        exchange, reply = await self._start(req, req.timeouts.total_s, within_s)
         try:
             with _mapped_errors():
                 await reply.head
@@ -410,14 +410,21 @@ class NativeUpstream:
         every gap."""
         return _OpenedStream(self, req)
 
-    async def _start(self, req: UpstreamRequest, total_s: float) -> tuple[_Exchange, Reply]:
+    async def _start(
+        self, req: UpstreamRequest, total_s: float, within_s: float
+    ) -> tuple[_Exchange, Reply]:
+        """`total_s` counts from the send; `within_s`, the caller's deadline, from now:
+        a connect spends from it. The exchange's one timer enforces both."""
         target = parse_target(req.url)
         head = _head(req, target)
         t = req.timeouts
         exchange = self._pool.idle(target.origin)
         if exchange is None:
-            exchange = await self._pool.connect(target.origin, t.connect_s)
-        return exchange, exchange.start(head, req.body, t.read_s, total_s)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            exchange = await self._pool.connect(target.origin, min(t.connect_s, within_s))
+            within_s -= loop.time() - started
+        return exchange, exchange.start(head, req.body, t.read_s, min(total_s, within_s))
 
     async def aclose(self) -> None:
         self._pool.close()
@@ -436,7 +443,7 @@ class _OpenedStream:
         self._exchange: _Exchange | None = None
 
     async def __aenter__(self) -> UpstreamStream:
-        exchange, reply = await self._upstream._start(self._req, math.inf)
+        exchange, reply = await self._upstream._start(self._req, math.inf, math.inf)
         self._exchange = exchange
         try:
             with _mapped_errors():

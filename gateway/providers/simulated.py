@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -17,6 +18,7 @@ from typing import Any, ClassVar
 
 from gateway import jsonutil
 from gateway.config import ProviderConfig, SimulationConfig
+from gateway.errors import UpstreamTimeoutError
 from gateway.providers.openai import OpenAIProvider
 from gateway.upstream import UpstreamRequest, UpstreamResponse, UpstreamStream
 
@@ -56,9 +58,12 @@ class SimulatedTransport:
         host = url.removeprefix("simulated://").split("/", 1)[0]
         return self._configs.get(host, SimulationConfig())
 
-    async def send(self, req: UpstreamRequest) -> UpstreamResponse:
+    async def send(self, req: UpstreamRequest, within_s: float = math.inf) -> UpstreamResponse:
         sim = self._config(req.url)
         body = jsonutil.loads(req.body or b"{}")
+        if sim.ttft_s > within_s:  # the request's deadline comes first
+            await asyncio.sleep(within_s)
+            raise UpstreamTimeoutError("The simulated upstream did not answer in time.")
         await asyncio.sleep(sim.ttft_s)
         if req.url.endswith("/embeddings"):
             return UpstreamResponse(200, _JSON_HEADERS, jsonutil.dumps(_embeddings(body, sim)))

@@ -262,6 +262,23 @@ def test_an_answer_that_trickles_past_total_s_times_out() -> None:
     run(scenario)
 
 
+def test_the_callers_deadline_cuts_a_call_before_its_own_timeouts() -> None:
+    """`within_s` (the request's deadline) ends a call that read_s and total_s allow."""
+    trickle = pieces(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n", *[b"x"] * 40, pause_s=0.05)
+
+    async def scenario(upstream: NativeUpstream) -> None:
+        async with raw_server(trickle) as (raw, url):
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(UpstreamTimeoutError):
+                await upstream.send(request(url, read_s=5.0, total_s=10.0), within_s=0.4)
+            assert 0.35 < loop.time() - started < 1.2
+            await asyncio.sleep(0.1)
+            assert raw.ended == 1  # cut: the connection was not pooled
+
+    run(scenario)
+
+
 def test_refused_connect_is_unavailable_during_connect() -> None:
     async def scenario(upstream: NativeUpstream) -> None:
         url = f"http://127.0.0.1:{free_port()}/v1/chat/completions"
