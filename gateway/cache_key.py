@@ -19,6 +19,7 @@ neither KEY_FIELDS nor IGNORED_FIELDS.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 from gateway import jsonutil
@@ -90,6 +91,7 @@ IGNORED_FIELDS: frozenset[str] = frozenset(
 _FLOAT_FIELDS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
 
 
+@functools.lru_cache(maxsize=4096)  # tenants are keys and teams: few, asked per request
 def tenant_tag(tenant: str) -> str:
     """A fixed-width tag for a tenant in storage keys (safe in Redis MATCH patterns)."""
     return hashlib.sha256(tenant.encode("utf-8")).hexdigest()[:16]
