@@ -12,9 +12,10 @@ import httpx
 import openai
 import pytest
 
+from tests.configs import fake_and_dead
 from tests.conftest import GATEWAY_KEY, OPENAI_KEY
 from tests.fakes.openai_fake import FakeOpenAI
-from tests.fakes.server import Behaviour, free_port
+from tests.fakes.server import Behaviour
 from tests.gatewayproc import GatewayProcess
 from tests.openai_schema import validate
 
@@ -25,29 +26,8 @@ AUTH = {"authorization": f"Bearer {GATEWAY_KEY}"}
 def gateway(
     start_gateway: Callable[..., GatewayProcess], fake_openai: FakeOpenAI
 ) -> GatewayProcess:
-    dead_port = free_port()  # nothing listens here: connection refused
-    config = {
-        "server": {"max_body_bytes": 2048, "request_timeout_s": 5},
-        "auth": {"mode": "keys", "keys": [{"name": "k", "key": GATEWAY_KEY}]},
-        "providers": {
-            "fake": {
-                "kind": "openai",
-                "base_url": f"{fake_openai.base_url}/v1",
-                "api_key": OPENAI_KEY,
-                "timeouts": {"read_s": 1.0},
-            },
-            "dead": {
-                "kind": "openai",
-                "base_url": f"http://127.0.0.1:{dead_port}/v1",
-                "api_key": OPENAI_KEY,
-            },
-        },
-        "routing": {"same_deployment_retries": 0},
-        "models": [
-            {"name": "gpt-test", "provider": "fake", "model": "gpt-4o-mini"},
-            {"name": "dead-model", "provider": "dead", "model": "gpt-4o-mini"},
-        ],
-    }
+    server = {"max_body_bytes": 2048, "request_timeout_s": 5}
+    config = fake_and_dead(fake_openai, server, {"read_s": 1.0})
     return start_gateway(config)
 
 

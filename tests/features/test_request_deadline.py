@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import GATEWAY_KEY, OPENAI_KEY
+from tests.configs import fake_and_dead
+from tests.conftest import GATEWAY_KEY
 from tests.fakes.openai_fake import FakeOpenAI
 from tests.fakes.server import Behaviour
 from tests.gatewayproc import GatewayProcess
@@ -28,20 +28,8 @@ def gateway(
     start_gateway: Callable[..., GatewayProcess],
     fake_openai: FakeOpenAI,
 ) -> GatewayProcess:
-    config: dict[str, Any] = {
-        "server": {"upstream_transport": request.param, "request_timeout_s": DEADLINE_S},
-        "auth": {"mode": "keys", "keys": [{"name": "k", "key": GATEWAY_KEY}]},
-        "providers": {
-            "fake": {
-                "kind": "openai",
-                "base_url": f"{fake_openai.base_url}/v1",
-                "api_key": OPENAI_KEY,
-                "timeouts": {"connect_s": 5, "read_s": 30, "total_s": 60},  # all far off
-            }
-        },
-        "routing": {"same_deployment_retries": 0},
-        "models": [{"name": "gpt-test", "provider": "fake", "model": "gpt-4o-mini"}],
-    }
+    server = {"upstream_transport": request.param, "request_timeout_s": DEADLINE_S}
+    config = fake_and_dead(fake_openai, server, {"connect_s": 5, "read_s": 30, "total_s": 60})
     return start_gateway(config)
 
 

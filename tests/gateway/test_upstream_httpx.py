@@ -18,9 +18,10 @@ import httpx
 import openai
 import pytest
 
+from tests.configs import fake_and_dead
 from tests.conftest import GATEWAY_KEY, OPENAI_KEY
 from tests.fakes.openai_fake import FakeOpenAI
-from tests.fakes.server import Behaviour, free_port
+from tests.fakes.server import Behaviour
 from tests.gatewayproc import REPO, GatewayProcess
 from tests.openai_schema import validate
 from tests.promtext import eventually
@@ -46,30 +47,10 @@ def gateway(
 ) -> GatewayProcess:
     if request.param == "httpx-aiohttp":
         pytest.importorskip("httpx_aiohttp", reason="the `bench` extra is not installed")
-    dead_port = free_port()  # nothing listens here: connection refused
-    timeouts = {"connect_s": 2.0, "read_s": READ_S, "total_s": 5.0}
-    config: dict[str, Any] = {
-        "server": {"upstream_transport": request.param, "request_timeout_s": 10},
-        "auth": {"mode": "keys", "keys": [{"name": "k", "key": GATEWAY_KEY}]},
-        "providers": {
-            "fake": {
-                "kind": "openai",
-                "base_url": f"{fake_openai.base_url}/v1",
-                "api_key": OPENAI_KEY,
-                "timeouts": timeouts,
-            },
-            "dead": {
-                "kind": "openai",
-                "base_url": f"http://127.0.0.1:{dead_port}/v1",
-                "api_key": OPENAI_KEY,
-            },
-        },
-        "routing": {"same_deployment_retries": 0},
-        "models": [
-            {"name": "gpt-test", "provider": "fake", "model": "gpt-4o-mini"},
-            {"name": "dead-model", "provider": "dead", "model": "gpt-4o-mini"},
-        ],
-    }
+    server = {"upstream_transport": request.param, "request_timeout_s": 10}
+    config = fake_and_dead(
+        fake_openai, server, {"connect_s": 2.0, "read_s": READ_S, "total_s": 5.0}
+    )
     return start_gateway(config)
 
 
