@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from gateway.catalog import Deployment
 from gateway.errors import UpstreamUnavailableError
 from gateway.providers.base import Provider, StreamTranslator
-from gateway.streaming import iter_event_batches
+from gateway.streaming import EventBatches
 from gateway.types import (
     ChatRequest,
     ChatResponse,
@@ -86,7 +86,7 @@ async def open_stream(
             body = await stream.read_all()
             raise provider.classify_error(stream.status, body, stream.headers)
         translator = provider.chat_stream(req, d)
-        events = iter_event_batches(stream.line_batches())
+        events = EventBatches(stream.line_batches())
         held = await _peek(events, translator)
         return OpenedStream(held, events, translator, context, time.perf_counter())
     except BaseException:

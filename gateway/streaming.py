@@ -50,18 +50,36 @@ class SSEDecoder:
         return event
 
 
-async def iter_event_batches(
-    line_batches: AsyncIterator[list[bytes]],
-) -> AsyncIterator[list[SSEEvent]]:
-    """The events completed by each batch of lines (empty batches are skipped)."""
-    decoder = SSEDecoder()
-    async for lines in line_batches:
-        events = [e for e in map(decoder.feed_line, lines) if e is not None]
-        if events:
-            yield events
-    last = decoder.flush()
-    if last is not None:
-        yield [last]
+class EventBatches:
+    """The events completed by each batch of lines (empty batches are skipped). An
+    iterator class rather than an async generator, which the event loop hooks and
+    tracks (a weak set entry and a finalizer per stream)."""
+
+    __slots__ = ("_lines", "_decoder", "_ended")
+
+    def __init__(self, line_batches: AsyncIterator[list[bytes]]) -> None:
+        self._lines = line_batches
+        self._decoder = SSEDecoder()
+        self._ended = False
+
+    def __aiter__(self) -> EventBatches:
+        return self
+
+    async def __anext__(self) -> list[SSEEvent]:
+        decoder = self._decoder
+        while not self._ended:
+            try:
+                lines = await self._lines.__anext__()
+            except StopAsyncIteration:
+                self._ended = True
+                last = decoder.flush()
+                if last is not None:
+                    return [last]
+                break
+            events = [e for e in map(decoder.feed_line, lines) if e is not None]
+            if events:
+                return events
+        raise StopAsyncIteration
 
 
 def encode_chunk(chunk: JSONObject) -> bytes:

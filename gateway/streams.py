@@ -9,7 +9,7 @@ still bills what was produced, marked estimated if the final usage never came.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING
 
 from gateway.accounting import Accountant
@@ -21,7 +21,7 @@ from gateway.failures import penalize
 from gateway.keys import Caller
 from gateway.replay import Assembler
 from gateway.streaming import DONE_LINE, encode_chunk, encode_error
-from gateway.types import ChatRequest, JSONObject
+from gateway.types import ChatRequest, JSONObject, SSEEvent
 
 if TYPE_CHECKING:
     from gateway.services import Services
@@ -49,13 +49,30 @@ class ChatStream:
         self.assembler: Assembler | None = None  # set by the cache: the answer to store
 
     async def body(self) -> AsyncGenerator[bytes, None]:
+        """The held chunks, then each batch of events as it arrives, then the usage chunk
+        (if asked for) and `[DONE]`. One async generator for all of it: each one more
+        is a layer every piece passes through, and one more the event loop tracks."""
         self._s.stats.started(self._d.id)
         outcome = "client_disconnect"
+        translator = self._opened.translator
         try:
             if self._opened.held:
                 yield b"".join(map(self._emit, self._opened.held))
-            async for piece in self._relay():
-                yield piece
+            if not translator.done:
+                async for batch in self._opened.events:
+                    piece, failure = self._relay_batch(batch)
+                    if piece:
+                        yield piece
+                    if failure is not None:
+                        raise failure
+                    if translator.done:
+                        break
+            if not translator.done:
+                raise UpstreamUnavailableError("The upstream stream ended before it was complete.")
+            usage_chunk = translator.usage_chunk()
+            if usage_chunk is not None and self._collect(usage_chunk) and self._req.include_usage:
+                yield encode_chunk(usage_chunk)
+            yield DONE_LINE
             outcome = "complete"
         except ProviderError as error:
             outcome = "error"
@@ -65,31 +82,19 @@ class ChatStream:
         finally:
             await self._finish(outcome)
 
-    async def _relay(self) -> AsyncIterator[bytes]:
+    def _relay_batch(self, batch: list[SSEEvent]) -> tuple[bytes, ProviderError | None]:
+        """What arrived together, encoded for one write, and the failure it ended with:
+        the content before a failing event still goes out."""
         translator = self._opened.translator
-        if not translator.done:
-            async for batch in self._opened.events:
-                pieces: list[bytes] = []  # what arrived together is sent in one write
-                failure: ProviderError | None = None
-                try:
-                    for event in batch:
-                        pieces.extend(map(self._emit, translator.feed(event)))
-                        if translator.done:
-                            break
-                except ProviderError as error:
-                    failure = error  # the content before the failing event still goes out
-                if pieces:
-                    yield b"".join(pieces)
-                if failure is not None:
-                    raise failure
+        pieces: list[bytes] = []
+        try:
+            for event in batch:
+                pieces.extend(map(self._emit, translator.feed(event)))
                 if translator.done:
                     break
-        if not translator.done:
-            raise UpstreamUnavailableError("The upstream stream ended before it was complete.")
-        usage_chunk = translator.usage_chunk()
-        if usage_chunk is not None and self._collect(usage_chunk) and self._req.include_usage:
-            yield encode_chunk(usage_chunk)
-        yield DONE_LINE
+        except ProviderError as error:
+            return b"".join(pieces), error
+        return b"".join(pieces), None
 
     def _emit(self, chunk: JSONObject) -> bytes:
         for choice in chunk.get("choices") or ():

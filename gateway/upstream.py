@@ -88,29 +88,46 @@ class AiohttpStream:
         per-chunk cost of a relayed stream in the benchmark. A batch also lets the
         relay send what arrived together in one write.)
         """
-        return line_batches_of(self._response.content.readany, _TRANSPORT_ERRORS)
+        return LineBatches(self._response.content.readany, _TRANSPORT_ERRORS)
 
 
-async def line_batches_of(
-    read: Callable[[], Awaitable[bytes]], errors: tuple[type[BaseException], ...]
-) -> AsyncIterator[list[bytes]]:
+class LineBatches:
     """The lines completed by each `read()` (b"" at the end), grouped as they came; a
     line split over many reads is joined once, when it ends, so a long line costs
-    linear time. `errors` from `read` become provider errors."""
-    splitter = LineSplitter()
-    while True:
-        try:  # not `_mapped_errors()`: a context manager per read is a per-chunk cost
-            data = await read()
-        except errors as exc:
-            raise _mapped(exc) from None
-        if not data:
-            break
-        lines = splitter.feed(data)
-        if lines:
-            yield lines
-    rest = splitter.rest()
-    if rest:
-        yield [rest]
+    linear time. `errors` from `read` become provider errors.
+
+    An iterator class, not an async generator: the event loop hooks and tracks every
+    async generator (a weak set entry, a finalizer), a cost per stream."""
+
+    __slots__ = ("_read", "_errors", "_splitter", "_ended")
+
+    def __init__(
+        self, read: Callable[[], Awaitable[bytes]], errors: tuple[type[BaseException], ...]
+    ) -> None:
+        self._read = read
+        self._errors = errors
+        self._splitter = LineSplitter()
+        self._ended = False
+
+    def __aiter__(self) -> LineBatches:
+        return self
+
+    async def __anext__(self) -> list[bytes]:
+        while not self._ended:
+            try:  # not `_mapped_errors()`: a context manager per read is a per-chunk cost
+                data = await self._read()
+            except self._errors as exc:
+                raise _mapped(exc) from None
+            if not data:
+                self._ended = True
+                rest = self._splitter.rest()
+                if rest:
+                    return [rest]
+                break
+            lines = self._splitter.feed(data)
+            if lines:
+                return lines
+        raise StopAsyncIteration
 
 
 class LineSplitter:

@@ -34,12 +34,12 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from gateway.errors import ProviderError, UpstreamUnavailableError
 from gateway.upstream import (
     _TRANSPORT_ERRORS,
+    LineBatches,
     UpstreamRequest,
     UpstreamResponse,
     UpstreamStream,
     _mapped,
     _mapped_errors,
-    line_batches_of,
 )
 
 KEEPALIVE_S = 15.0  # as aiohttp's default: idle connections live as long under both
@@ -388,7 +388,7 @@ class NativeStream:
 
     def line_batches(self) -> AsyncIterator[list[bytes]]:
         """The lines completed by each read, together (see `AiohttpStream.line_batches`)."""
-        return line_batches_of(self._reply.read, _TRANSPORT_ERRORS)
+        return LineBatches(self._reply.read, _TRANSPORT_ERRORS)
 
 
 class NativeUpstream:
