@@ -16,18 +16,26 @@ from gateway.stats import StatsStore
 from gateway.stats_sync import EWMA_PREFIX, REPLICAS_KEY, StatsSync
 from tests.gatewayproc import RedisServer
 
+# A database of its own: gateways other tests left running share the session's Redis
+# (database 0) and keep naming themselves in the replica set.
+DB = 7
+
+
+def _url(redis_server: RedisServer) -> str:
+    return redis_server.url.rsplit("/", 1)[0] + f"/{DB}"
+
 
 def _scans(direct: SyncRedis) -> int:
     return int(direct.info("commandstats").get("cmdstat_scan", {}).get("calls", 0))
 
 
 def test_replicas_average_their_ewmas_without_scanning(redis_server: RedisServer) -> None:
-    direct = SyncRedis.from_url(redis_server.url)
+    direct = SyncRedis.from_url(_url(redis_server))
     direct.delete(REPLICAS_KEY)
     direct.mset({f"gw:cache:filler:{n}": "x" for n in range(2000)})  # cache entries, say
 
     async def run() -> tuple[float | None, float | None, set[bytes]]:
-        redis = shared_redis(RedisConfig(url=redis_server.url), Metrics(CollectorRegistry()))
+        redis = shared_redis(RedisConfig(url=_url(redis_server)), Metrics(CollectorRegistry()))
         one, two = (StatsStore(cooldown_failures=3, cooldown_s=1) for _ in range(2))
         one.success("d", ttft_s=1.0, output_tokens=0, total_s=1.0)
         two.success("d", ttft_s=3.0, output_tokens=0, total_s=3.0)
@@ -48,12 +56,12 @@ def test_replicas_average_their_ewmas_without_scanning(redis_server: RedisServer
 
 
 def test_a_replica_whose_key_expired_leaves_the_set(redis_server: RedisServer) -> None:
-    direct = SyncRedis.from_url(redis_server.url)
+    direct = SyncRedis.from_url(_url(redis_server))
     direct.delete(REPLICAS_KEY)
     direct.sadd(REPLICAS_KEY, "gone-replica")  # its EWMA key expired long ago
 
     async def run() -> set[bytes]:
-        redis = shared_redis(RedisConfig(url=redis_server.url), Metrics(CollectorRegistry()))
+        redis = shared_redis(RedisConfig(url=_url(redis_server)), Metrics(CollectorRegistry()))
         stats = StatsStore(cooldown_failures=3, cooldown_s=1)
         stats.success("d", ttft_s=0.5, output_tokens=0, total_s=0.5)
         try:
