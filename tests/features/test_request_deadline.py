@@ -55,5 +55,5 @@ def test_the_request_deadline_ends_the_attempt(
     assert response.status_code == 504, response.text
     validate(response.json(), "ErrorResponse")
     assert response.json()["error"]["code"] == "upstream_timeout"
-    assert DEADLINE_S - 0.05 < took_s < DEADLINE_S + 1.0
+    assert DEADLINE_S - 0.05 < took_s < DEADLINE_S + 1.5  # not read_s (30 s), not later
     assert eventually(lambda: fake_openai.abandoned == 1)  # the gateway hung up upstream
