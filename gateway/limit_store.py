@@ -31,16 +31,15 @@ from __future__ import annotations
 
 import functools
 import time
+from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 # Float sums of prices: a request that exactly fits the budget must fit.
 BUDGET_EPSILON_USD = 1e-9
 _LOST_KEEP_S = 86_400.0  # how long a late settle of a given-up reservation still bills
-K = TypeVar("K")
-V = TypeVar("V")
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,15 +138,6 @@ def _day_strings(day_index: int) -> tuple[str, str]:
     return _calendar(datetime.fromtimestamp(day_index * 86_400, UTC))
 
 
-def _entry(table: dict[K, V], key: K, make: Callable[[], V]) -> V:
-    """`table[key]`, made first if missing: `setdefault(key, make())` would build a
-    new (discarded) object on every call, every request."""
-    found = table.get(key)
-    if found is None:
-        found = table[key] = make()
-    return found
-
-
 @dataclass(slots=True)
 class _Budget:
     spent_usd: float = 0.0
@@ -180,8 +170,10 @@ class MemoryLimitStore:
         self._clock = clock
         self._requests: dict[str, dict[str, float]] = {}  # key -> rid -> t
         self._tokens: dict[str, dict[str, tuple[float, int]]] = {}  # key -> rid -> (t, tokens)
-        self._budgets: dict[tuple[str, str], _Budget] = {}
-        self._usage: dict[tuple[str, str, str | None, str], _Usage] = {}
+        # defaultdicts, not setdefault(key, _Budget()): that builds (and throws away) a
+        # new object on every call, every request.
+        self._budgets: defaultdict[tuple[str, str], _Budget] = defaultdict(_Budget)
+        self._usage: defaultdict[tuple[str, str, str | None, str], _Usage] = defaultdict(_Usage)
         self._names: dict[str, str] = {}
 
     async def admit(self, a: Admission) -> Decision:
@@ -209,7 +201,7 @@ class MemoryLimitStore:
         return Decision(None)
 
     def _budget(self, a: Admission, now: float) -> _Budget:
-        budget = _entry(self._budgets, (a.key_id, a.period), _Budget)
+        budget = self._budgets[a.key_id, a.period]
         cutoff = now - self._reservation_ttl_s
         for rid, (t, usd) in list(budget.reservations.items()):
             if t > cutoff:
@@ -266,7 +258,7 @@ class MemoryLimitStore:
 
     def _settle(self, s: Settlement) -> None:
         a = s.admission
-        budget = _entry(self._budgets, (a.key_id, a.period), _Budget)
+        budget = self._budgets[a.key_id, a.period]
         held = budget.reservations.pop(a.request_id, None)
         if held is not None:
             budget.reserved_usd -= held[1]
@@ -276,7 +268,7 @@ class MemoryLimitStore:
         tokens = self._tokens.get(a.key_id, {})
         if a.request_id in tokens:
             tokens[a.request_id] = (tokens[a.request_id][0], s.tokens)
-        row = _entry(self._usage, (s.day, a.key_id, a.team, s.route), _Usage)
+        row = self._usage[s.day, a.key_id, a.team, s.route]
         row.requests += 1
         row.input_tokens += s.input_tokens
         row.output_tokens += s.output_tokens
@@ -284,7 +276,7 @@ class MemoryLimitStore:
         self._names[a.key_id] = a.key_name
 
     def _release(self, a: Admission) -> None:
-        budget = _entry(self._budgets, (a.key_id, a.period), _Budget)
+        budget = self._budgets[a.key_id, a.period]
         held = budget.reservations.pop(a.request_id, None)
         if held is None:
             budget.lost.pop(a.request_id, None)

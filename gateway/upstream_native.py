@@ -23,7 +23,7 @@ import functools
 import math
 import ssl
 import zlib
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Mapping
 from typing import NamedTuple
 from urllib.parse import urlsplit
@@ -310,7 +310,7 @@ class ConnectionPool:
     per connection returned (a timer is a few microseconds on every request)."""
 
     def __init__(self) -> None:
-        self._idle: dict[Origin, deque[_Exchange]] = {}
+        self._idle: defaultdict[Origin, deque[_Exchange]] = defaultdict(deque)
         self._tls: ssl.SSLContext | None = None
         self._sweep: asyncio.TimerHandle | None = None
 
@@ -323,7 +323,7 @@ class ConnectionPool:
         return None
 
     def release(self, exchange: _Exchange) -> None:
-        connections = self._idle.setdefault(exchange.origin, deque())
+        connections = self._idle[exchange.origin]  # not setdefault: a deque per call
         if len(connections) >= MAX_IDLE_PER_ORIGIN:
             exchange._close()
             return
