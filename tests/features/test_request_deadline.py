@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 import httpx
+import openai
 import pytest
 
 from tests.configs import fake_and_dead
@@ -57,3 +58,13 @@ def test_the_request_deadline_ends_the_attempt(
     assert response.json()["error"]["code"] == "upstream_timeout"
     assert DEADLINE_S - 0.05 < took_s < DEADLINE_S + 1.5  # not read_s (30 s), not later
     assert eventually(lambda: fake_openai.abandoned == 1)  # the gateway hung up upstream
+
+
+def test_the_sdk_sees_a_504_it_may_retry(gateway: GatewayProcess, fake_openai: FakeOpenAI) -> None:
+    fake_openai.script(Behaviour(hang_s=4))
+    client = openai.OpenAI(base_url=gateway.base_url, api_key=GATEWAY_KEY, max_retries=0)
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.chat.completions.create(model="gpt-test", messages=MESSAGES)  # type: ignore[arg-type]
+    assert caught.value.status_code == 504
+    assert caught.value.code == "upstream_timeout"
+    assert caught.value.response.headers.get("x-should-retry") != "false"
