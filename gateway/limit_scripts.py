@@ -13,9 +13,10 @@ Keys (one Redis, not a Cluster: scripts touch keys of several slots):
     gw:lim:<key id>:b:<period>:resv    open reservations (hash rid -> USD held; the settle marker)
     gw:lim:<key id>:b:<period>:resvt   their admission times (zset), to give up on dead ones
     gw:lim:<key id>:b:<period>:lost    given-up reservations a late settle still bills (zset)
-    gw:lim:done:<rid>                  settle marker of a request that reserved nothing (a key
-                                       without limits, or admitted during an outage), kept
-                                       `_MARKER_TTL_S`: while a write may still be retried
+    gw:lim:done:<rid>                  settle marker of a write that reserved nothing (a tally
+                                       of a limitless key's requests, or a request admitted
+                                       during an outage), kept `_MARKER_TTL_S`: while a
+                                       write may still be retried
     gw:usage:<YYYY-MM-DD>              usage report: [key id, team, route]|metric -> number
     gw:usage:keys                      key id -> key name, for the report
     gw:dep:<deployment id>:<unix s>    per-second deployment use: r (requests), t (tokens)
@@ -146,7 +147,7 @@ return {0, 0, ''}
 #       6 given-up reservations, 7 settle marker, 8 usage of the day, 9 key names
 # ARGV: 1 rid, 2 reserved (1|0), 3 real tokens, 4 cost USD, 5 period ttl s, 6 usage field
 #       prefix, 7 input tokens, 8 output tokens, 9 key id, 10 key name, 11 usage ttl s,
-#       12 marker ttl s
+#       12 marker ttl s, 13 requests (more than one: a tally, see gateway.limit_sync)
 # Returns 1 applied | 0 applied before (a retried write)
 SETTLE = (
     _UNHOLD
@@ -173,7 +174,7 @@ if estimate then
   redis.call('HINCRBY', KEYS[2], '#', tonumber(ARGV[3]) - tonumber(estimate))
 end
 local prefix = ARGV[6]
-redis.call('HINCRBY', KEYS[8], prefix .. 'requests', 1)
+redis.call('HINCRBY', KEYS[8], prefix .. 'requests', tonumber(ARGV[13]))
 redis.call('HINCRBY', KEYS[8], prefix .. 'input_tokens', ARGV[7])
 redis.call('HINCRBY', KEYS[8], prefix .. 'output_tokens', ARGV[8])
 redis.call('HINCRBYFLOAT', KEYS[8], prefix .. 'cost_usd', ARGV[4])
@@ -354,6 +355,7 @@ class RedisLimitStore:
             a.key_name,
             self._usage_ttl_s,
             _MARKER_TTL_S,
+            s.requests,
         ]
 
     async def sync_deployments(

@@ -37,6 +37,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
+from gateway.ids import new_id
+from gateway.keys import Caller
+
 # Float sums of prices: a request that exactly fits the budget must fit.
 BUDGET_EPSILON_USD = 1e-9
 _LOST_KEEP_S = 86_400.0  # how long a late settle of a given-up reservation still bills
@@ -75,6 +78,7 @@ class Settlement:
     cost_usd: float
     route: str
     day: str  # YYYY-MM-DD (UTC) of the usage report row
+    requests: int = 1  # more than one: a tally of requests that reserved nothing
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +114,26 @@ class LimitStore(Protocol):
     async def usage(self, days: Sequence[str]) -> list[UsageRow]: ...
 
     async def spend(self, key_id: str, period: str) -> tuple[float, float]: ...
+
+
+def new_admission(
+    caller: Caller, tokens: int, cost_usd: float, period: tuple[str, int] | None = None
+) -> Admission:
+    """`period`: (id, ttl) of the budget period billed; None = the current one."""
+    period_id, period_ttl_s = period or budget_period(caller.budget_period)
+    return Admission(
+        request_id=new_id(),
+        key_id=caller.key_id,
+        key_name=caller.name,
+        team=caller.team,
+        rpm=caller.rpm,
+        tpm=caller.tpm,
+        budget_usd=caller.budget_usd,
+        period=period_id,
+        period_ttl_s=period_ttl_s,
+        tokens=max(0, tokens),
+        cost_usd=max(0.0, cost_usd),
+    )
 
 
 def budget_period(period: str, now: datetime | None = None) -> tuple[str, int]:
@@ -269,7 +293,7 @@ class MemoryLimitStore:
         if a.request_id in tokens:
             tokens[a.request_id] = (tokens[a.request_id][0], s.tokens)
         row = self._usage[s.day, a.key_id, a.team, s.route]
-        row.requests += 1
+        row.requests += s.requests
         row.input_tokens += s.input_tokens
         row.output_tokens += s.output_tokens
         row.cost_usd += s.cost_usd

@@ -3,6 +3,12 @@
 `PendingWrites` takes settlements and releases off the response path. A background
 task writes them in batches (one pipeline per batch); while Redis is down they wait,
 bounded, and are retried: safe because every write is idempotent per request id.
+Requests that reserved nothing (keys without limits: most traffic) are not written
+one by one: `bill` adds each to its key's tally per route and day, and each tally
+goes out as one settlement (with its own id) in the next batch. One script call and
+one short-lived settle marker in Redis per tally instead of per request; a Redis
+script call and its marker per request were a tenth of a cache-missing request's
+CPU and, at 5,000 requests/s, 1.5 million marker keys held in Redis.
 
 `DeploymentQuotas` answers the planner's "how much rpm/tpm is left on this
 deployment?" from process memory only. Every `interval_s` it sends this replica's
@@ -20,9 +26,18 @@ import logging
 import time
 from collections import deque
 from collections.abc import Mapping
+from dataclasses import dataclass
 
+from gateway.keys import Caller
 from gateway.limit_scripts import RedisLimitStore
-from gateway.limit_store import LimitStore, Write
+from gateway.limit_store import (
+    LimitStore,
+    Settlement,
+    Write,
+    budget_period,
+    new_admission,
+    usage_day,
+)
 from gateway.metrics import Metrics
 from gateway.redis_client import WRITE_LINGER_S, RedisUnavailableError
 
@@ -32,12 +47,38 @@ _BATCH = 64
 _RETRY_S = 0.5
 
 
+@dataclass(slots=True)
+class _Tally:
+    """Requests of one key, route and day that reserved nothing, not written yet."""
+
+    caller: Caller
+    period: tuple[str, int]  # the budget period their cost is spent in
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def settlement(self, route: str, day: str) -> Settlement:
+        return Settlement(
+            admission=new_admission(self.caller, 0, 0.0, self.period),
+            reserved=False,
+            tokens=self.input_tokens + self.output_tokens,
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            cost_usd=self.cost_usd,
+            route=route,
+            day=day,
+            requests=self.requests,
+        )
+
+
 class PendingWrites:
     def __init__(self, store: LimitStore, max_pending: int, metrics: Metrics) -> None:
         self._store = store
         self._max_pending = max_pending
         self._metrics = metrics
         self._queue: deque[Write] = deque()
+        self._tallies: dict[tuple[str, str, str], _Tally] = {}  # (key id, route, day)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._dropping = False
@@ -52,8 +93,34 @@ class PendingWrites:
             return
         self.enqueue(write)
 
+    async def bill(
+        self, caller: Caller, route: str, input_tokens: int, output_tokens: int, cost_usd: float
+    ) -> None:
+        """One request that reserved nothing; a memory store bills it at once."""
+        day = usage_day()
+        tally = self._tallies.get((caller.key_id, route, day))
+        if tally is None:
+            tally = _Tally(caller, budget_period(caller.budget_period))
+            self._tallies[caller.key_id, route, day] = tally
+        tally.requests += 1
+        tally.input_tokens += input_tokens
+        tally.output_tokens += output_tokens
+        tally.cost_usd += cost_usd
+        if not self._store.shared:
+            await self._store.apply(self._settle_tallies())
+            return
+        self._wake.set()
+
+    def _settle_tallies(self) -> list[Settlement]:
+        tallies, self._tallies = self._tallies, {}
+        return [t.settlement(route, day) for (_, route, day), t in tallies.items()]
+
     def enqueue(self, write: Write) -> None:
         """Queue for the background writer (shared stores); never waits."""
+        self._push(write)
+        self._wake.set()
+
+    def _push(self, write: Write) -> None:
         if len(self._queue) >= self._max_pending:
             self._queue.popleft()
             self._metrics.limit_writes_dropped.inc()
@@ -61,7 +128,6 @@ class PendingWrites:
                 self._dropping = True
                 log.warning("limit writes: %d pending, dropping the oldest", self._max_pending)
         self._queue.append(write)
-        self._wake.set()
 
     async def _run(self) -> None:
         while True:
@@ -69,6 +135,8 @@ class PendingWrites:
             if len(self._queue) < _BATCH:
                 await asyncio.sleep(WRITE_LINGER_S)  # let a batch gather: fewer round trips
             self._wake.clear()
+            for settlement in self._settle_tallies():
+                self._push(settlement)
             while self._queue:
                 if not await self.flush_batch():
                     await asyncio.sleep(_RETRY_S)
@@ -88,6 +156,8 @@ class PendingWrites:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        for settlement in self._settle_tallies():
+            self.enqueue(settlement)
         end = time.monotonic() + deadline_s
         while self._queue and time.monotonic() < end:
             if not await self.flush_batch():

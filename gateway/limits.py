@@ -9,7 +9,9 @@ The pipeline calls these hooks:
   rate_limit_exceeded with retry-after;
 - `settle` once the real usage and cost are on the context (streams included, and
   client disconnects): replaces the estimates with the real numbers and adds the
-  usage report row, exactly once per request id, written in the background;
+  usage report row, exactly once per request id, written in the background (a key
+  without limits reserved nothing: its requests are billed in tallies, see
+  gateway.limit_sync);
 - `release` when the request failed: gives every reservation back;
 - `deployment_headroom` when planning: local numbers, no Redis round trip;
 - `deployment_used` after each successful upstream call.
@@ -42,7 +44,6 @@ from gateway.errors import (
     QuotaExceededError,
     RateLimitedError,
 )
-from gateway.ids import new_id
 from gateway.keys import Caller
 from gateway.limit_scripts import RedisLimitStore
 from gateway.limit_store import (
@@ -54,6 +55,7 @@ from gateway.limit_store import (
     Settlement,
     UsageRow,
     budget_period,
+    new_admission,
     usage_day,
 )
 from gateway.limit_sync import DeploymentQuotas, PendingWrites
@@ -164,14 +166,18 @@ class Limits:
         output_tokens = usage.completion_tokens if usage else 0
         if ctx.deployment_id is not None:
             self._quotas.used(ctx.deployment_id, 0, input_tokens + output_tokens)
+        cost_usd, route = ctx.cost_usd or 0.0, ctx.route or "unknown"
+        if held is None:  # nothing reserved, nothing in the store: billed in its key's tally
+            await self._writes.bill(caller, route, input_tokens, output_tokens, cost_usd)
+            return
         settlement = Settlement(
-            admission=held.admission if held else new_admission(caller, 0, 0.0),
-            reserved=held.reserved if held else False,
+            admission=held.admission,
+            reserved=held.reserved,
             tokens=input_tokens + output_tokens,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
-            cost_usd=ctx.cost_usd or 0.0,
-            route=ctx.route or "unknown",
+            cost_usd=cost_usd,
+            route=route,
             day=usage_day(),
         )
         await self._writes.submit(settlement)
@@ -200,23 +206,6 @@ class Limits:
 
 def has_limits(caller: Caller) -> bool:
     return caller.rpm is not None or caller.tpm is not None or caller.budget_usd is not None
-
-
-def new_admission(caller: Caller, tokens: int, cost_usd: float) -> Admission:
-    period, period_ttl_s = budget_period(caller.budget_period)
-    return Admission(
-        request_id=new_id(),
-        key_id=caller.key_id,
-        key_name=caller.name,
-        team=caller.team,
-        rpm=caller.rpm,
-        tpm=caller.tpm,
-        budget_usd=caller.budget_usd,
-        period=period,
-        period_ttl_s=period_ttl_s,
-        tokens=max(0, tokens),
-        cost_usd=max(0.0, cost_usd),
-    )
 
 
 def refusal(caller: Caller, decision: Decision) -> GatewayError:

@@ -78,6 +78,19 @@ def test_budget_is_never_passed_under_concurrency(replicas: list[GatewayProcess]
     assert chat(replicas[2], BUDGET_KEY).status_code == 429  # settled: still exhausted
 
 
+def test_a_limitless_key_is_billed_exactly_in_tallies(replicas: list[GatewayProcess]) -> None:
+    """Requests that reserve nothing are written per key, route and day, not one by one
+    (gateway.limit_sync): across replicas the report still counts every one."""
+    requests = 60
+    responses = in_parallel((lambda g=replicas[i % 3]: chat(g, QUOTA_KEY)) for i in range(requests))
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+    line = usage_of(replicas[1], "no-limits", requests)
+    assert line["requests"] == requests
+    assert line["output_tokens"] == 10 * requests
+    assert line["input_tokens"] > 0 and line["input_tokens"] % requests == 0
+    assert line["cost_usd"] == pytest.approx(requests * COST_PER_REQUEST_USD)
+
+
 def test_deployment_at_its_rpm_is_skipped_not_failed(replicas: list[GatewayProcess]) -> None:
     first, second = replicas[0], replicas[1]
 

@@ -15,6 +15,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from gateway.config import RedisConfig
+from gateway.keys import Caller
 from gateway.limit_scripts import RedisLimitStore
 from gateway.limit_store import (
     Admission,
@@ -22,9 +23,11 @@ from gateway.limit_store import (
     MemoryLimitStore,
     Release,
     Settlement,
+    UsageRow,
     budget_period,
+    usage_day,
 )
-from gateway.limit_sync import DeploymentQuotas
+from gateway.limit_sync import DeploymentQuotas, PendingWrites
 from gateway.metrics import Metrics
 from gateway.redis_client import shared_redis
 from tests.gatewayproc import RedisServer
@@ -261,6 +264,38 @@ def test_unreserved_settles_bill_once_by_a_short_lived_marker(redis_server: Redi
             assert 0 < await store._redis.client.ttl(marker) <= 300
 
     asyncio.run(main())
+
+
+def test_requests_that_reserve_nothing_are_billed_in_tallies(run: Callable[..., None]) -> None:
+    """Per key, route and day: every request counted, one write (and, in Redis, one
+    settle marker) per tally instead of per request."""
+
+    async def scenario(store: LimitStore) -> None:
+        writes = PendingWrites(store, max_pending=100, metrics=Metrics(CollectorRegistry()))
+        writes.start()
+        caller = Caller(key_id="k-" + uuid.uuid4().hex[:10], name="tallied", team="t")
+        markers_before = await _markers(store)
+        for _ in range(50):
+            await writes.bill(caller, "route-a", 3, 7, 0.5)
+        await writes.bill(caller, "route-b", 1, 1, 0.25)
+        await writes.aclose()
+        day = usage_day()
+        rows = {r.route: r for r in await store.usage([day]) if r.key_id == caller.key_id}
+        assert rows == {
+            "route-a": UsageRow(day, caller.key_id, "tallied", "t", "route-a", 50, 150, 350, 25.0),
+            "route-b": UsageRow(day, caller.key_id, "tallied", "t", "route-b", 1, 1, 1, 0.25),
+        }
+        assert await store.spend(caller.key_id, budget_period("month")[0]) == (25.25, 0.0)
+        if isinstance(store, RedisLimitStore):
+            assert await _markers(store) - markers_before == 2
+
+    run(scenario)
+
+
+async def _markers(store: LimitStore) -> int:
+    if not isinstance(store, RedisLimitStore):
+        return 0
+    return len([k async for k in store._redis.client.scan_iter("gw:lim:done:*", count=1000)])
 
 
 def test_the_memory_store_keeps_nothing_per_unreserved_request() -> None:
