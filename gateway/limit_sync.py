@@ -8,7 +8,9 @@ one by one: `bill` adds each to its key's tally per route and day, and each tall
 goes out as one settlement (with its own id) in the next batch. One script call and
 one short-lived settle marker in Redis per tally instead of per request; a Redis
 script call and its marker per request were a tenth of a cache-missing request's
-CPU and, at 5,000 requests/s, 1.5 million marker keys held in Redis.
+CPU and, at 5,000 requests/s, 1.5 million marker keys held in Redis. The memory
+store takes tallies the same way (applied before its counters are read), and every
+other write at once.
 
 `DeploymentQuotas` answers the planner's "how much rpm/tpm is left on this
 deployment?" from process memory only. Every `interval_s` it sends this replica's
@@ -84,8 +86,8 @@ class PendingWrites:
         self._dropping = False
 
     def start(self) -> None:
-        if self._store.shared:
-            self._task = asyncio.create_task(self._run(), name="limit-writes")
+        # The memory store applies other writes at once, but takes tallies from it too.
+        self._task = asyncio.create_task(self._run(), name="limit-writes")
 
     async def submit(self, write: Write) -> None:
         if not self._store.shared:
@@ -96,7 +98,7 @@ class PendingWrites:
     async def bill(
         self, caller: Caller, route: str, input_tokens: int, output_tokens: int, cost_usd: float
     ) -> None:
-        """One request that reserved nothing; a memory store bills it at once."""
+        """One request that reserved nothing, into its tally (written in the background)."""
         day = usage_day()
         tally = self._tallies.get((caller.key_id, route, day))
         if tally is None:
@@ -106,10 +108,13 @@ class PendingWrites:
         tally.input_tokens += input_tokens
         tally.output_tokens += output_tokens
         tally.cost_usd += cost_usd
+        self._wake.set()
+
+    async def apply_tallies(self) -> None:
+        """A memory store's tallies applied now, before its counters are read (a shared
+        store's go out with the next batch, as they would anyway)."""
         if not self._store.shared:
             await self._store.apply(self._settle_tallies())
-            return
-        self._wake.set()
 
     def _settle_tallies(self) -> list[Settlement]:
         tallies, self._tallies = self._tallies, {}
@@ -157,7 +162,7 @@ class PendingWrites:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         for settlement in self._settle_tallies():
-            self.enqueue(settlement)
+            self._push(settlement)
         end = time.monotonic() + deadline_s
         while self._queue and time.monotonic() < end:
             if not await self.flush_batch():

@@ -195,11 +195,13 @@ class Limits:
         self._quotas.used(deployment_id, 1, tokens)
 
     async def usage(self, days: Sequence[str]) -> list[UsageRow]:
+        await self._writes.apply_tallies()
         return await self.store.usage(days)
 
     async def spend(self, key_id: str, period_kind: str) -> tuple[str, float, float]:
         """(period id, spent USD, reserved USD) of a key's current budget period."""
         period, _ = budget_period(period_kind)
+        await self._writes.apply_tallies()
         spent, reserved = await self.store.spend(key_id, period)
         return period, spent, reserved
 
