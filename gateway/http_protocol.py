@@ -7,6 +7,11 @@ OpenAI-shaped 431 with `connection: close` past `server.max_header_bytes`. uvico
 that bound in its `h11_max_incomplete_event_size` setting, the field it uses for the
 same bound with h11 (a plain int survives the hand-over to worker processes).
 
+`write_whole_response` writes a finished response (head and body known) in one go,
+as uvicorn's `send` would in two ASGI messages: without the two message dicts, two
+coroutine calls, and two regular-expression searches per header (two table lookups
+over all names and all values instead). About a twentieth of a request's CPU.
+
 It also coalesces a connection's writes (`CoalescedWrites`): uvicorn writes a
 response's head on its own and each piece of a chunked body with its framing, and a
 stream's end (`[DONE]`, then the chunked terminator) as two more writes. Each is a
@@ -17,13 +22,22 @@ go out together when the response completes, or at the end of the event-loop tur
 from __future__ import annotations
 
 import asyncio
+import string
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
 from gateway import jsonutil
 
+Header = tuple[bytes, bytes]
 DEFAULT_MAX_HEADER_BYTES = 32 * 1024
+_TOKEN_CHARS = (string.ascii_letters + string.digits + "!#$%&'*+-.^_`|~").encode()
+_CONTROL_CHARS = bytes([*range(0x00, 0x09), *range(0x0A, 0x20), 0x7F])
 FLUSH_AT_BYTES = 64 * 1024  # held writes past this go out at once
 
 
@@ -155,3 +169,51 @@ class CoalescedWrites:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
+
+
+def write_whole_response(
+    send: Callable[..., Awaitable[None]],
+    status: int,
+    headers: list[Header],
+    body: bytes,
+) -> bool:
+    """The response written at once if `send` is a uvicorn request cycle's, in the
+    plain case; False when it is not (then send it as ASGI messages): another server,
+    a paused write side (ASGI's send waits for it to drain), a HEAD request, uvicorn's
+    access log on, or a `connection` header to interpret. `headers` are lower case and
+    carry the body's content-length (gateway.api.deps.BytesResponse's do).
+    """
+    cycle = getattr(send, "__self__", None)
+    if (
+        type(cycle) is not RequestResponseCycle
+        or cycle.response_started
+        or cycle.flow.write_paused
+        or cycle.access_log
+        or cycle.scope["method"] == "HEAD"
+    ):
+        return False
+    names = b"".join([name for name, _ in headers])
+    if b"connection" in names:
+        return False
+    # Joined, each check sees what it would see header by header: names are tokens
+    # (RFC 9110), values hold no control characters but tab (as uvicorn's checks).
+    if names.translate(None, _TOKEN_CHARS):
+        raise RuntimeError("Invalid HTTP header name.")
+    values = b"".join([value for _, value in headers])
+    if len(values.translate(None, _CONTROL_CHARS)) != len(values):
+        raise RuntimeError("Invalid HTTP header value.")
+    cycle.response_started = True
+    cycle.waiting_for_100_continue = False
+    if cycle.disconnected:
+        return True  # as uvicorn does: nobody to send it to
+    lines = [b": ".join(header) for header in cycle.default_headers]
+    lines += [b": ".join(header) for header in headers]
+    if not cycle.keep_alive:
+        lines.append(b"connection: close")
+    cycle.transport.write(b"".join((STATUS_LINE[status], b"\r\n".join(lines), b"\r\n\r\n", body)))
+    cycle.response_complete = True
+    cycle.message_event.set()
+    if not cycle.keep_alive:
+        cycle.transport.close()
+    cycle.on_response()
+    return True

@@ -14,9 +14,11 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import jsonutil
+from gateway.api.deps import BytesResponse
 from gateway.api.hot import Endpoint, answer
 from gateway.context import RequestContext
 from gateway.errors import GatewayOverloadedError
+from gateway.http_protocol import write_whole_response
 from gateway.ids import new_id
 
 Header = tuple[bytes, bytes]
@@ -127,6 +129,10 @@ async def _serve_hot(
         ctx.status = response.status_code
         if header not in response.raw_headers:
             response.raw_headers.append(header)
+        if type(response) is BytesResponse and write_whole_response(
+            send, response.status_code, response.raw_headers, response.body
+        ):
+            return
         await response(scope, receive, send)
     finally:
         _finished(scope["state"], ctx)

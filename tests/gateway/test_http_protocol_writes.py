@@ -1,14 +1,19 @@
-"""A connection's writes within one event-loop turn leave together, in one system call."""
+"""A connection's writes within one event-loop turn leave together, in one system call;
+a finished response is written whole, with uvicorn's framing and header checks."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import socket
 from collections.abc import Callable
 
 import httpx
+from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
-from gateway.http_protocol import FLUSH_AT_BYTES, CoalescedWrites
+from gateway.http_protocol import FLUSH_AT_BYTES, CoalescedWrites, write_whole_response
 from tests.gatewayproc import GatewayProcess
 
 
@@ -108,3 +113,124 @@ def test_responses_are_whole_over_http(start_gateway: Callable[..., GatewayProce
         head = client.head("/healthz")  # no body write at all: the head still goes out
         assert head.status_code in (200, 405) and head.content == b""
         assert client.get("/healthz").status_code == 200
+
+
+_SIM_CONFIG = {
+    "auth": {"mode": "open"},
+    "providers": {"sim": {"kind": "simulated"}},
+    "models": [{"name": "sim-chat", "provider": "sim", "model": "sim-1"}],
+}
+_CHAT = b'{"model":"sim-chat","messages":[{"role":"user","content":"hi"}]}'
+
+
+def _post(extra_head: bytes = b"", version: bytes = b"1.1") -> bytes:
+    return (
+        b"POST /v1/chat/completions HTTP/" + version + b"\r\nhost: gw\r\n"
+        b"content-type: application/json\r\ncontent-length: %d\r\n"
+        % len(_CHAT)
+        + extra_head
+        + b"\r\n"
+        + _CHAT
+    )
+
+
+def _read_until_closed(sock: socket.socket) -> bytes:
+    sock.settimeout(5)
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
+
+
+def _responses(raw: bytes) -> list[tuple[bytes, bytes]]:
+    """(head, body) of each response in `raw`, framed by content-length."""
+    out = []
+    while raw:
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        out.append((head, rest[:length]))
+        raw = rest[length:]
+    return out
+
+
+def test_whole_responses_keep_http_framing(start_gateway: Callable[..., GatewayProcess]) -> None:
+    """Chat answers go out head and body at once (write_whole_response): two requests
+    pipelined on one connection get two complete answers in order, with uvicorn's
+    default headers; a client that asks to close (or speaks HTTP/1.0) gets
+    `connection: close` and the connection closed after its answer."""
+    gateway = start_gateway(_SIM_CONFIG)
+    with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
+        sock.sendall(_post() + _post(b"connection: close\r\n"))
+        answers = _responses(_read_until_closed(sock))
+    assert len(answers) == 2
+    for head, body in answers:
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert b"\r\ndate: " in head and b"\r\nx-request-id: " in head
+        assert json.loads(body)["object"] == "chat.completion"
+    assert b"connection: close" not in answers[0][0]
+    assert b"\r\nconnection: close" in answers[1][0]
+    with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
+        sock.sendall(_post(version=b"1.0"))
+        [(head, body)] = _responses(_read_until_closed(sock))
+    assert b"\r\nconnection: close" in head and json.loads(body)["choices"]
+
+
+def test_a_whole_response_checks_every_header() -> None:
+    """Its two joined checks refuse what uvicorn's per-header checks refuse, before
+    anything is written; a send that is not a uvicorn cycle's is left to ASGI."""
+
+    async def run() -> list[str]:
+        loop = asyncio.get_running_loop()
+        left, right = socket.socketpair()
+        transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, left)
+        reader_transport, recorder = await loop.connect_accepted_socket(_Recorder, right)
+        outcomes = []
+        bad = [
+            [(b"x-ok", b"fine"), (b"x-bad", b"a\r\nset-cookie: x=1")],
+            [(b"x-bad name", b"v")],
+            [(b"x-ok", b"fine"), (b"x-nul", b"a\x00b")],
+        ]
+        for headers in bad:
+            cycle = _cycle(transport)
+            try:
+                write_whole_response(cycle.send, 200, [(b"content-length", b"2"), *headers], b"{}")
+            except RuntimeError as exc:
+                outcomes.append(str(exc))
+            assert not cycle.response_complete
+        assert not write_whole_response(_not_uvicorn, 200, [], b"")
+        good = _cycle(transport)
+        assert write_whole_response(good.send, 200, [(b"content-length", b"2")], b"{}")
+        assert good.response_complete
+        await asyncio.sleep(0.05)
+        outcomes.append(b"".join(recorder.chunks).decode())
+        transport.close()
+        reader_transport.close()
+        return outcomes
+
+    *refusals, written = asyncio.run(run())
+    assert refusals == [
+        "Invalid HTTP header value.",
+        "Invalid HTTP header name.",
+        "Invalid HTTP header value.",
+    ]
+    assert written == "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"  # only the good one
+
+
+async def _not_uvicorn(message: object) -> None:
+    raise AssertionError("not called")
+
+
+def _cycle(transport: asyncio.Transport) -> RequestResponseCycle:
+    return RequestResponseCycle(
+        scope={"method": "POST"},  # type: ignore[typeddict-item]
+        transport=transport,
+        flow=FlowControl(transport),
+        logger=logging.getLogger("test"),
+        access_logger=logging.getLogger("test.access"),
+        access_log=False,
+        default_headers=[],
+        message_event=asyncio.Event(),
+        expect_100_continue=False,
+        keep_alive=True,
+        on_response=lambda: None,
+    )
