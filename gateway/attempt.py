@@ -29,7 +29,7 @@ from gateway.upstream import Upstream, UpstreamStream
 
 
 async def chat_once(
-    upstream: Upstream, provider: Provider, req: ChatRequest, d: Deployment, within_s: float
+    upstream: Upstream, req: ChatRequest, d: Deployment, provider: Provider, within_s: float
 ) -> ChatResponse:
     """`within_s`: what is left of the request's deadline; the transport enforces it."""
     response = await upstream.send(provider.chat_request(req, d), within_s)
@@ -40,9 +40,9 @@ async def chat_once(
 
 async def embeddings_once(
     upstream: Upstream,
-    provider: Provider,
     req: EmbeddingRequest,
     d: Deployment,
+    provider: Provider,
     within_s: float,
 ) -> EmbeddingResponse:
     response = await upstream.send(provider.embeddings_request(req, d), within_s)

@@ -95,7 +95,7 @@ class PendingWrites:
             return
         self.enqueue(write)
 
-    async def bill(
+    def bill(
         self, caller: Caller, route: str, input_tokens: int, output_tokens: int, cost_usd: float
     ) -> None:
         """One request that reserved nothing, into its tally (written in the background)."""

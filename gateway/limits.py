@@ -168,7 +168,7 @@ class Limits:
             self._quotas.used(ctx.deployment_id, 0, input_tokens + output_tokens)
         cost_usd, route = ctx.cost_usd or 0.0, ctx.route or "unknown"
         if held is None:  # nothing reserved, nothing in the store: billed in its key's tally
-            await self._writes.bill(caller, route, input_tokens, output_tokens, cost_usd)
+            self._writes.bill(caller, route, input_tokens, output_tokens, cost_usd)
             return
         settlement = Settlement(
             admission=held.admission,
@@ -191,7 +191,7 @@ class Limits:
         """(remaining rpm, remaining tpm) for routing; None = no limit set."""
         return self._quotas.headroom(deployment_id)
 
-    async def deployment_used(self, deployment_id: str, tokens: int) -> None:
+    def deployment_used(self, deployment_id: str, tokens: int) -> None:
         self._quotas.used(deployment_id, 1, tokens)
 
     async def usage(self, days: Sequence[str]) -> list[UsageRow]:

@@ -12,6 +12,7 @@ nothing left -> AllProvidersFailedError with every attempt's error.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -57,11 +58,7 @@ class Pipeline:
     async def chat(
         self, req: ChatRequest, route: Route, plan: Plan, caller: Caller, ctx: RequestContext
     ) -> ChatResponse:
-        upstream = self.s.upstream
-
-        async def once(d: Deployment, provider: Provider, within_s: float) -> ChatResponse:
-            return await attempts.chat_once(upstream, provider, req, d, within_s)
-
+        once = functools.partial(attempts.chat_once, self.s.upstream, req)
         response = await self.run_plan(ctx, route, plan, once)
         usage = self.accountant.usage_or_estimate(
             response.usage, req.prompt_chars(), _completion_chars(response)
@@ -90,11 +87,7 @@ class Pipeline:
     async def embeddings(
         self, req: EmbeddingRequest, route: Route, plan: Plan, caller: Caller, ctx: RequestContext
     ) -> EmbeddingResponse:
-        upstream = self.s.upstream
-
-        async def once(d: Deployment, provider: Provider, within_s: float) -> EmbeddingResponse:
-            return await attempts.embeddings_once(upstream, provider, req, d, within_s)
-
+        once = functools.partial(attempts.embeddings_once, self.s.upstream, req)
         response = await self.run_plan(ctx, route, plan, once)
         chars = sum(len(str(i)) for i in req.inputs)
         usage = self.accountant.usage_or_estimate(response.usage, chars, 0)
@@ -118,36 +111,34 @@ class Pipeline:
     ) -> T:
         if not plan.ordered:
             raise NoEligibleDeploymentError(_why_empty(route, plan))
-        self.s.retry_budget.request_started()
-        try:
-            return await self._walk(ctx, route, plan, attempt)
-        finally:
-            self.s.retry_budget.request_ended()
-
-    async def _walk(self, ctx: RequestContext, route: Route, plan: Plan, attempt: Attempt[T]) -> T:
+        budget = self.s.retry_budget
+        budget.request_started()
         errors: list[ProviderError] = []
         deadline = ctx.started + self.s.config.server.request_timeout_s
         last = len(plan.ordered) - 1
-        for index, ranked in enumerate(plan.ordered):
-            if ctx.attempts >= self.s.config.routing.max_attempts:
-                break
-            if index and not self.s.retry_budget.try_acquire():
-                break  # too many concurrent retries gateway-wide: don't amplify an outage
-            d = self.s.catalog.deployments[ranked.candidate.deployment_id]
-            try:
-                return await self._attempt(ctx, d, attempt, deadline, index == last)
-            except ProviderError as error:
-                error.deployment_id = d.id
-                errors.append(error)
-                if not error.retryable:
-                    raise
-                if index < last:
-                    ctx.fallbacks += 1
-                    self.s.metrics.fallbacks.labels(route.name, error.outcome).inc()
-            finally:
-                if index:
-                    self.s.retry_budget.release()
-        raise AllProvidersFailedError(errors)
+        try:
+            for index, ranked in enumerate(plan.ordered):
+                if ctx.attempts >= self.s.config.routing.max_attempts:
+                    break
+                if index and not budget.try_acquire():
+                    break  # too many concurrent retries gateway-wide: don't amplify an outage
+                d = self.s.catalog.deployments[ranked.candidate.deployment_id]
+                try:
+                    return await self._attempt(ctx, d, attempt, deadline, index == last)
+                except ProviderError as error:
+                    error.deployment_id = d.id
+                    errors.append(error)
+                    if not error.retryable:
+                        raise
+                    if index < last:
+                        ctx.fallbacks += 1
+                        self.s.metrics.fallbacks.labels(route.name, error.outcome).inc()
+                finally:
+                    if index:
+                        budget.release()
+            raise AllProvidersFailedError(errors)
+        finally:
+            budget.request_ended()
 
     async def _attempt(
         self,
@@ -157,14 +148,20 @@ class Pipeline:
         deadline: float,
         is_last: bool,
     ) -> T:
-        provider = self.s.providers[d.provider]
+        provider, stats = self.s.providers[d.provider], self.s.stats
         retries = 0
         while True:
             ctx.attempts += 1
             ctx.attempt_deployment_id = d.id
             started = time.perf_counter()
             try:
-                result = await self._timed(d, provider, deadline - started, attempt)
+                if deadline <= started:
+                    raise UpstreamTimeoutError("The request deadline passed before this attempt.")
+                stats.started(d.id)  # the in-flight count least_busy ranks by
+                try:
+                    result = await attempt(d, provider, deadline - started)
+                finally:
+                    stats.ended(d.id)
             except ProviderError as error:
                 record_failure(self.s, d, error, time.perf_counter() - started)
                 if not self._retry_in_place(error, is_last, retries):
@@ -176,20 +173,9 @@ class Pipeline:
                 continue
             ctx.upstream_s = time.perf_counter() - started
             ctx.deployment_id, ctx.provider, ctx.model = d.id, d.provider, d.model
-            await self.s.limits.deployment_used(d.id, 0)
+            self.s.limits.deployment_used(d.id, 0)
             self.s.metrics.record_attempt(d.provider, d.id, "ok", ctx.upstream_s)
             return result
-
-    async def _timed(
-        self, d: Deployment, provider: Provider, remaining_s: float, attempt: Attempt[T]
-    ) -> T:
-        if remaining_s <= 0:
-            raise UpstreamTimeoutError("The request deadline passed before this attempt.")
-        self.s.stats.started(d.id)  # the in-flight count least_busy ranks by
-        try:
-            return await attempt(d, provider, remaining_s)
-        finally:
-            self.s.stats.ended(d.id)
 
     def _retry_in_place(self, error: ProviderError, is_last: bool, retries: int) -> bool:
         routing = self.s.config.routing

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -310,8 +310,11 @@ class DispatchingUpstream:
         scheme, _, _ = url.partition("://")
         return self._by_scheme.get(scheme, self._http)
 
-    async def send(self, req: UpstreamRequest, within_s: float = math.inf) -> UpstreamResponse:
-        return await self._pick(req.url).send(req, within_s)
+    def send(
+        self, req: UpstreamRequest, within_s: float = math.inf
+    ) -> Coroutine[Any, Any, UpstreamResponse]:
+        # The transport's own coroutine, not one more wrapped around it.
+        return self._pick(req.url).send(req, within_s)
 
     def stream(self, req: UpstreamRequest) -> AbstractAsyncContextManager[UpstreamStream]:
         return self._pick(req.url).stream(req)

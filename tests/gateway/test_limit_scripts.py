@@ -276,8 +276,8 @@ def test_requests_that_reserve_nothing_are_billed_in_tallies(run: Callable[..., 
         caller = Caller(key_id="k-" + uuid.uuid4().hex[:10], name="tallied", team="t")
         markers_before = await _markers(store)
         for _ in range(50):
-            await writes.bill(caller, "route-a", 3, 7, 0.5)
-        await writes.bill(caller, "route-b", 1, 1, 0.25)
+            writes.bill(caller, "route-a", 3, 7, 0.5)
+        writes.bill(caller, "route-b", 1, 1, 0.25)
         day = usage_day()
         if not store.shared:  # its tallies are applied before a read (Limits.usage, spend)
             await writes.apply_tallies()
