@@ -39,22 +39,23 @@ class RequestContext:
     def elapsed_s(self) -> float:
         return time.perf_counter() - self.started
 
-    def response_headers(self) -> dict[str, str]:
-        headers = {"x-request-id": self.request_id}
+    def response_headers(self) -> list[tuple[bytes, bytes]]:
+        """The gateway's own response headers, as raw (lower-case name, value) pairs."""
+        headers = [(b"x-request-id", self.request_id.encode("latin-1"))]
         if self.deployment_id:
-            headers["x-gateway-deployment"] = self.deployment_id
-            headers["x-gateway-provider"] = self.provider or ""
+            headers.append((b"x-gateway-deployment", self.deployment_id.encode("latin-1")))
+            headers.append((b"x-gateway-provider", (self.provider or "").encode("latin-1")))
         if self.policy:
-            headers["x-gateway-policy"] = self.policy
+            headers.append((b"x-gateway-policy", self.policy.encode("latin-1")))
         if self.attempts:
-            headers["x-gateway-attempts"] = str(self.attempts)
+            headers.append((b"x-gateway-attempts", b"%d" % self.attempts))
         if self.cache:
-            headers["x-gateway-cache"] = self.cache
+            headers.append((b"x-gateway-cache", self.cache.encode("latin-1")))
         if self.saved_usd is not None:
-            headers["x-gateway-cost-saved-usd"] = f"{self.saved_usd:.10f}"
+            headers.append((b"x-gateway-cost-saved-usd", b"%.10f" % self.saved_usd))
         if self.usage is not None and not self.stream:
-            headers["x-gateway-tokens-input"] = str(self.usage.prompt_tokens)
-            headers["x-gateway-tokens-output"] = str(self.usage.completion_tokens)
+            headers.append((b"x-gateway-tokens-input", b"%d" % self.usage.prompt_tokens))
+            headers.append((b"x-gateway-tokens-output", b"%d" % self.usage.completion_tokens))
         if self.cost_usd is not None and not self.stream:
-            headers["x-gateway-cost-usd"] = f"{self.cost_usd:.10f}"
+            headers.append((b"x-gateway-cost-usd", b"%.10f" % self.cost_usd))
         return headers

@@ -16,7 +16,7 @@ from gateway.api.deps import (
     services_of,
 )
 from gateway.api.disconnect import ClientDisconnectedError, until_disconnect
-from gateway.api.sse import SSEResponse
+from gateway.api.sse import SSE_CONTENT_TYPE, SSE_HEADERS, SSEResponse
 from gateway.cache import CacheEntry
 from gateway.catalog import Route
 from gateway.keys import Caller
@@ -28,7 +28,6 @@ from gateway.validation import parse_chat_request
 from routers import Plan
 
 CLIENT_CLOSED_REQUEST = 499  # nginx's code: for the access log, the client is gone
-SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
 async def chat_completions(request: Request) -> Response:
@@ -76,9 +75,8 @@ async def complete(
             stream = await until_disconnect(
                 request, pipeline.chat_stream(req, route, plan, caller, ctx)
             )
-            headers = {**SSE_HEADERS, **ctx.response_headers()}
             body = lookup.relay(stream) if lookup is not None else stream.body()
-            return SSEResponse(body, headers=headers)
+            return SSEResponse(body, ctx.response_headers())
         response = await until_disconnect(request, pipeline.chat(req, route, plan, caller, ctx))
     except ClientDisconnectedError:
         await pipeline.bill_abandoned(req.prompt_chars(), caller, ctx)
@@ -104,8 +102,8 @@ async def serve_hit(
     await services.limits.settle(ctx, caller)
     content = render_hit(entry, req.stream, req.include_usage)
     if req.stream:
-        headers = {**SSE_HEADERS, **ctx.response_headers()}
-        return Response(content, media_type="text/event-stream", headers=headers)
+        headers = [*SSE_HEADERS, *ctx.response_headers()]
+        return BytesResponse(content, headers=headers, content_type=SSE_CONTENT_TYPE)
     return BytesResponse(content, headers=ctx.response_headers())
 
 

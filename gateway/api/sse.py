@@ -12,24 +12,29 @@ it). Each piece the body yields is one `send`: the body decides what goes out to
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway.api.disconnect import WATCH_AFTER_S, DisconnectWatch
 
+# What every event stream's answer carries besides the gateway's own headers: no
+# caching, and no buffering by a proxy in front (nginx honours x-accel-buffering).
+SSE_CONTENT_TYPE = b"text/event-stream; charset=utf-8"
+SSE_HEADERS = ((b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no"))
+
 
 class SSEResponse(Response):
     media_type = "text/event-stream"
 
     def __init__(
-        self, body: AsyncGenerator[bytes, None], headers: Mapping[str, str] | None = None
+        self, body: AsyncGenerator[bytes, None], headers: list[tuple[bytes, bytes]]
     ) -> None:
         self.body_iterator = body
         self.status_code = 200
         self.background = None
-        self.init_headers(headers)
+        self.raw_headers = [(b"content-type", SSE_CONTENT_TYPE), *SSE_HEADERS, *headers]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         watch = DisconnectWatch(receive)

@@ -209,6 +209,7 @@ def test_stream_then_non_stream_replay(
     assert stream_headers["x-gateway-cache"] == "MISS" and json_headers["x-gateway-cache"] == "HIT"
     assert fake_openai.calls == 1
     assert_same_answer(from_stream, from_cache, with_tools)
+    assert_event_stream_headers(stream_headers)
 
 
 @pytest.mark.parametrize("with_tools", [False, True], ids=["text", "tool_calls"])
@@ -222,11 +223,18 @@ def test_non_stream_then_stream_replay(
     assert json_headers["x-gateway-cache"] == "MISS" and stream_headers["x-gateway-cache"] == "HIT"
     assert float(stream_headers["x-gateway-cost-saved-usd"]) > 0
     assert_same_answer(original, replayed, with_tools)
+    assert_event_stream_headers(stream_headers)  # a replay is framed as a live stream
     plain = list(
         client.chat.completions.create(model="gpt-test", messages=messages, stream=True, **params)
     )
     assert plain and all(c.usage is None and c.choices for c in plain)  # usage only when asked
     assert fake_openai.calls == 1
+
+
+def assert_event_stream_headers(headers: Any) -> None:
+    assert headers["content-type"] == "text/event-stream; charset=utf-8"
+    assert headers["cache-control"] == "no-cache" and headers["x-accel-buffering"] == "no"
+    assert headers["x-request-id"] and headers["x-gateway-deployment"]
 
 
 def assert_same_answer(a: Any, b: Any, with_tools: bool) -> None:
