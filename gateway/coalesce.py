@@ -23,23 +23,31 @@ T = TypeVar("T")
 
 
 class Flight(Generic[T]):
-    __slots__ = ("_future", "waiters")
+    """One leader's call. Its future is made when the first waiter comes: most flights
+    have none, and finish without one."""
+
+    __slots__ = ("_future", "_value", "done", "waiters")
 
     def __init__(self) -> None:
-        self._future: asyncio.Future[T | None] = asyncio.get_running_loop().create_future()
+        self._future: asyncio.Future[T | None] | None = None
+        self._value: T | None = None
+        self.done = False
         self.waiters = 0
 
-    @property
-    def done(self) -> bool:
-        return self._future.done()
-
     def _resolve(self, value: T | None) -> None:
-        if not self._future.done():
+        if self.done:
+            return
+        self.done, self._value = True, value
+        if self._future is not None and not self._future.done():
             self._future.set_result(value)
 
     async def wait(self, timeout_s: float) -> T | None:
         """The leader's value; TimeoutError after `timeout_s`. Cancelling a waiter
         never cancels the flight (shield)."""
+        if self.done:
+            return self._value
+        if self._future is None:
+            self._future = asyncio.get_running_loop().create_future()
         self.waiters += 1
         try:
             async with asyncio.timeout(timeout_s):

@@ -108,23 +108,24 @@ class SharedRedis:
     async def run_piped(self, operation: str, call: Callable[[RedisPipe], Awaitable[T]]) -> T:
         """`run_or_raise` on the pipelined connection, with the same accounting. The
         pipe bounds each reply by the same deadline itself (after its connect, which
-        `redis.connect_timeout_s` bounds), with one timer for every command in flight."""
-        return await self._guarded(operation, lambda: call(self.pipe), piped=True)
-
-    async def _guarded(
-        self, operation: str, work: Callable[[], Awaitable[T]], piped: bool = False
-    ) -> T:
+        `redis.connect_timeout_s` bounds), with one timer for every command in flight:
+        no timeout here (on every cache read and write)."""
         started = time.monotonic()
         try:
-            if piped:
-                result = await work()
-            else:
-                async with asyncio.timeout(self._deadline_s):
-                    result = await work()
+            result = await call(self.pipe)
         except (RedisError, OSError, TimeoutError) as exc:
-            self._failed(operation, exc, started)
-            if isinstance(exc, (RedisConnectionError, OSError)):
-                await self._drop_idle_connections()
+            await self._failed(operation, exc, started)
+            raise RedisUnavailableError(operation) from None
+        self._succeeded(started)
+        return result
+
+    async def _guarded(self, operation: str, work: Callable[[], Awaitable[T]]) -> T:
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self._deadline_s):
+                result = await work()
+        except (RedisError, OSError, TimeoutError) as exc:
+            await self._failed(operation, exc, started)
             raise RedisUnavailableError(operation) from None
         self._succeeded(started)
         return result
@@ -145,7 +146,7 @@ class SharedRedis:
     async def ping(self) -> bool:
         return bool(await self.run("ping", lambda r: r.ping()))
 
-    def _failed(self, operation: str, exc: BaseException, started: float) -> None:
+    async def _failed(self, operation: str, exc: BaseException, started: float) -> None:
         self._metrics.redis_errors.labels(operation).inc()
         if self.healthy and started >= self._changed_at:
             self.healthy, self._changed_at = False, time.monotonic()
@@ -154,6 +155,8 @@ class SharedRedis:
                 type(exc).__name__,
                 operation,
             )
+        if isinstance(exc, (RedisConnectionError, OSError)):
+            await self._drop_idle_connections()
 
     def _succeeded(self, started: float) -> None:
         if not self.healthy and started >= self._changed_at:

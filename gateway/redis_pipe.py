@@ -129,7 +129,9 @@ class RedisPipe:
     async def execute_many(self, commands: Sequence[Command]) -> list[Any]:
         """Every reply in order, sent in one write; an error reply (`ResponseError`) is
         returned in its place, a lost connection raised."""
-        protocol = await self._connection()
+        protocol = self._protocol
+        if protocol is None or not protocol.open:
+            protocol = await self._connect()
         futures = self._send(protocol, commands)
         if len(futures) == 1:  # the usual case (a cache read): no gather to build
             try:

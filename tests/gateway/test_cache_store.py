@@ -126,6 +126,17 @@ def test_abandoned_flight_lets_a_waiter_lead_and_cancelled_waiters_leave() -> No
     run(scenario())
 
 
+def test_a_waiter_of_a_flight_already_finished_gets_its_value() -> None:
+    async def scenario() -> None:
+        flights: SingleFlight[str] = SingleFlight()
+        flight, _ = flights.join("k")
+        assert flight is not None and not flight.done
+        flights.finish("k", flight, "answer")
+        assert flight.done and await flight.wait(0.01) == "answer"
+
+    run(scenario())
+
+
 def redis_cache(url: str, **kwargs: int) -> RedisCache:
     shared = shared_redis(
         RedisConfig(url=url, operation_deadline_s=1.0), Metrics(CollectorRegistry())
@@ -158,6 +169,7 @@ def test_redis_cache_writes_behind_and_reads_its_own_writes(redis_server: RedisS
         assert direct.get("wb:b") == b"two"
 
     run(scenario())
+    direct.close()
 
 
 def test_redis_cache_concurrent_reads_share_round_trips(tmp_path: Path) -> None:
@@ -204,6 +216,7 @@ def test_redis_cache_pending_writes_are_bounded_and_purged(redis_server: RedisSe
         assert direct.keys("bound:*") == []
 
     run(scenario())
+    direct.close()
 
 
 def test_redis_cache_drops_writes_while_redis_is_down(tmp_path: Path) -> None:

@@ -30,8 +30,8 @@ def run(scenario: Callable[[RedisPipe], Awaitable[None]], url: str, **kwargs: fl
 
 
 def test_replies_reach_their_own_callers_in_any_concurrency(redis_server: RedisServer) -> None:
-    direct = SyncRedis.from_url(redis_server.url)
-    direct.mset({f"pipe:{i}": f"value-{i}" for i in range(300)})
+    with SyncRedis.from_url(redis_server.url) as direct:
+        direct.mset({f"pipe:{i}": f"value-{i}" for i in range(300)})
 
     async def scenario(pipe: RedisPipe) -> None:
         replies = await asyncio.gather(*(pipe.execute("GET", f"pipe:{i}") for i in range(300)))
@@ -44,7 +44,8 @@ def test_replies_reach_their_own_callers_in_any_concurrency(redis_server: RedisS
 def test_an_error_reply_is_raised_alone_or_returned_in_its_place(
     redis_server: RedisServer,
 ) -> None:
-    SyncRedis.from_url(redis_server.url).set("pipe:text", "not a number")
+    with SyncRedis.from_url(redis_server.url) as direct:
+        direct.set("pipe:text", "not a number")
 
     async def scenario(pipe: RedisPipe) -> None:
         with pytest.raises(ResponseError):
@@ -60,7 +61,8 @@ def test_an_error_reply_is_raised_alone_or_returned_in_its_place(
 
 def test_a_caller_that_gives_up_leaves_the_order_intact(redis_server: RedisServer) -> None:
     """BLPOP holds the connection's replies back; the callers behind it still get theirs."""
-    SyncRedis.from_url(redis_server.url).set("pipe:after", "after")
+    with SyncRedis.from_url(redis_server.url) as direct:
+        direct.set("pipe:after", "after")
 
     async def scenario(pipe: RedisPipe) -> None:
         with pytest.raises(TimeoutError):
@@ -86,6 +88,7 @@ def test_a_lost_connection_fails_the_waiting_and_the_next_command_reconnects(
         assert await pipe.execute("PING") == b"PONG"
 
     run(scenario, redis_server.url)
+    direct.close()
 
 
 def test_a_late_reply_fails_the_connection_and_the_next_command_reconnects(
@@ -133,8 +136,9 @@ def test_the_url_database_is_selected(redis_server: RedisServer) -> None:
         await pipe.execute("SET", "pipe:db", "five")
 
     run(scenario, url)
-    assert SyncRedis.from_url(url).get("pipe:db") == b"five"
-    assert SyncRedis.from_url(redis_server.url).get("pipe:db") is None
+    with SyncRedis.from_url(url) as five, SyncRedis.from_url(redis_server.url) as zero:
+        assert five.get("pipe:db") == b"five"
+        assert zero.get("pipe:db") is None
 
 
 def test_a_password_in_the_url_authenticates(tmp_path: Path) -> None:

@@ -53,6 +53,7 @@ def test_replicas_average_their_ewmas_without_scanning(redis_server: RedisServer
     assert second == pytest.approx(2.0)
     assert len(members) == 2
     assert _scans(direct) == scans  # the keyspace was never walked
+    direct.close()
 
 
 def test_a_replica_whose_key_expired_leaves_the_set(redis_server: RedisServer) -> None:
@@ -74,3 +75,4 @@ def test_a_replica_whose_key_expired_leaves_the_set(redis_server: RedisServer) -
     assert b"gone-replica" not in members and len(members) == 1
     (live,) = members
     assert direct.ttl(EWMA_PREFIX + live.decode()) > 0  # the live one keeps a TTL
+    direct.close()
