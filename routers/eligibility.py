@@ -21,10 +21,10 @@ def _provider(request: RouteRequest, c: Candidate) -> tuple[str, str] | None:
 
 
 def _capability(request: RouteRequest, c: Candidate) -> tuple[str, str] | None:
+    if request.required_capabilities <= c.capabilities:
+        return None  # the usual case, without building the difference
     missing = sorted(request.required_capabilities - c.capabilities)
-    if missing:
-        return "capability", f"missing capabilities: {', '.join(missing)}"
-    return None
+    return "capability", f"missing capabilities: {', '.join(missing)}"
 
 
 def _context(request: RouteRequest, c: Candidate) -> tuple[str, str] | None:
@@ -47,9 +47,11 @@ def _cooldown(request: RouteRequest, c: Candidate) -> tuple[str, str] | None:
 def _rate_limit(request: RouteRequest, c: Candidate, default_out: int) -> tuple[str, str] | None:
     if c.stats.remaining_rpm == 0:
         return "rate_limit", "no requests left this minute"
-    needed = request.estimated_input_tokens + expected_output_tokens(request, c, default_out)
     tpm = c.stats.remaining_tpm
-    if tpm is not None and tpm < needed:
+    if tpm is None:
+        return None
+    needed = request.estimated_input_tokens + expected_output_tokens(request, c, default_out)
+    if tpm < needed:
         return "rate_limit", f"needs ~{needed} tokens, {tpm} left this minute"
     return None
 
