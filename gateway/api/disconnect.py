@@ -3,9 +3,11 @@
 A handler still waiting on the upstream (a non-streaming call, or a stream before its
 commit point) would otherwise run to the end, and so would a stream being relayed:
 uvicorn drops what is sent to a departed client without a word. `DisconnectWatch`
-reads the ASGI `http.disconnect` message in one watcher task and cancels the task
-doing the work; `until_disconnect` turns that cancel into `ClientDisconnectedError`,
-and `SSEResponse` (gateway.api.sse) into closing the stream's body.
+cancels the task doing the work when the client leaves: told by the gateway's own
+HTTP protocol (`hook_client_gone`: an attribute set per request, nothing else), or,
+under another server, by reading the ASGI `http.disconnect` message in a watcher
+task. `until_disconnect` turns that cancel into `ClientDisconnectedError`, and
+`SSEResponse` (gateway.api.sse) into closing the stream's body.
 """
 
 from __future__ import annotations
@@ -16,12 +18,16 @@ from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.types import Receive
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+from gateway.http_protocol import hook_client_gone, unhook_client_gone
 
 T = TypeVar("T")
 
-# A request's watcher starts this long after its work: most answers from a nearby
-# upstream (or a cache) come sooner and never pay for a task, and a client that left
-# is still noticed within this delay plus one event-loop turn (rule 6 allows a second).
+# Under another server, a request's watcher task starts this long after its work:
+# most answers from a nearby upstream (or a cache) come sooner and never pay for a
+# task, and a client that left is still noticed within this delay plus one event-loop
+# turn (rule 6 allows a second).
 WATCH_AFTER_S = 0.02
 
 
@@ -37,6 +43,8 @@ class DisconnectWatch:
     goes on) and consumes it.
     """
 
+    __slots__ = ("_task", "_receive", "_left", "_watcher", "_timer", "_hooked")
+
     def __init__(self, receive: Receive) -> None:
         task = asyncio.current_task()
         assert task is not None
@@ -45,8 +53,12 @@ class DisconnectWatch:
         self._left = False
         self._watcher: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._hooked: RequestResponseCycle | None = None
 
     def start(self, after_s: float = 0.0) -> None:
+        self._hooked = hook_client_gone(self._receive, self._client_gone)
+        if self._hooked is not None:
+            return
         if after_s > 0:
             self._timer = asyncio.get_running_loop().call_later(after_s, self._watch)
         else:
@@ -57,6 +69,8 @@ class DisconnectWatch:
         return self._left and self._task.uncancel() == 0
 
     def stop(self) -> None:
+        if self._hooked is not None:
+            unhook_client_gone(self._hooked)
         if self._timer is not None:
             self._timer.cancel()
         if self._watcher is not None:
@@ -69,8 +83,11 @@ class DisconnectWatch:
 
     def _client_left(self, watcher: asyncio.Future[None]) -> None:
         if not watcher.cancelled() and watcher.exception() is None:
-            self._left = True
-            self._task.cancel()
+            self._client_gone()
+
+    def _client_gone(self) -> None:
+        self._left = True
+        self._task.cancel()
 
 
 async def _wait_disconnect(receive: Receive) -> None:

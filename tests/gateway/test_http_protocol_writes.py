@@ -8,12 +8,22 @@ import json
 import logging
 import socket
 from collections.abc import Callable
+from typing import Any
 
 import httpx
+import uvicorn
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
-from gateway.http_protocol import FLUSH_AT_BYTES, CoalescedWrites, write_whole_response
+from gateway.http_protocol import (
+    FLUSH_AT_BYTES,
+    BoundedHttpToolsProtocol,
+    CoalescedWrites,
+    hook_client_gone,
+    unhook_client_gone,
+    write_whole_response,
+)
+from tests.fakes.server import free_port
 from tests.gatewayproc import GatewayProcess
 
 
@@ -234,3 +244,49 @@ def _cycle(transport: asyncio.Transport) -> RequestResponseCycle:
         keep_alive=True,
         on_response=lambda: None,
     )
+
+
+def test_a_request_hears_of_its_client_leaving_from_the_protocol() -> None:
+    """hook_client_gone: under the gateway's protocol the callback comes from
+    connection_lost itself, the moment the client hangs up (no watcher task); a second
+    hook on the same request, or another server's receive, is refused (None)."""
+
+    async def run() -> list[object]:
+        seen: list[object] = []
+        gone = asyncio.Event()
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] != "http":
+                return
+            cycle = hook_client_gone(receive, gone.set)
+            seen.append(cycle is not None)
+            seen.append(hook_client_gone(receive, gone.set))  # held: refused
+            await asyncio.wait_for(gone.wait(), 5)
+            seen.append("told")
+            assert cycle is not None
+            unhook_client_gone(cycle)
+
+        port = free_port()
+        config = uvicorn.Config(
+            app, port=port, http=BoundedHttpToolsProtocol, lifespan="off", log_level="error"
+        )
+        server = uvicorn.Server(config)
+        serving = asyncio.create_task(server.serve())
+        while not server.started:
+            await asyncio.sleep(0.01)
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /x HTTP/1.1\r\nhost: t\r\ncontent-length: 0\r\n\r\n")
+        await writer.drain()
+        while not seen:
+            await asyncio.sleep(0.01)
+        writer.close()  # the client hangs up mid-request
+        for _ in range(200):
+            if "told" in seen:
+                break
+            await asyncio.sleep(0.01)
+        seen.append(hook_client_gone(_not_uvicorn, gone.set))
+        server.should_exit = True
+        await serving
+        return seen
+
+    assert asyncio.run(run()) == [True, None, "told", None]
