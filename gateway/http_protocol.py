@@ -198,6 +198,7 @@ def write_whole_response(
     cycle = getattr(send, "__self__", None)
     if (
         type(cycle) is not RequestResponseCycle
+        or not headers  # none would leave the head's end to the body: not the plain case
         or cycle.response_started
         or cycle.flow.write_paused
         or cycle.access_log

@@ -208,6 +208,7 @@ def test_a_whole_response_checks_every_header() -> None:
                 outcomes.append(str(exc))
             assert not cycle.response_complete
         assert not write_whole_response(_not_uvicorn, 200, [], b"")
+        assert not write_whole_response(_cycle(transport).send, 204, [], b"")  # left to ASGI
         good = _cycle(transport)
         assert write_whole_response(good.send, 200, [(b"content-length", b"2")], b"{}")
         assert good.response_complete
