@@ -9,6 +9,7 @@ decide what a failure means: the cache and rate limits fail open, budgets closed
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -103,27 +104,27 @@ class SharedRedis:
             return None
 
     async def run_or_raise(self, operation: str, call: Callable[[Redis], Awaitable[T]]) -> T:
-        return await self._guarded(operation, lambda: call(self.client))
+        return await self._guarded(
+            operation, functools.partial(call, self.client), self._deadline_s
+        )
 
     async def run_piped(self, operation: str, call: Callable[[RedisPipe], Awaitable[T]]) -> T:
         """`run_or_raise` on the pipelined connection, with the same accounting. The
         pipe bounds each reply by the same deadline itself (after its connect, which
         `redis.connect_timeout_s` bounds), with one timer for every command in flight:
         no timeout here (on every cache read and write)."""
-        started = time.monotonic()
-        try:
-            result = await call(self.pipe)
-        except (RedisError, OSError, TimeoutError) as exc:
-            await self._failed(operation, exc, started)
-            raise RedisUnavailableError(operation) from None
-        self._succeeded(started)
-        return result
+        return await self._guarded(operation, functools.partial(call, self.pipe), None)
 
-    async def _guarded(self, operation: str, work: Callable[[], Awaitable[T]]) -> T:
+    async def _guarded(
+        self, operation: str, work: Callable[[], Awaitable[T]], deadline_s: float | None
+    ) -> T:
         started = time.monotonic()
         try:
-            async with asyncio.timeout(self._deadline_s):
+            if deadline_s is None:
                 result = await work()
+            else:
+                async with asyncio.timeout(deadline_s):
+                    result = await work()
         except (RedisError, OSError, TimeoutError) as exc:
             await self._failed(operation, exc, started)
             raise RedisUnavailableError(operation) from None

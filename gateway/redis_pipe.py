@@ -123,15 +123,13 @@ class RedisPipe:
         self._connecting: asyncio.Task[_ReplyProtocol] | None = None
 
     async def execute(self, *command: str | bytes | int | float) -> Any:
-        protocol = await self._connection()
+        protocol = self._open_protocol() or await self._connect()
         return await self._send(protocol, [command])[0]
 
     async def execute_many(self, commands: Sequence[Command]) -> list[Any]:
         """Every reply in order, sent in one write; an error reply (`ResponseError`) is
         returned in its place, a lost connection raised."""
-        protocol = self._protocol
-        if protocol is None or not protocol.open:
-            protocol = await self._connect()
+        protocol = self._open_protocol() or await self._connect()
         futures = self._send(protocol, commands)
         if len(futures) == 1:  # the usual case (a cache read): no gather to build
             try:
@@ -159,12 +157,10 @@ class RedisPipe:
         protocol.transport.write(b"".join(_pack(c) for c in commands))
         return futures
 
-    async def _connection(self) -> _ReplyProtocol:
-        """The open connection, or a new one once the last was lost or dropped."""
+    def _open_protocol(self) -> _ReplyProtocol | None:
+        """The open connection; None once the last was lost or dropped (connect again)."""
         protocol = self._protocol
-        if protocol is not None and protocol.open:
-            return protocol
-        return await self._connect()
+        return protocol if protocol is not None and protocol.open else None
 
     async def _connect(self) -> _ReplyProtocol:
         # Every command that finds no connection waits for the same connect.
