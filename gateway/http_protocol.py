@@ -37,7 +37,7 @@ from uvicorn.protocols.http.httptools_impl import (
 
 from gateway import jsonutil
 
-Header = tuple[bytes, bytes]
+Header = tuple[bytes, bytes]  # a raw response header: (lower-case name, value)
 _CLIENT_GONE = "gateway_client_gone"  # a request cycle's callback for connection_lost
 DEFAULT_MAX_HEADER_BYTES = 32 * 1024
 _TOKEN_CHARS = (string.ascii_letters + string.digits + "!#$%&'*+-.^_`|~").encode()
@@ -130,7 +130,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.write(b"".join(head) + body)
         self.transport.close()
 
-    def _default_headers(self) -> list[tuple[bytes, bytes]]:
+    def _default_headers(self) -> list[Header]:
         return list(self.server_state.default_headers)
 
 

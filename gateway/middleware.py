@@ -18,10 +18,9 @@ from gateway.api.deps import BytesResponse
 from gateway.api.hot import Endpoint, answer
 from gateway.context import RequestContext
 from gateway.errors import GatewayOverloadedError
-from gateway.http_protocol import write_whole_response
+from gateway.http_protocol import Header, write_whole_response
 from gateway.ids import new_id
 
-Header = tuple[bytes, bytes]
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _ENDPOINTS = {
     "/v1/chat/completions": "chat",

@@ -8,6 +8,7 @@ from starlette.responses import Response
 from gateway import jsonutil
 from gateway.context import RequestContext
 from gateway.errors import IncompleteBodyError, PayloadTooLargeError
+from gateway.http_protocol import Header
 from gateway.keys import Caller
 from gateway.pipeline import Pipeline
 from gateway.services import Services
@@ -58,9 +59,6 @@ async def read_body(request: Request, limit_bytes: int) -> bytes:
             raise PayloadTooLargeError(f"Request body is larger than {limit_bytes} bytes.")
         parts.append(part)
     return b"".join(parts)  # one part: the same bytes object, no copy
-
-
-Header = tuple[bytes, bytes]
 
 
 def json_response(body: object, status: int = 200, headers: list[Header] | None = None) -> Response:

@@ -18,6 +18,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway.api.disconnect import WATCH_AFTER_S, DisconnectWatch
+from gateway.http_protocol import Header
 
 # What every event stream's answer carries besides the gateway's own headers: no
 # caching, and no buffering by a proxy in front (nginx honours x-accel-buffering).
@@ -28,9 +29,7 @@ SSE_HEADERS = ((b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no"))
 class SSEResponse(Response):
     media_type = "text/event-stream"
 
-    def __init__(
-        self, body: AsyncGenerator[bytes, None], headers: list[tuple[bytes, bytes]]
-    ) -> None:
+    def __init__(self, body: AsyncGenerator[bytes, None], headers: list[Header]) -> None:
         self.body_iterator = body
         self.status_code = 200
         self.background = None
