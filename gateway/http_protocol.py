@@ -120,18 +120,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             "code": "request_header_fields_too_large",
         }
         body = jsonutil.dumps({"error": error})
-        head = [b"HTTP/1.1 431 Request Header Fields Too Large\r\n"]
-        head += [name + b": " + value + b"\r\n" for name, value in self._default_headers()]
-        head += [
-            b"content-type: application/json\r\n",
-            b"content-length: " + str(len(body)).encode() + b"\r\n",
-            b"connection: close\r\n\r\n",
+        headers = [
+            *self.server_state.default_headers,
+            (b"content-type", b"application/json"),
+            (b"content-length", b"%d" % len(body)),
+            (b"connection", b"close"),
         ]
-        self.transport.write(b"".join(head) + body)
+        self.transport.write(_response_bytes(431, headers, body))
         self.transport.close()
-
-    def _default_headers(self) -> list[Header]:
-        return list(self.server_state.default_headers)
 
 
 class CoalescedWrites:
@@ -219,17 +215,24 @@ def write_whole_response(
     cycle.waiting_for_100_continue = False
     if cycle.disconnected:
         return True  # as uvicorn does: nobody to send it to
-    lines = [b": ".join(header) for header in cycle.default_headers]
-    lines += [b": ".join(header) for header in headers]
-    if not cycle.keep_alive:
-        lines.append(b"connection: close")
-    cycle.transport.write(b"".join((STATUS_LINE[status], b"\r\n".join(lines), b"\r\n\r\n", body)))
+    if cycle.keep_alive:
+        cycle.transport.write(_response_bytes(status, [*cycle.default_headers, *headers], body))
+    else:
+        closing = [*cycle.default_headers, *headers, (b"connection", b"close")]
+        cycle.transport.write(_response_bytes(status, closing, body))
     cycle.response_complete = True
     cycle.message_event.set()
     if not cycle.keep_alive:
         cycle.transport.close()
     cycle.on_response()
     return True
+
+
+def _response_bytes(status: int, headers: list[Header], body: bytes) -> bytes:
+    """A whole HTTP/1.1 response: status line, one `name: value` line per header (at
+    least one), the blank line, the body."""
+    lines = b"\r\n".join([b": ".join(header) for header in headers])
+    return b"".join((STATUS_LINE[status], lines, b"\r\n\r\n", body))
 
 
 def hook_client_gone(
