@@ -43,6 +43,7 @@ DEFAULT_MAX_HEADER_BYTES = 32 * 1024
 _TOKEN_CHARS = (string.ascii_letters + string.digits + "!#$%&'*+-.^_`|~").encode()
 _CONTROL_CHARS = bytes([*range(0x00, 0x09), *range(0x0A, 0x20), 0x7F])
 FLUSH_AT_BYTES = 64 * 1024  # held writes past this go out at once
+_CLOSE: Header = (b"connection", b"close")
 
 
 class HeadersTooLargeError(Exception):
@@ -54,6 +55,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     _raw_bytes = 0  # received while the head is incomplete
     _in_head = False
     _too_large = False
+    _idle_since: float | None = None  # loop time of the last response; None while busy
 
     @property
     def _limit(self) -> int:
@@ -81,6 +83,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         cycle = self.cycle
         super().connection_lost(exc)
+        self._stop_keep_alive()
         gone = getattr(cycle, _CLIENT_GONE, None)
         if gone is not None and cycle.disconnected:
             setattr(cycle, _CLIENT_GONE, None)
@@ -97,8 +100,43 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:
+        """uvicorn's, except for its keep-alive timer: uvicorn arms a timer after every
+        response and cancels it at the next request's first bytes (a timer made and
+        dropped per request). Here a connection has at most one, and when it fires
+        early (the connection was busy since) it is armed again for what is left."""
         self.transport.flush()  # type: ignore[attr-defined]  # the whole answer is held: out
-        super().on_response_complete()
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        self._idle_since = self.loop.time()
+        if self.timeout_keep_alive_task is None:
+            self._arm_keep_alive(self.timeout_keep_alive)
+
+    def _unset_keepalive_if_required(self) -> None:
+        self._idle_since = None  # busy: a timer due meanwhile finds it so and lets go
+
+    def _arm_keep_alive(self, delay_s: float) -> None:
+        self.timeout_keep_alive_task = self.loop.call_later(delay_s, self._keep_alive_due)
+
+    def _keep_alive_due(self) -> None:
+        self.timeout_keep_alive_task = None
+        if self._idle_since is None:
+            return  # busy: the response's completion arms it again
+        left_s = self._idle_since + self.timeout_keep_alive - self.loop.time()
+        if left_s > 0:
+            self._arm_keep_alive(left_s)
+        else:
+            self.timeout_keep_alive_handler()
+
+    def _stop_keep_alive(self) -> None:
+        if self.timeout_keep_alive_task is not None:
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = None
 
     def _count(self, size: int) -> None:
         self._head_bytes += size
@@ -155,6 +193,14 @@ class CoalescedWrites:
         elif not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._turn_ended)
+
+    def write_now(self, data: bytes) -> None:
+        """`data` goes out at once, after what is held (one system call for both)."""
+        if self._held:
+            self._held.append(data)
+            self.flush()
+        elif not self._transport.is_closing():
+            self._transport.write(data)
 
     def _turn_ended(self) -> None:
         self._scheduled = False
@@ -215,11 +261,13 @@ def write_whole_response(
     cycle.waiting_for_100_continue = False
     if cycle.disconnected:
         return True  # as uvicorn does: nobody to send it to
+    transport: Any = cycle.transport  # a CoalescedWrites under the gateway's protocol
+    # The response is complete: out now, not at the end of the turn (a callback less).
+    write = transport.write_now if type(transport) is CoalescedWrites else transport.write
     if cycle.keep_alive:
-        cycle.transport.write(_response_bytes(status, [*cycle.default_headers, *headers], body))
+        write(_response_bytes(status, [*cycle.default_headers, *headers], body))
     else:
-        closing = [*cycle.default_headers, *headers, (b"connection", b"close")]
-        cycle.transport.write(_response_bytes(status, closing, body))
+        write(_response_bytes(status, [*cycle.default_headers, *headers, _CLOSE], body))
     cycle.response_complete = True
     cycle.message_event.set()
     if not cycle.keep_alive:

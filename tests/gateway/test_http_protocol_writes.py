@@ -291,3 +291,60 @@ def test_a_request_hears_of_its_client_leaving_from_the_protocol() -> None:
         return seen
 
     assert asyncio.run(run()) == [True, None, "told", None]
+
+
+def test_an_idle_connection_closes_after_the_keep_alive_timeout_from_its_last_answer() -> None:
+    """One keep-alive timer per connection, not one per request: when it comes due on
+    a connection that is busy, or answered again since, it waits out the rest of the
+    timeout from the last answer; a connection idle for the whole timeout is closed."""
+    timeout_s = 0.4
+
+    async def run() -> tuple[bool, bool, float]:
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] != "http":
+                return
+            await receive()
+            if scope["path"] == "/slow":  # busy past the timeout: must not be cut
+                await asyncio.sleep(timeout_s * 1.5)
+            headers = [(b"content-length", b"2")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+        port = free_port()
+        config = uvicorn.Config(
+            app,
+            port=port,
+            http=BoundedHttpToolsProtocol,
+            lifespan="off",
+            log_level="error",
+            timeout_keep_alive=timeout_s,  # type: ignore[arg-type]  # uvicorn reads it as a float
+        )
+        server = uvicorn.Server(config)
+        serving = asyncio.create_task(server.serve())
+        while not server.started:
+            await asyncio.sleep(0.01)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+
+        async def exchange(path: str = "/x") -> bool:
+            writer.write(f"GET {path} HTTP/1.1\r\nhost: t\r\n\r\n".encode())
+            return (await asyncio.wait_for(reader.read(4096), 3)).endswith(b"ok")
+
+        loop = asyncio.get_running_loop()
+        assert await exchange()
+        assert await exchange("/slow")
+        await asyncio.sleep(timeout_s * 0.6)
+        assert await exchange()  # the first answer's timer comes due during the next wait
+        last_answer = loop.time()
+        await asyncio.sleep(timeout_s * 0.6)  # past the first answer's timeout, not this one's
+        still_open = await exchange()
+        last_answer = loop.time()
+        closed = await asyncio.wait_for(reader.read(4096), 3) == b""  # EOF: closed by the server
+        idle_s = loop.time() - last_answer
+        writer.close()
+        server.should_exit = True
+        await serving
+        return still_open, closed, idle_s
+
+    still_open, closed, idle_s = asyncio.run(run())
+    assert still_open and closed
+    assert timeout_s * 0.9 <= idle_s < timeout_s + 1.0
