@@ -40,7 +40,7 @@ class _ReplyProtocol(asyncio.Protocol):
 
     def __init__(self, reply_deadline_s: float) -> None:
         self.transport: asyncio.Transport | None = None
-        self.waiting: deque[tuple[asyncio.Future[Any], float]] = deque()  # (future, due)
+        self.waiting: deque[tuple[_Sink, float]] = deque()  # (where the reply goes, due)
         self._reader = hiredis.Reader(replyError=ResponseError)
         self._deadline_s = reply_deadline_s
         self._timer: asyncio.TimerHandle | None = None
@@ -59,22 +59,24 @@ class _ReplyProtocol(asyncio.Protocol):
             if not waiting:  # a reply nobody asked for: the stream is out of step
                 self.fail(RedisConnectionError("Redis sent an unexpected reply."))
                 return
-            future = waiting.popleft()[0]
-            if future.done():
+            sink = waiting.popleft()[0]
+            if sink.done():
                 continue  # its caller gave up; the reply still keeps the order
-            if isinstance(reply, ResponseError):
-                future.set_exception(reply)
+            if isinstance(sink, _Replies):
+                sink.add(reply)
+            elif isinstance(reply, ResponseError):
+                sink.set_exception(reply)
             else:
-                future.set_result(reply)
+                sink.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self._drain(RedisConnectionError("Connection to Redis lost."))
 
-    def expect(self, futures: list[asyncio.Future[Any]], loop: asyncio.AbstractEventLoop) -> None:
+    def expect(self, sinks: list[_Sink], loop: asyncio.AbstractEventLoop) -> None:
         """Queue replies to wait for, each due `reply_deadline_s` from now."""
         due = loop.time() + self._deadline_s
-        self.waiting.extend([(future, due) for future in futures])
+        self.waiting.extend([(sink, due) for sink in sinks])
         if self._timer is None:
             self._timer = loop.call_at(due, self._check_overdue, loop)
 
@@ -98,10 +100,10 @@ class _ReplyProtocol(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         while self.waiting:
-            future = self.waiting.popleft()[0]
-            if not future.done():
-                future.set_exception(error)
-                future.exception()  # a caller that gave up will not retrieve it
+            sink = self.waiting.popleft()[0]
+            if not sink.done():
+                sink.set_exception(error)
+                sink.exception()  # a caller that gave up will not retrieve it
 
 
 class RedisPipe:
@@ -124,25 +126,30 @@ class RedisPipe:
 
     async def execute(self, *command: str | bytes | int | float) -> Any:
         protocol = self._open_protocol() or await self._connect()
-        return await self._send(protocol, [command])[0]
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._send(protocol, [command], [future])
+        return await future
 
     async def execute_many(self, commands: Sequence[Command]) -> list[Any]:
         """Every reply in order, sent in one write; an error reply (`ResponseError`) is
         returned in its place, a lost connection raised."""
+        if not commands:
+            return []
         protocol = self._open_protocol() or await self._connect()
-        futures = self._send(protocol, commands)
-        if len(futures) == 1:  # the usual case (a cache read): no gather to build
-            try:
-                return [await futures[0]]
-            except ResponseError as error:
-                return [error]
-        replies = await asyncio.gather(*futures, return_exceptions=True)
-        for reply in replies:
-            if isinstance(reply, BaseException) and not isinstance(reply, ResponseError):
-                raise reply
-        return replies
+        return await self._send_many(protocol, commands)
 
-    def _send(self, protocol: _ReplyProtocol, commands: Sequence[Command]) -> list[Any]:
+    def _send_many(
+        self, protocol: _ReplyProtocol, commands: Sequence[Command]
+    ) -> asyncio.Future[list[Any]]:
+        # One future for all the replies: no gather, no callback per reply.
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        replies = _Replies(future, len(commands))
+        self._send(protocol, commands, [replies] * len(commands))
+        return future
+
+    def _send(
+        self, protocol: _ReplyProtocol, commands: Sequence[Command], sinks: list[_Sink]
+    ) -> None:
         if not protocol.open:  # lost while its connect was being awaited
             raise RedisConnectionError("Connection to Redis lost.")
         if len(protocol.waiting) + len(commands) > self._max_in_flight:
@@ -150,12 +157,9 @@ class RedisPipe:
             # on a new connection rather than wait behind replies that may never come.
             protocol.fail(RedisConnectionError("Redis stopped answering."))
             raise RedisConnectionError("Too many Redis commands waiting for replies.")
-        loop = asyncio.get_running_loop()
-        futures = [loop.create_future() for _ in commands]
-        protocol.expect(futures, loop)
+        protocol.expect(sinks, asyncio.get_running_loop())
         assert protocol.transport is not None
-        protocol.transport.write(b"".join(_pack(c) for c in commands))
-        return futures
+        protocol.transport.write(b"".join([_pack(c) for c in commands]))
 
     def _open_protocol(self) -> _ReplyProtocol | None:
         """The open connection; None once the last was lost or dropped (connect again)."""
@@ -208,7 +212,13 @@ class RedisPipe:
             commands.append(("AUTH", user, password) if user else ("AUTH", password))
         if int(options.get("db") or 0):
             commands.append(("SELECT", int(options["db"])))
-        for reply in await asyncio.gather(*self._send(protocol, commands), return_exceptions=True):
+        if not commands:
+            return
+        try:
+            replies = await self._send_many(protocol, commands)
+        except RedisConnectionError as error:
+            replies = [error]
+        for reply in replies:
             if isinstance(reply, BaseException):
                 if protocol.transport is not None:
                     protocol.transport.close()
@@ -218,6 +228,36 @@ class RedisPipe:
         protocol, self._protocol = self._protocol, None
         if protocol is not None and protocol.transport is not None:
             protocol.transport.close()
+
+
+class _Replies:
+    """The replies of one `execute_many` call, in order, into one future once all came.
+    Quacks like the future for `_ReplyProtocol` (done, set_exception, exception)."""
+
+    __slots__ = ("_future", "_replies", "_left")
+
+    def __init__(self, future: asyncio.Future[list[Any]], count: int) -> None:
+        self._future = future
+        self._replies: list[Any] = []
+        self._left = count
+
+    def add(self, reply: Any) -> None:
+        self._replies.append(reply)  # an error reply too: it stands in its command's place
+        self._left -= 1
+        if not self._left:
+            self._future.set_result(self._replies)
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def set_exception(self, error: BaseException) -> None:
+        self._future.set_exception(error)
+
+    def exception(self) -> BaseException | None:
+        return self._future.exception()
+
+
+_Sink = asyncio.Future[Any] | _Replies  # where a reply goes
 
 
 def _pack(command: Command) -> bytes:

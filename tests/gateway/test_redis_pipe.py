@@ -6,6 +6,7 @@ import asyncio
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis import Redis as SyncRedis
@@ -73,6 +74,32 @@ def test_a_caller_that_gives_up_leaves_the_order_intact(redis_server: RedisServe
     run(scenario, redis_server.url)
 
 
+def test_batches_get_their_own_replies_in_order_and_one_given_up_keeps_the_order(
+    redis_server: RedisServer,
+) -> None:
+    """execute_many's replies come back as one list per call, whatever is interleaved;
+    a batch whose caller gave up still consumes its replies; an empty batch is []."""
+    with SyncRedis.from_url(redis_server.url) as direct:
+        direct.set("pipe:after", "after")
+
+    async def batch(pipe: RedisPipe, n: int) -> list[Any]:
+        return await pipe.execute_many([("ECHO", f"{n}-{i}") for i in range(n % 7 + 2)])
+
+    async def scenario(pipe: RedisPipe) -> None:
+        calls = [batch(pipe, n) if n % 3 else pipe.execute("ECHO", f"one-{n}") for n in range(60)]
+        replies = await asyncio.gather(*calls)
+        for n, reply in enumerate(replies):
+            expected = [f"{n}-{i}".encode() for i in range(n % 7 + 2)]
+            assert reply == (expected if n % 3 else f"one-{n}".encode())
+        assert await pipe.execute_many([]) == []
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):
+                await pipe.execute_many([("BLPOP", "pipe:empty-list", "0.3"), ("PING",)])
+        assert await pipe.execute_many([("GET", "pipe:after"), ("PING",)]) == [b"after", b"PONG"]
+
+    run(scenario, redis_server.url)
+
+
 def test_a_lost_connection_fails_the_waiting_and_the_next_command_reconnects(
     redis_server: RedisServer,
 ) -> None:
@@ -81,10 +108,12 @@ def test_a_lost_connection_fails_the_waiting_and_the_next_command_reconnects(
     async def scenario(pipe: RedisPipe) -> None:
         await pipe.execute("CLIENT", "SETNAME", "pipe-under-test")
         blocked = asyncio.ensure_future(pipe.execute("BLPOP", "pipe:empty-list", "5"))
+        batch = asyncio.ensure_future(pipe.execute_many([("PING",), ("PING",)]))
         await asyncio.sleep(0.1)
         assert direct.client_kill_filter(_type="normal", skipme=True) >= 1
-        with pytest.raises(RedisConnectionError):
-            await blocked
+        for waiting in (blocked, batch):
+            with pytest.raises(RedisConnectionError):
+                await waiting
         assert await pipe.execute("PING") == b"PONG"
 
     run(scenario, redis_server.url)
