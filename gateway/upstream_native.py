@@ -242,21 +242,27 @@ class _Exchange(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._keep_alive = self._parser.should_keep_alive()
-        self._stop_timers()
         assert self._reply is not None
         self._reply.end()
 
     # -- the caller's side --------------------------------------------------------------
     def start(self, head: bytes, body: bytes | None, read_s: float, total_s: float) -> Reply:
         """Sends the request. One timer bounds the answer: its first byte and every gap
-        (`read_s`), and the whole of it (`total_s`, infinite for a stream)."""
+        (`read_s`), and the whole of it (`total_s`, infinite for a stream). The timer
+        outlives the answer (a timer made and cancelled per call costs more than one
+        that comes due idle now and then): one still due before this answer's
+        deadline stays, and when due, checks what is in flight then."""
         assert self.transport is not None
         loop = asyncio.get_running_loop()
         self._reply = reply = Reply(self, loop)
         self._read_s, self._last_read = read_s, loop.time()
         self._total_due = self._last_read + total_s
         due = min(self._last_read + read_s, self._total_due)
-        self._read_timer = loop.call_at(due, self._check_read)
+        timer = self._read_timer
+        if timer is None or timer.when() > due:
+            if timer is not None:
+                timer.cancel()
+            self._read_timer = loop.call_at(due, self._check_read)
         self.transport.write(head + body if body else head)
         return reply
 
@@ -270,7 +276,6 @@ class _Exchange(asyncio.Protocol):
         """The caller is done: pooled again if its answer came whole, else closed (for a
         stream left early, that is what stops the upstream)."""
         reply, self._reply = self._reply, None
-        self._stop_timers()
         if reply is not None and reply.ended and self._keep_alive and not self.closed:
             self._headers, self._started, self._sized, self._keep_alive = [], False, False, False
             self._parser = httptools.HttpResponseParser(self)
@@ -279,13 +284,16 @@ class _Exchange(asyncio.Protocol):
             self._close()
 
     def _check_read(self) -> None:
+        self._read_timer = None
+        reply = self._reply
+        if reply is None or reply.ended or self.transport is None:
+            return  # idle in the pool, or the answer is in: nothing to time
         loop = asyncio.get_running_loop()
         now, due = loop.time(), self._last_read + self._read_s
         if now < self._total_due and (self._paused or now < due):  # read since, or paused
             due = min(max(due, now + 0.05), self._total_due)  # by us: not idle
             self._read_timer = loop.call_at(due, self._check_read)
             return
-        self._read_timer = None
         self._fail(TimeoutError())
 
     def _fail(self, error: BaseException) -> None:

@@ -248,6 +248,32 @@ def test_no_answer_within_read_s_is_a_timeout_and_the_connection_is_dropped() ->
     run(scenario)
 
 
+def test_each_call_on_a_pooled_connection_keeps_its_own_read_s() -> None:
+    """A connection's timer outlives a call: a later call with a shorter read_s still
+    times out on time, and a timer that comes due while the connection is idle in the
+    pool leaves it usable."""
+
+    async def answer(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        if b"x-stall: 1" in request:
+            await asyncio.sleep(1.5)  # silence past the short read_s
+            return False
+        return await reply(200, b"{}")(request, writer)
+
+    async def scenario(upstream: NativeUpstream) -> None:
+        async with raw_server(answer) as (raw, url):
+            loop = asyncio.get_running_loop()
+            assert (await upstream.send(request(url, read_s=0.2))).status == 200
+            await asyncio.sleep(0.4)  # its timer comes due with the connection idle
+            assert (await upstream.send(request(url, read_s=5.0))).status == 200
+            assert raw.connections == 1
+            started = loop.time()
+            with pytest.raises(UpstreamTimeoutError):  # not 5 s: the last call's timer
+                await upstream.send(request(url, read_s=0.3, **{"x-stall": "1"}))
+            assert 0.25 < loop.time() - started < 1.0
+
+    run(scenario)
+
+
 def test_an_answer_that_trickles_past_total_s_times_out() -> None:
     trickle = pieces(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n", *[b"x"] * 40, pause_s=0.05)
 
