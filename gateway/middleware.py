@@ -11,11 +11,13 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import jsonutil
 from gateway.api.deps import BytesResponse
-from gateway.api.hot import Endpoint, answer
+from gateway.api.error_handlers import respond_to
+from gateway.api.hot import Endpoint
 from gateway.context import RequestContext
 from gateway.errors import GatewayOverloadedError
 from gateway.http_protocol import Header, write_whole_response
@@ -58,13 +60,6 @@ class RequestContextMiddleware:
                 services.metrics.rejections.labels("overloaded").inc()
             await _overloaded(send)
             return
-        self._in_flight += 1
-        try:
-            await self._handle(scope, receive, send)
-        finally:
-            self._in_flight -= 1
-
-    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         ctx = RequestContext(_request_id(scope), endpoint_label(scope["path"]))
         state = scope.setdefault("state", {})
         state["ctx"] = ctx
@@ -74,6 +69,7 @@ class RequestContextMiddleware:
         counted = ctx.endpoint in in_flight
         if counted:
             in_flight[ctx.endpoint] += 1
+        self._in_flight += 1
         try:
             endpoint = self._hot.get(scope["path"]) if scope.get("method") == "POST" else None
             if endpoint is not None:
@@ -81,6 +77,7 @@ class RequestContextMiddleware:
             else:
                 await self._serve_app(scope, receive, send, ctx, header)
         finally:
+            self._in_flight -= 1
             if counted:
                 in_flight[ctx.endpoint] -= 1
 
@@ -123,8 +120,12 @@ async def _serve_hot(
 ) -> None:
     # No send wrapper: the response object carries the status and the request id,
     # and when it returns, its body (a stream's too) has been sent or abandoned.
+    request = Request(scope, receive, send)
     try:
-        response = await answer(endpoint, scope, receive, send)
+        try:
+            response = await endpoint(request)
+        except Exception as exc:  # the OpenAI-shaped error Starlette's handlers would give
+            response = await respond_to(request, exc)
         ctx.status = response.status_code
         if header not in response.raw_headers:
             response.raw_headers.append(header)
