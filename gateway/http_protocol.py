@@ -57,9 +57,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     _too_large = False
     _idle_since: float | None = None  # loop time of the last response; None while busy
 
-    @property
-    def _limit(self) -> int:
-        return self.config.h11_max_incomplete_event_size or DEFAULT_MAX_HEADER_BYTES
+    _limit = DEFAULT_MAX_HEADER_BYTES  # the configured bound, set per connection
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -73,11 +71,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes, self._raw_bytes, self._in_head = 0, 0, True
 
     def on_url(self, url: bytes) -> None:
-        self._count(len(url))
+        self._head_bytes += len(url)
+        if self._head_bytes > self._limit:
+            self._head_too_large()
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count(len(name) + len(value) + 4)
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > self._limit:
+            self._head_too_large()
         super().on_header(name, value)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -91,6 +93,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._limit = self.config.h11_max_incomplete_event_size or DEFAULT_MAX_HEADER_BYTES
         # Every write of this connection, uvicorn's own error answers included, goes
         # through the one buffer, so nothing can overtake a held write.
         self.transport = CoalescedWrites(transport)  # type: ignore[assignment]
@@ -138,11 +141,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.timeout_keep_alive_task.cancel()
             self.timeout_keep_alive_task = None
 
-    def _count(self, size: int) -> None:
-        self._head_bytes += size
-        if self._head_bytes > self._limit:
-            self._too_large = True
-            raise HeadersTooLargeError  # httptools stops; uvicorn calls send_400_response
+    def _head_too_large(self) -> None:
+        self._too_large = True
+        raise HeadersTooLargeError  # httptools stops; uvicorn calls send_400_response
 
     def send_400_response(self, msg: str) -> None:
         if self._too_large:
