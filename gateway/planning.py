@@ -6,7 +6,8 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+
+from starlette.datastructures import Headers
 
 from gateway.catalog import Deployment, Route
 from gateway.errors import InvalidRequestError
@@ -40,10 +41,14 @@ class RequestControls:
 DEFAULT_CONTROLS = RequestControls()
 
 
-def controls_from_headers(headers: Any) -> RequestControls:
-    """`headers` is a case-insensitive mapping (Starlette's Headers)."""
-    if not any(_is_control(name) for name in headers.keys()):
-        return DEFAULT_CONTROLS  # most requests: one pass instead of a lookup per control
+def controls_from_headers(headers: Headers) -> RequestControls:
+    # Most requests send none: one pass over the raw (lower-case) names, without
+    # decoding them or a lookup per control.
+    for name, _ in headers.raw:
+        if name.startswith(b"x-gateway-") or name == b"cache-control":
+            break
+    else:
+        return DEFAULT_CONTROLS
     cache_control = (headers.get("cache-control") or "").lower()
     return RequestControls(
         policy=headers.get("x-gateway-policy") or None,
@@ -57,11 +62,7 @@ def controls_from_headers(headers: Any) -> RequestControls:
     )
 
 
-def _is_control(name: str) -> bool:
-    return name.startswith("x-gateway-") or name == "cache-control"
-
-
-def _float_header(headers: Any, name: str) -> float | None:
+def _float_header(headers: Headers, name: str) -> float | None:
     value = headers.get(name)
     if value is None:
         return None
@@ -74,7 +75,7 @@ def _float_header(headers: Any, name: str) -> float | None:
     return number
 
 
-def _int_header(headers: Any, name: str) -> int | None:
+def _int_header(headers: Headers, name: str) -> int | None:
     value = headers.get(name)
     if value is None:
         return None
@@ -83,7 +84,7 @@ def _int_header(headers: Any, name: str) -> int | None:
     return int(value)
 
 
-def _set_header(headers: Any, name: str) -> frozenset[str] | None:
+def _set_header(headers: Headers, name: str) -> frozenset[str] | None:
     value = headers.get(name)
     if not value:
         return None
@@ -141,6 +142,10 @@ class Planner:
     ) -> None:
         self._stats = stats
         self._headroom = headroom
+        # Only a deployment with an rpm or tpm quota has headroom to ask for.
+        self._limited = frozenset(
+            i for i, d in deployments.items() if d.rpm is not None or d.tpm is not None
+        )
         self._fixed = {i: _fixed_fields(d) for i, d in deployments.items()}
         # The last Candidate of each deployment: reused while its LiveStats object is the
         # same (a frozen dataclass of 11 fields costs more to build than the whole check).
@@ -182,6 +187,8 @@ class Planner:
 
     def _live(self, deployment_id: str) -> LiveStats:
         stats = self._stats.snapshot(deployment_id)
+        if deployment_id not in self._limited:
+            return stats
         rpm, tpm = self._headroom(deployment_id)
         if rpm is None and tpm is None:
             return stats
