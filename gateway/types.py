@@ -8,6 +8,7 @@ pass through untouched (unlike an allow-list, which drops what it does not know)
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,7 +77,11 @@ class ChatRequest:
 
     @property
     def has_images(self) -> bool:
-        return any(_has_image(m.get("content")) for m in self.messages)
+        for message in self.messages:
+            content = message.get("content")
+            if isinstance(content, list) and _has_image(content):
+                return True
+        return False
 
     @property
     def wants_json_schema(self) -> bool:
@@ -84,16 +89,8 @@ class ChatRequest:
         return isinstance(fmt, dict) and fmt.get("type") == "json_schema"
 
     def required_capabilities(self) -> frozenset[str]:
-        needs = set()
-        if self.has_tools:
-            needs.add("tools")
-        if self.has_images:
-            needs.add("vision")
-        if self.wants_json_schema:
-            needs.add("json_schema")
-        if self.stream:
-            needs.add("stream")
-        return frozenset(needs)
+        needs = (self.has_tools, self.has_images, self.wants_json_schema, self.stream)
+        return _CAPABILITY_SETS[needs]
 
     def prompt_chars(self) -> int:
         """Characters of text in the prompt, for the cheap token estimate."""
@@ -114,9 +111,18 @@ class ChatRequest:
         return total
 
 
-def _has_image(content: object) -> bool:
-    if not isinstance(content, list):
-        return False
+# Every combination of (tools, vision, json_schema, stream), built once.
+_CAPABILITY_SETS: dict[tuple[bool, ...], frozenset[str]] = {
+    flags: frozenset(
+        name
+        for name, on in zip(("tools", "vision", "json_schema", "stream"), flags, strict=True)
+        if on
+    )
+    for flags in itertools.product((False, True), repeat=4)
+}
+
+
+def _has_image(content: list[Any]) -> bool:
     return any(isinstance(p, dict) and p.get("type") == "image_url" for p in content)
 
 
