@@ -112,11 +112,17 @@ def cache_key(tenant: str, body: JSONObject, controls: RequestControls) -> str:
 
 
 def key_fields(body: JSONObject) -> JSONObject:
-    """The body minus the ignored fields, numbers normalised."""
-    fields = {k: v for k, v in body.items() if k not in IGNORED_FIELDS}
+    """The body minus the ignored fields, numbers normalised (a copy when that changes
+    anything: the body itself is what goes upstream)."""
+    if IGNORED_FIELDS.isdisjoint(body):
+        fields = body  # the usual case: nothing to leave out, no copy to make
+    else:
+        fields = {k: v for k, v in body.items() if k not in IGNORED_FIELDS}
     for name in _FLOAT_FIELDS:
         value = fields.get(name)
         if isinstance(value, int) and not isinstance(value, bool):
+            if fields is body:
+                fields = dict(body)
             fields[name] = float(value)
     return fields
 

@@ -145,6 +145,7 @@ def test_cache_controls_do_not_change_the_key() -> None:
 def test_equal_values_give_equal_keys() -> None:
     reordered = {"messages": BASE["messages"], "temperature": 1, "model": "gpt-test"}
     assert key(reordered) == key({**BASE, "temperature": 1.0})
+    assert type(reordered["temperature"]) is int  # normalised in the key, not in the body
     assert key(copy.deepcopy(BASE)) == key(BASE)
     provider_order = RequestControls(allowed_providers=frozenset({"a", "b"}))
     assert key(BASE, controls=provider_order) == key(
