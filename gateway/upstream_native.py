@@ -468,12 +468,20 @@ class _OpenedStream:
 
 
 def _head(req: UpstreamRequest, target: Target) -> bytes:
-    lines = [f"{req.method} {target.path} HTTP/1.1", f"host: {target.origin.host_header}"]
-    for name, value in req.headers.items():
+    head = _head_lines(req.method, target, tuple(req.headers.items()))
+    if req.body is not None or req.method in ("POST", "PUT", "PATCH"):
+        return b"%scontent-length: %d\r\n\r\n" % (head, len(req.body or b""))
+    return head + b"\r\n"
+
+
+# A deployment sends the same headers on every call: its head, but for the length,
+# is built and checked once (the key includes every header: a changed one is new).
+@functools.lru_cache(maxsize=256)
+def _head_lines(method: str, target: Target, headers: tuple[tuple[str, str], ...]) -> bytes:
+    lines = [f"{method} {target.path} HTTP/1.1", f"host: {target.origin.host_header}"]
+    for name, value in headers:
         if "\n" in value or "\r" in value or "\n" in name or "\r" in name:
             raise UpstreamUnavailableError("A header for the upstream holds a line break.")
         if name.lower() not in ("host", "content-length", "transfer-encoding", "connection"):
             lines.append(f"{name}: {value}")
-    if req.body is not None or req.method in ("POST", "PUT", "PATCH"):
-        lines.append(f"content-length: {len(req.body or b'')}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()  # UTF-8, as aiohttp sends them
+    return ("\r\n".join(lines) + "\r\n").encode()  # UTF-8, as aiohttp sends them

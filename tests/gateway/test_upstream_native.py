@@ -120,11 +120,13 @@ def test_a_call_is_one_well_formed_request_and_connections_are_reused() -> None:
             raw,
             url,
         ):
-            for _ in range(3):
-                response = await upstream.send(request(url))
+            for n in range(3):
+                response = await upstream.send(request(url, **{"x-call": str(n)}))
                 assert (response.status, response.body) == (200, b'{"ok":1}')
                 assert response.headers["Content-Type"] == "application/json"  # any case
             assert raw.connections == 1
+            for n, sent in enumerate(raw.requests):  # heads are reused, never stale
+                assert f"\r\nx-call: {n}\r\n".encode() in sent
             head, _, body = raw.requests[0].partition(b"\r\n\r\n")
             lines = head.split(b"\r\n")
             assert lines[0] == b"POST /v1/chat/completions?x=1 HTTP/1.1"
