@@ -66,15 +66,26 @@ def _cost(request: RouteRequest, c: Candidate, default_out: int) -> tuple[str, s
 
 
 def check(request: RouteRequest, candidate: Candidate, default_out: int) -> Rejection | None:
-    """Return the first failed constraint for `candidate`, or None when it is eligible."""
-    failure = (
-        _provider(request, candidate)
-        or _capability(request, candidate)
-        or _context(request, candidate)
-        or _cooldown(request, candidate)
-        or _rate_limit(request, candidate, default_out)
-        or _cost(request, candidate, default_out)
-    )
+    """Return the first failed constraint for `candidate`, or None when it is eligible.
+
+    Planning checks every candidate on every request, and most constraints are not in
+    play (no provider filter, no cooldown, no quota, no cost ceiling): each check's
+    helper runs only when a cheap test here says it may fail.
+    """
+    stats = candidate.stats
+    failure = None
+    if request.allowed_providers is not None or request.excluded_providers:
+        failure = _provider(request, candidate)
+    if failure is None and not request.required_capabilities <= candidate.capabilities:
+        failure = _capability(request, candidate)
+    if failure is None:
+        failure = _context(request, candidate)
+    if failure is None and stats.cooldown_until > request.now:
+        failure = _cooldown(request, candidate)
+    if failure is None and (stats.remaining_rpm is not None or stats.remaining_tpm is not None):
+        failure = _rate_limit(request, candidate, default_out)
+    if failure is None and request.max_cost_usd is not None:
+        failure = _cost(request, candidate, default_out)
     if failure is None:
         return None
     return Rejection(candidate=candidate, reason=failure[0], detail=failure[1])
