@@ -178,17 +178,16 @@ class Planner:
         return plan
 
     def _candidate(self, deployment_id: str) -> Candidate:
-        live = self._live(deployment_id)
+        live = self._stats.snapshot(deployment_id)
+        if deployment_id in self._limited:
+            live = self._with_headroom(deployment_id, live)
         last = self._candidates.get(deployment_id)
         if last is not None and last.stats is live:
             return last
         candidate = self._candidates[deployment_id] = Candidate(*self._fixed[deployment_id], live)
         return candidate
 
-    def _live(self, deployment_id: str) -> LiveStats:
-        stats = self._stats.snapshot(deployment_id)
-        if deployment_id not in self._limited:
-            return stats
+    def _with_headroom(self, deployment_id: str, stats: LiveStats) -> LiveStats:
         rpm, tpm = self._headroom(deployment_id)
         if rpm is None and tpm is None:
             return stats
