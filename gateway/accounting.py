@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from gateway.catalog import Deployment
 from gateway.context import RequestContext
 from gateway.keys import Caller
-from gateway.pricing import TokenUsage, cost_usd, estimate_tokens
+from gateway.pricing import estimate_tokens, tokens_cost_usd
 from gateway.types import Usage
 
 if TYPE_CHECKING:
@@ -15,14 +15,13 @@ if TYPE_CHECKING:
 
 
 def request_cost_usd(usage: Usage, d: Deployment) -> float:
-    tokens = TokenUsage(
+    return tokens_cost_usd(
         usage.prompt_tokens,
         usage.completion_tokens,
         usage.cached_tokens,
         usage.cache_write_tokens,
-        usage.estimated,
+        d.prices,
     )
-    return cost_usd(tokens, d.prices)
 
 
 class Accountant:

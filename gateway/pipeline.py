@@ -60,9 +60,11 @@ class Pipeline:
     ) -> ChatResponse:
         once = functools.partial(attempts.chat_once, self.s.upstream, req)
         response = await self.run_plan(ctx, route, plan, once)
-        usage = self.accountant.usage_or_estimate(
-            response.usage, req.prompt_chars(), _completion_chars(response)
-        )
+        usage = response.usage
+        if usage is None:  # the upstream sent none: estimated from the text
+            usage = self.accountant.usage_or_estimate(
+                None, req.prompt_chars(), _completion_chars(response)
+            )
         d = self.s.catalog.deployments[ctx.deployment_id or ""]
         self.s.stats.success(
             d.id, ctx.upstream_s or 0.0, usage.completion_tokens, ctx.upstream_s or 0.0

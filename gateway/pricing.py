@@ -32,10 +32,27 @@ class TokenUsage:
 
 def cost_usd(usage: TokenUsage, prices: Prices) -> float:
     """USD cost of one request; cached/cache-write tokens are carved out of input_tokens."""
-    cached = max(usage.cached_input_tokens, 0)
-    cache_write = max(usage.cache_write_tokens, 0)
+    return tokens_cost_usd(
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cached_input_tokens,
+        usage.cache_write_tokens,
+        prices,
+    )
+
+
+def tokens_cost_usd(
+    input_tokens: int,
+    output_tokens: int,
+    cached_tokens: int,
+    cache_write_tokens: int,
+    prices: Prices,
+) -> float:
+    """`cost_usd` of these counts, without a TokenUsage to build (on every request)."""
+    cached = max(cached_tokens, 0)
+    cache_write = max(cache_write_tokens, 0)
     # Providers occasionally report more cached than total prompt tokens; never bill < 0.
-    uncached = max(usage.input_tokens - cached - cache_write, 0)
+    uncached = max(input_tokens - cached - cache_write, 0)
     cached_rate = _or_default(prices.cached_input_per_mtok_usd, prices.input_per_mtok_usd)
     write_rate = _or_default(prices.cache_write_per_mtok_usd, prices.input_per_mtok_usd)
     # Sum token*price first and divide once: fewer rounding steps than per-token prices.
@@ -44,7 +61,7 @@ def cost_usd(usage: TokenUsage, prices: Prices) -> float:
             uncached * prices.input_per_mtok_usd,
             cached * cached_rate,
             cache_write * write_rate,
-            max(usage.output_tokens, 0) * prices.output_per_mtok_usd,
+            max(output_tokens, 0) * prices.output_per_mtok_usd,
         )
     )
     return total / _TOKENS_PER_MTOK
