@@ -406,9 +406,10 @@ class NativeUpstream:
     async def send(self, req: UpstreamRequest, within_s: float = math.inf) -> UpstreamResponse:
         exchange, reply = await self._start(req, req.timeouts.total_s, within_s)
         try:
-            with _mapped_errors():
-                await reply.head
-                body = await reply.read_all()
+            await reply.head
+            body = await reply.read_all()
+        except _TRANSPORT_ERRORS as exc:  # `_mapped_errors` inline: on every call
+            raise _mapped(exc) from None
         finally:
             exchange.finish()
         return UpstreamResponse(reply.status, reply.headers, body)
