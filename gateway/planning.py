@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from starlette.datastructures import Headers
@@ -41,14 +41,15 @@ class RequestControls:
 DEFAULT_CONTROLS = RequestControls()
 
 
-def controls_from_headers(headers: Headers) -> RequestControls:
-    # Most requests send none: one pass over the raw (lower-case) names, without
-    # decoding them or a lookup per control.
-    for name, _ in headers.raw:
+def controls_from_headers(raw: Sequence[tuple[bytes, bytes]]) -> RequestControls:
+    """From a request's raw headers (ASGI's: lower-case names). Most requests send no
+    control: one pass over the names, without decoding them or a lookup per control."""
+    for name, _ in raw:
         if name.startswith(b"x-gateway-") or name == b"cache-control":
             break
     else:
         return DEFAULT_CONTROLS
+    headers = Headers(raw=list(raw))
     cache_control = (headers.get("cache-control") or "").lower()
     return RequestControls(
         policy=headers.get("x-gateway-policy") or None,

@@ -38,7 +38,7 @@ async def chat_completions(request: Request) -> Response:
     route = services.catalog.route_for(req.model)
     ctx.route, ctx.stream = route.name, req.stream
     caller.check_route(route.name)
-    controls = controls_from_headers(request.headers)
+    controls = controls_from_headers(request.scope["headers"])
     cache = services.cache
     lookup = cache.lookup(req, route, caller, controls, ctx) if cache is not None else None
     if lookup is None:

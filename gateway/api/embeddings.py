@@ -28,7 +28,7 @@ async def create_embeddings(request: Request) -> Response:
     route = services.catalog.route_for(req.model, mode="embedding")
     ctx.route = route.name
     caller.check_route(route.name)
-    controls = controls_from_headers(request.headers)
+    controls = controls_from_headers(request.scope["headers"])
     chars = sum(len(str(i)) for i in req.inputs)
     needs = frozenset({"embeddings"})
     plan = services.planner.plan(

@@ -18,7 +18,7 @@ async def explain(request: Request) -> Response:
     req = parse_chat_request(raw, services.request_limits)
     route = services.catalog.route_for(req.model)
     caller.check_route(route.name)
-    plan = pipeline.plan_chat(req, route, controls_from_headers(request.headers))
+    plan = pipeline.plan_chat(req, route, controls_from_headers(request.scope["headers"]))
     return json_response({"route": route.name, **plan.to_dict()})
 
 
