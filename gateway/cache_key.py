@@ -89,6 +89,7 @@ IGNORED_FIELDS: frozenset[str] = frozenset(
 
 # JSON gives 1 and 1.0 different bytes; these are the same setting.
 _FLOAT_FIELDS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
+_FLOAT_FIELDS_SET = frozenset(_FLOAT_FIELDS)
 
 
 @functools.lru_cache(maxsize=4096)  # tenants are keys and teams: few, asked per request
@@ -104,11 +105,18 @@ def tenant_prefix(tenant: str | None) -> str:
 
 def cache_key(tenant: str, body: JSONObject, controls: RequestControls) -> str:
     """The storage key of a chat request's response for this tenant."""
-    material = [key_fields(body), routing_fields(controls)]
-    digest = hashlib.sha256()
-    digest.update(f"{KEY_VERSION}\0{tenant}\0".encode())
-    digest.update(jsonutil.dumps_canonical(material))
-    return f"{tenant_prefix(tenant)}{digest.hexdigest()}"
+    prefix, seeded = _tenant_start(tenant)
+    digest = seeded.copy()
+    digest.update(jsonutil.dumps_canonical([key_fields(body), routing_fields(controls)]))
+    return prefix + digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=4096)
+def _tenant_start(tenant: str) -> tuple[str, hashlib._Hash]:
+    """A tenant's storage-key prefix and a SHA-256 that has hashed its part of the key
+    material (copied per request: the same bytes are not hashed again)."""
+    seeded = hashlib.sha256(f"{KEY_VERSION}\0{tenant}\0".encode())
+    return tenant_prefix(tenant), seeded
 
 
 def key_fields(body: JSONObject) -> JSONObject:
@@ -118,6 +126,8 @@ def key_fields(body: JSONObject) -> JSONObject:
         fields = body  # the usual case: nothing to leave out, no copy to make
     else:
         fields = {k: v for k, v in body.items() if k not in IGNORED_FIELDS}
+    if _FLOAT_FIELDS_SET.isdisjoint(fields):
+        return fields
     for name in _FLOAT_FIELDS:
         value = fields.get(name)
         if isinstance(value, int) and not isinstance(value, bool):
