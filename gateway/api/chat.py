@@ -20,6 +20,7 @@ from gateway.api.sse import SSE_CONTENT_TYPE, SSE_HEADERS, SSEResponse
 from gateway.cache import CacheEntry
 from gateway.catalog import Route
 from gateway.keys import Caller
+from gateway.limits import has_limits
 from gateway.planning import RequestControls, controls_from_headers
 from gateway.pricing import estimate_tokens
 from gateway.response_cache import CacheLookup, render_hit
@@ -69,7 +70,8 @@ async def complete(
     services, pipeline, ctx = services_of(request), pipeline_of(request), context_of(request)
     plan = pipeline.plan_chat(req, route, controls)
     ctx.policy = plan.policy
-    await services.limits.admit(ctx, caller, *estimate(plan, req))
+    if has_limits(caller):  # else nothing to check or reserve: no estimate, no coroutine
+        await services.limits.admit(ctx, caller, *estimate(plan, req))
     try:
         if req.stream:
             stream = await until_disconnect(

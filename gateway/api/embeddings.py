@@ -14,6 +14,7 @@ from gateway.api.deps import (
     read_body,
     services_of,
 )
+from gateway.limits import has_limits
 from gateway.planning import controls_from_headers, route_request
 from gateway.pricing import estimate_tokens
 from gateway.validation import parse_embedding_request
@@ -35,7 +36,8 @@ async def create_embeddings(request: Request) -> Response:
         route, route_request(chars, None, needs, controls), controls.policy
     )
     ctx.policy = plan.policy
-    await services.limits.admit(ctx, caller, *estimate(plan, chars))
+    if has_limits(caller):  # else nothing to check or reserve
+        await services.limits.admit(ctx, caller, *estimate(plan, chars))
     try:
         response = await pipeline.embeddings(req, route, plan, caller, ctx)
     except BaseException:
