@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 from gateway.catalog import Deployment
 from gateway.context import RequestContext
@@ -37,10 +38,12 @@ class Accountant:
             estimate_tokens(prompt_chars), estimate_tokens(completion_chars), estimated=True
         )
 
-    async def settle(
+    def settle(
         self, ctx: RequestContext, caller: Caller, d: Deployment, usage: Usage
-    ) -> None:
+    ) -> Coroutine[Any, Any, None]:
+        """Prices and records the usage now; returns the limits' settle to await (its
+        coroutine, not one more around it)."""
         ctx.usage = usage
         ctx.cost_usd = request_cost_usd(usage, d)
         self.s.metrics.record_usage(ctx, caller.name, caller.team or "none")
-        await self.s.limits.settle(ctx, caller)
+        return self.s.limits.settle(ctx, caller)
