@@ -7,7 +7,7 @@ import re
 import signal
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -95,8 +95,20 @@ def memory_gateway(
     return start_gateway(cache_config(fake_openai, None, enabled=False))
 
 
+_clients: list[openai.OpenAI] = []  # closed after each test (their pooled sockets too)
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _clients:
+        _clients.pop().close()
+
+
 def client_for(gateway: GatewayProcess, key: str = GATEWAY_KEY) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0)
+    client = openai.OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0)
+    _clients.append(client)
+    return client
 
 
 def ask() -> list[dict[str, Any]]:
