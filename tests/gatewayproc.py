@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import subprocess
 import sys
@@ -58,6 +59,9 @@ class GatewayProcess:
         ]
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env, cwd=REPO)
+        # Stopped at exit too: a session that pytest aborts (an INTERNALERROR) never runs
+        # the fixtures' teardown, and its gateways would outlive it.
+        atexit.register(self.stop)
         self._wait_ready()
         return self
 
