@@ -4,7 +4,8 @@ The pipeline calls these hooks:
 
 - `admit` before any upstream call: one store call (a Lua script with Redis) checks
   the key's budget, rpm and tpm and reserves the estimates together, or refuses
-  (keys with none of the three skip the store: nothing to check or reserve):
+  (keys with none of the three are not admitted at all, `has_limits`: nothing to
+  check or reserve):
   budget -> 429 insufficient_quota (x-should-retry: false), rpm/tpm -> 429
   rate_limit_exceeded with retry-after;
 - `settle` once the real usage and cost are on the context (streams included, and
@@ -104,10 +105,8 @@ class Limits:
         estimated_tokens: int,
         estimated_cost_usd: float,
     ) -> None:
-        if not has_limits(caller):
-            # Nothing to check, reserve or hold: no store round trip. The settle makes
-            # the admission it bills under (an unreserved settlement: see limit_store).
-            return
+        """For a caller with limits (`has_limits`); callers skip it for one without:
+        nothing to check, reserve or hold, and its settle bills it in a tally."""
         admission = new_admission(caller, estimated_tokens, estimated_cost_usd)
         try:
             decision = await self.store.admit(admission)
