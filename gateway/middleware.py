@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import jsonutil
-from gateway.api.deps import BytesResponse
+from gateway.api.deps import BytesResponse, header
 from gateway.api.error_handlers import respond_to
 from gateway.api.hot import Endpoint
 from gateway.context import RequestContext
@@ -147,12 +147,9 @@ async def _overloaded(send: Send) -> None:
 
 
 def _request_id(scope: Scope) -> str:
-    for name, value in scope["headers"]:
-        if name == b"x-request-id":
-            candidate = str(value.decode("latin-1"))
-            if _SANE_ID.match(candidate):
-                return candidate
-            break
+    candidate = header(scope, b"x-request-id")
+    if candidate is not None and _SANE_ID.match(candidate):
+        return candidate
     return new_id()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Scope
 
 from gateway import jsonutil
 from gateway.context import RequestContext
@@ -31,10 +32,11 @@ def context_of(request: Request) -> RequestContext:
     return ctx
 
 
-def header(request: Request, name: bytes) -> str | None:
-    """A request header by its lower-case name, read from the scope: `request.headers`
-    builds a Headers object whose `get` goes through the Mapping ABC per call."""
-    raw: list[tuple[bytes, bytes]] = request.scope["headers"]
+def header(scope: Scope, name: bytes) -> str | None:
+    """A request header (the first) by its lower-case name, read from the scope:
+    `request.headers` builds a Headers object whose `get` goes through the Mapping ABC
+    per call."""
+    raw: list[tuple[bytes, bytes]] = scope["headers"]
     for key, value in raw:
         if key == name:
             return value.decode("latin-1")
@@ -42,7 +44,7 @@ def header(request: Request, name: bytes) -> str | None:
 
 
 def authenticate(request: Request) -> Caller:
-    caller = services_of(request).keys.authenticate(header(request, b"authorization"))
+    caller = services_of(request).keys.authenticate(header(request.scope, b"authorization"))
     ctx = context_of(request)
     ctx.key_id, ctx.key_name, ctx.team = caller.key_id, caller.name, caller.team
     return caller
@@ -50,7 +52,7 @@ def authenticate(request: Request) -> Caller:
 
 async def read_body(request: Request, limit_bytes: int) -> bytes:
     """Reads at most `limit_bytes`, chunked bodies included; 413 past that (rule 14)."""
-    declared = header(request, b"content-length")
+    declared = header(request.scope, b"content-length")
     if declared and declared.isdigit() and int(declared) > limit_bytes:
         raise PayloadTooLargeError(f"Request body is larger than {limit_bytes} bytes.")
     # From `receive` itself: Starlette's `request.stream()` is an async generator, a
