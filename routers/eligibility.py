@@ -20,9 +20,7 @@ def _provider(request: RouteRequest, c: Candidate) -> tuple[str, str] | None:
     return None
 
 
-def _capability(request: RouteRequest, c: Candidate) -> tuple[str, str] | None:
-    if request.required_capabilities <= c.capabilities:
-        return None  # the usual case, without building the difference
+def _missing_capabilities(request: RouteRequest, c: Candidate) -> tuple[str, str]:
     missing = sorted(request.required_capabilities - c.capabilities)
     return "capability", f"missing capabilities: {', '.join(missing)}"
 
@@ -37,11 +35,9 @@ def _context(request: RouteRequest, c: Candidate) -> tuple[str, str] | None:
     return None
 
 
-def _cooldown(request: RouteRequest, c: Candidate) -> tuple[str, str] | None:
-    if c.stats.cooldown_until > request.now:
-        remaining = c.stats.cooldown_until - request.now
-        return "cooldown", f"cooling down for another {remaining:.1f}s"
-    return None
+def _cooling_down(request: RouteRequest, c: Candidate) -> tuple[str, str]:
+    remaining = c.stats.cooldown_until - request.now
+    return "cooldown", f"cooling down for another {remaining:.1f}s"
 
 
 def _rate_limit(request: RouteRequest, c: Candidate, default_out: int) -> tuple[str, str] | None:
@@ -56,12 +52,12 @@ def _rate_limit(request: RouteRequest, c: Candidate, default_out: int) -> tuple[
     return None
 
 
-def _cost(request: RouteRequest, c: Candidate, default_out: int) -> tuple[str, str] | None:
-    if request.max_cost_usd is None:
-        return None
+def _cost(
+    request: RouteRequest, c: Candidate, default_out: int, max_cost_usd: float
+) -> tuple[str, str] | None:
     cost = expected_cost_usd(request, c, default_out)
-    if cost > request.max_cost_usd:
-        return "max_cost", f"expected ${cost:.6f} exceeds max ${request.max_cost_usd:.6f}"
+    if cost > max_cost_usd:
+        return "max_cost", f"expected ${cost:.6f} exceeds max ${max_cost_usd:.6f}"
     return None
 
 
@@ -70,22 +66,23 @@ def check(request: RouteRequest, candidate: Candidate, default_out: int) -> Reje
 
     Planning checks every candidate on every request, and most constraints are not in
     play (no provider filter, no cooldown, no quota, no cost ceiling): each check's
-    helper runs only when a cheap test here says it may fail.
+    helper runs only when a cheap test here says it may fail (for a missing
+    capability or a cooldown, only to word the failure the test found).
     """
     stats = candidate.stats
     failure = None
     if request.allowed_providers is not None or request.excluded_providers:
         failure = _provider(request, candidate)
     if failure is None and not request.required_capabilities <= candidate.capabilities:
-        failure = _capability(request, candidate)
+        failure = _missing_capabilities(request, candidate)
     if failure is None:
         failure = _context(request, candidate)
     if failure is None and stats.cooldown_until > request.now:
-        failure = _cooldown(request, candidate)
+        failure = _cooling_down(request, candidate)
     if failure is None and (stats.remaining_rpm is not None or stats.remaining_tpm is not None):
         failure = _rate_limit(request, candidate, default_out)
     if failure is None and request.max_cost_usd is not None:
-        failure = _cost(request, candidate, default_out)
+        failure = _cost(request, candidate, default_out, request.max_cost_usd)
     if failure is None:
         return None
     return Rejection(candidate=candidate, reason=failure[0], detail=failure[1])
