@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.catalog import Deployment
 from gateway.context import RequestContext
 from gateway.keys import Caller
-from gateway.pricing import estimate_tokens, tokens_cost_usd
+from gateway.pricing import cost_usd, estimate_tokens
 from gateway.types import Usage
 
 if TYPE_CHECKING:
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 
 def request_cost_usd(usage: Usage, d: Deployment) -> float:
-    return tokens_cost_usd(
+    return cost_usd(
         usage.prompt_tokens,
         usage.completion_tokens,
         usage.cached_tokens,

@@ -19,36 +19,16 @@ class Prices:
     cache_write_per_mtok_usd: float | None = None  # None -> priced as normal input
 
 
-@dataclass(frozen=True, slots=True)
-class TokenUsage:
-    # OpenAI convention: input_tokens (prompt_tokens) already includes cached and
-    # cache-write tokens; output_tokens includes reasoning tokens.
-    input_tokens: int
-    output_tokens: int
-    cached_input_tokens: int = 0
-    cache_write_tokens: int = 0
-    estimated: bool = False
-
-
-def cost_usd(usage: TokenUsage, prices: Prices) -> float:
-    """USD cost of one request; cached/cache-write tokens are carved out of input_tokens."""
-    return tokens_cost_usd(
-        usage.input_tokens,
-        usage.output_tokens,
-        usage.cached_input_tokens,
-        usage.cache_write_tokens,
-        prices,
-    )
-
-
-def tokens_cost_usd(
+def cost_usd(
     input_tokens: int,
     output_tokens: int,
     cached_tokens: int,
     cache_write_tokens: int,
     prices: Prices,
 ) -> float:
-    """`cost_usd` of these counts, without a TokenUsage to build (on every request)."""
+    """USD cost of one request. OpenAI's convention: `input_tokens` (prompt_tokens)
+    already includes the cached and cache-write tokens, which are carved out of it and
+    priced at their own rates; `output_tokens` includes reasoning tokens."""
     cached = max(cached_tokens, 0)
     cache_write = max(cache_write_tokens, 0)
     # Providers occasionally report more cached than total prompt tokens; never bill < 0.

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from gateway.catalog_data import CatalogError, ModelCatalog, default_catalog_path
-from gateway.pricing import TokenUsage, cost_usd
+from gateway.pricing import cost_usd
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "scripts" / "build_catalog.py"
@@ -60,7 +60,7 @@ def test_gpt_4o_mini(catalog: ModelCatalog) -> None:
 def test_entry_prices_feed_cost_function(catalog: ModelCatalog) -> None:
     entry = catalog.lookup("gpt-4o-mini", "openai")
     assert entry is not None
-    cost = cost_usd(TokenUsage(input_tokens=1000, output_tokens=500), entry.prices())
+    cost = cost_usd(1000, 500, 0, 0, entry.prices())
     assert cost == pytest.approx(0.00045, rel=1e-12)
 
 
