@@ -43,6 +43,11 @@ class Deployment:
     price_source: str = "config"  # config | catalog | none
     simulated: bool = False
 
+    @property
+    def has_quota(self) -> bool:
+        """An rpm or tpm quota: the planner asks such a deployment for its headroom."""
+        return self.rpm is not None or self.tpm is not None
+
 
 @dataclass(frozen=True, slots=True)
 class Route:

@@ -199,7 +199,7 @@ class DeploymentQuotas:
         store: RedisLimitStore | None,
         interval_s: float,
     ) -> None:
-        self._quotas = {d: q for d, q in quotas.items() if q != (None, None)}
+        self._quotas = dict(quotas)  # deployment -> (rpm, tpm): only those with a quota
         self._window_s = window_s
         self._store = store
         self._interval_s = interval_s

@@ -245,7 +245,7 @@ def build_limits(
     else:
         store = MemoryLimitStore(window_s, reservation_ttl_s(config))
     quotas = DeploymentQuotas(
-        {d.id: (d.rpm, d.tpm) for d in deployments.values()},
+        {d.id: (d.rpm, d.tpm) for d in deployments.values() if d.has_quota},
         window_s,
         redis_store,
         config.limits.deployment_sync_interval_s,

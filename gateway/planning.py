@@ -144,9 +144,7 @@ class Planner:
         self._stats = stats
         self._headroom = headroom
         # Only a deployment with an rpm or tpm quota has headroom to ask for.
-        self._limited = frozenset(
-            i for i, d in deployments.items() if d.rpm is not None or d.tpm is not None
-        )
+        self._limited = frozenset(i for i, d in deployments.items() if d.has_quota)
         self._fixed = {i: _fixed_fields(d) for i, d in deployments.items()}
         # The last Candidate of each deployment: reused while its LiveStats object is the
         # same (a frozen dataclass of 11 fields costs more to build than the whole check).
