@@ -40,6 +40,9 @@ class _ReplyProtocol(asyncio.Protocol):
 
     def __init__(self, reply_deadline_s: float) -> None:
         self.transport: asyncio.Transport | None = None
+        # Made in the loop's connect; kept: get_running_loop() is a getpid() system call
+        # per call on Python 3.11 (its fork check).
+        self.loop = asyncio.get_running_loop()
         self.waiting: deque[tuple[_Sink, float]] = deque()  # (where the reply goes, due)
         self._reader = hiredis.Reader(replyError=ResponseError)
         self._deadline_s = reply_deadline_s
@@ -73,22 +76,23 @@ class _ReplyProtocol(asyncio.Protocol):
         self.transport = None
         self._drain(RedisConnectionError("Connection to Redis lost."))
 
-    def expect(self, sinks: list[_Sink], loop: asyncio.AbstractEventLoop) -> None:
+    def expect(self, sinks: list[_Sink]) -> None:
         """Queue replies to wait for, each due `reply_deadline_s` from now."""
-        due = loop.time() + self._deadline_s
+        due = self.loop.time() + self._deadline_s
         self.waiting.extend([(sink, due) for sink in sinks])
         if self._timer is None:
-            self._timer = loop.call_at(due, self._check_overdue, loop)
+            self._timer = self.loop.call_at(due, self._check_overdue)
 
-    def _check_overdue(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _check_overdue(self) -> None:
         self._timer = None
+        loop = self.loop
         if not self.waiting:
             return
         due = self.waiting[0][1]  # the oldest command: replies come in order
         if loop.time() >= due:
             self.fail(RedisTimeoutError("Redis did not answer in time."))
         else:
-            self._timer = loop.call_at(due, self._check_overdue, loop)
+            self._timer = loop.call_at(due, self._check_overdue)
 
     def fail(self, error: Exception) -> None:
         if self.transport is not None:
@@ -126,7 +130,7 @@ class RedisPipe:
 
     async def execute(self, *command: str | bytes | int | float) -> Any:
         protocol = self._open_protocol() or await self._connect()
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Any] = protocol.loop.create_future()
         self._send(protocol, [command], [future])
         return await future
 
@@ -142,7 +146,7 @@ class RedisPipe:
         self, protocol: _ReplyProtocol, commands: Sequence[Command]
     ) -> asyncio.Future[list[Any]]:
         # One future for all the replies: no gather, no callback per reply.
-        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[list[Any]] = protocol.loop.create_future()
         replies = _Replies(future, len(commands))
         self._send(protocol, commands, [replies] * len(commands))
         return future
@@ -157,7 +161,7 @@ class RedisPipe:
             # on a new connection rather than wait behind replies that may never come.
             protocol.fail(RedisConnectionError("Redis stopped answering."))
             raise RedisConnectionError("Too many Redis commands waiting for replies.")
-        protocol.expect(sinks, asyncio.get_running_loop())
+        protocol.expect(sinks)
         assert protocol.transport is not None
         protocol.transport.write(b"".join([_pack(c) for c in commands]))
 

@@ -170,6 +170,9 @@ class _Exchange(asyncio.Protocol):
     def __init__(self, pool: ConnectionPool, origin: Origin) -> None:
         self._pool = pool
         self.origin = origin
+        # Made in the loop's connect: kept, as asyncio.get_running_loop() costs a
+        # getpid() system call on each call in Python 3.11 (its fork check).
+        self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.idle_since = 0.0  # loop time it went back to the pool
         self._parser = httptools.HttpResponseParser(self)
@@ -198,7 +201,7 @@ class _Exchange(asyncio.Protocol):
             self._close()  # bytes nobody asked for: the connection is out of step
             return
         self._started = True
-        self._last_read = asyncio.get_running_loop().time()
+        self._last_read = self.loop.time()
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError:
@@ -253,7 +256,7 @@ class _Exchange(asyncio.Protocol):
         that comes due idle now and then): one still due before this answer's
         deadline stays, and when due, checks what is in flight then."""
         assert self.transport is not None
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         self._reply = reply = Reply(self, loop)
         self._read_s, self._last_read = read_s, loop.time()
         self._total_due = self._last_read + total_s
@@ -269,7 +272,7 @@ class _Exchange(asyncio.Protocol):
     def drained(self) -> None:
         if self._paused and self.transport is not None:
             self._paused = False
-            self._last_read = asyncio.get_running_loop().time()  # the gap was ours
+            self._last_read = self.loop.time()  # the gap was ours
             self.transport.resume_reading()
 
     def finish(self) -> None:
@@ -288,7 +291,7 @@ class _Exchange(asyncio.Protocol):
         reply = self._reply
         if reply is None or reply.ended or self.transport is None:
             return  # idle in the pool, or the answer is in: nothing to time
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         now, due = loop.time(), self._last_read + self._read_s
         if now < self._total_due and (self._paused or now < due):  # read since, or paused
             due = min(max(due, now + 0.05), self._total_due)  # by us: not idle
@@ -335,7 +338,7 @@ class ConnectionPool:
         if len(connections) >= MAX_IDLE_PER_ORIGIN:
             exchange._close()
             return
-        loop = asyncio.get_running_loop()
+        loop = exchange.loop
         exchange.idle_since = loop.time()
         connections.append(exchange)
         if self._sweep is None:
