@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_SOURCE = Path("../shared/data/model_prices_and_context_window.json")
+DEFAULT_SOURCE = REPO_ROOT / "config" / "sources" / "model_prices_and_context_window.json"
 DEFAULT_OUT = Path("config/catalog.json")
 
 KEPT_MODES = frozenset({"chat", "embedding"})

@@ -1,4 +1,4 @@
-"""Validate gateway output against OpenAI's published schemas (shared/data subset)."""
+"""Validate gateway output against OpenAI's published schemas (tests/data/README.md)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import jsonschema
 
-SUBSET = Path(__file__).resolve().parents[2] / "shared" / "data" / "openai-openapi-subset.json"
+SUBSET = Path(__file__).resolve().parent / "data" / "openai-openapi-subset.json"
 
 
 @cache
