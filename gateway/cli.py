@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.app import create_app
+    from gateway.http_protocol import protocol_setting
     from gateway.logs import configure_logging
     from gateway.metrics_server import multiprocess_dir, start_supervisor
 
@@ -82,9 +84,12 @@ def _serve(args: argparse.Namespace) -> int:
         "port": port,
         "loop": "uvloop",
         # httptools with a bound on the head (431); uvicorn hands the bound over in its
-        # h11 field, an int that survives the spawn of worker processes.
-        "http": "gateway.http_protocol:BoundedHttpToolsProtocol",
+        # h11 field, an int that survives the spawn of worker processes. uvicorn's stock
+        # h11 protocol (bounded by the same field) if the installed uvicorn lacks what
+        # the gateway's protocol needs.
+        "http": protocol_setting(logging.getLogger("gateway").warning),
         "h11_max_incomplete_event_size": config.server.max_header_bytes,
+        "ws": "none",  # no websocket endpoint: an upgrade request is served as plain HTTP
         "access_log": False,
         "log_level": "warning",
         "lifespan": "on",

@@ -20,20 +20,34 @@ response's head on its own and each piece of a chunked body with its framing, an
 stream's end (`[DONE]`, then the chunked terminator) as two more writes. Each is a
 system call, a few percent of the gateway's CPU each on a virtual machine. Held writes
 go out together when the response completes, or at the end of the event-loop turn.
+
+An upgrade request the gateway does not speak (`Upgrade: h2c`, which Java's HttpClient
+sends on its first cleartext request) is served as the plain HTTP/1.1 request it also is,
+body included: llhttp stops at the end of such a request's head and hands the rest over
+as the new protocol's bytes, and uvicorn would serve the request without its body
+(uvicorn issue 2722).
+
+This is the one module that reaches into uvicorn's internals (its httptools protocol and
+request cycle). `missing_uvicorn_internals` lists what it needs that the installed uvicorn
+lacks; `protocol_setting` then has uvicorn serve with its stock h11 protocol instead
+(slower; it still bounds the head, with a 400 instead of a 431).
 """
 
 from __future__ import annotations
 
 import asyncio
 import string
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from importlib.metadata import version
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import (
-    STATUS_LINE,
-    HttpToolsProtocol,
-    RequestResponseCycle,
-)
+import httptools
+import uvicorn.config
+import uvicorn.server
+from uvicorn.protocols.http import httptools_impl
+from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle as RequestResponseCycle
 
 from gateway import jsonutil
 
@@ -44,6 +58,10 @@ _TOKEN_CHARS = (string.ascii_letters + string.digits + "!#$%&'*+-.^_`|~").encode
 _CONTROL_CHARS = bytes([*range(0x00, 0x09), *range(0x0A, 0x20), 0x7F])
 FLUSH_AT_BYTES = 64 * 1024  # held writes past this go out at once
 _CLOSE: Header = (b"connection", b"close")
+STATUS_LINE: dict[int, bytes] = getattr(httptools_impl, "STATUS_LINE", {})
+# What `uvicorn --http` names for each case (see `protocol_setting`).
+GATEWAY_PROTOCOL = "gateway.http_protocol:BoundedHttpToolsProtocol"
+STOCK_PROTOCOL = "h11"
 
 
 class HeadersTooLargeError(Exception):
@@ -60,11 +78,41 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     _limit = DEFAULT_MAX_HEADER_BYTES  # the configured bound, set per connection
 
     def data_received(self, data: bytes) -> None:
-        super().data_received(data)
+        """uvicorn's, except for an upgrade to a protocol the gateway does not speak:
+        served as plain HTTP/1.1, body included (uvicorn drops the body and stalls)."""
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.logger.warning("Invalid HTTP request received.")
+            self.send_400_response("Invalid HTTP request received.")
+            return
+        except httptools.HttpParserUpgrade as upgrade:
+            if self._should_upgrade():  # a websocket, with a websocket library: uvicorn's
+                self.handle_websocket_upgrade()
+            else:
+                self._serve_upgrade_as_http(data[upgrade.args[0] :])
+            return
         if self._in_head and not self.transport.is_closing():
             self._raw_bytes += len(data)  # the head is still arriving: bound the buffer
             if self._raw_bytes > self._limit:
                 self._send_431()
+
+    def _serve_upgrade_as_http(self, rest: bytes) -> None:
+        """llhttp stopped at the end of an upgrade request's head and has already called
+        `on_message_complete`; `rest` is everything after the head. The request's body
+        is read by a parser of its own, which then goes on with the connection's next
+        requests (llhttp offers no way back into a body once it has passed it)."""
+        framing = _body_framing(self.headers)
+        if framing is None:  # no body: the request is whole; llhttp goes on after it
+            if rest:
+                self.data_received(rest)
+            return
+        cycle = self.cycle
+        cycle.more_body = True  # undo the early end (its task has not run yet)
+        cycle.message_event.clear()
+        self.parser = httptools.HttpRequestParser(_AfterUpgradeHead(self))
+        self.data_received(b"POST / HTTP/1.1\r\n" + framing + b"\r\n\r\n" + rest)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -167,6 +215,54 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         ]
         self.transport.write(_response_bytes(431, headers, body))
         self.transport.close()
+
+
+def _body_framing(headers: list[Header]) -> bytes | None:
+    """The header that frames a request's body, or None when it has none."""
+    for name, value in headers:
+        if name == b"transfer-encoding" and b"chunked" in value.lower():
+            return b"transfer-encoding: chunked"
+    for name, value in headers:
+        if name == b"content-length" and value.strip().isdigit() and int(value) > 0:
+            return b"content-length: %d" % int(value)
+    return None
+
+
+class _AfterUpgradeHead:
+    """The callbacks of the parser that takes over a connection after an upgrade request
+    the gateway serves as plain HTTP: it is fed a head of its own (swallowed here) that
+    frames the request's body as its head declared, then the rest of the connection.
+    The body and everything after it reach the protocol as from its first parser."""
+
+    __slots__ = ("_protocol", "_in_own_head")
+
+    def __init__(self, protocol: BoundedHttpToolsProtocol) -> None:
+        self._protocol = protocol
+        self._in_own_head = True
+
+    def on_message_begin(self) -> None:
+        if not self._in_own_head:
+            self._protocol.on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        if not self._in_own_head:
+            self._protocol.on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_own_head:
+            self._protocol.on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self._in_own_head:
+            self._in_own_head = False
+        else:
+            self._protocol.on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self._protocol.on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._protocol.on_message_complete()
 
 
 class CoalescedWrites:
@@ -305,3 +401,78 @@ def hook_client_gone(
 
 def unhook_client_gone(cycle: RequestResponseCycle) -> None:
     setattr(cycle, _CLIENT_GONE, None)
+
+
+# uvicorn internals this module uses beyond uvicorn's public API: per owner, the names it
+# must have (module names, methods) and the instance fields its own code must set or read
+# (uvicorn assigns them in __init__ or connection_made, so the class itself has none).
+_INTERNALS: tuple[tuple[Any, tuple[str, ...], tuple[str, ...]], ...] = (
+    (httptools_impl, ("STATUS_LINE", "HttpToolsProtocol", "RequestResponseCycle"), ()),
+    (
+        HttpToolsProtocol,
+        (
+            "data_received", "connection_made", "connection_lost", "on_message_begin",
+            "on_url", "on_header", "on_headers_complete", "on_body", "on_message_complete",
+            "on_response_complete", "_start_asgi_task", "_unset_keepalive_if_required",
+            "_should_upgrade", "handle_websocket_upgrade", "send_400_response",
+            "timeout_keep_alive_handler",
+        ),
+        (
+            "config", "server_state", "flow", "pipeline", "loop", "logger", "cycle",
+            "parser", "headers", "transport", "timeout_keep_alive", "timeout_keep_alive_task",
+        ),
+    ),
+    (
+        RequestResponseCycle,
+        ("run_asgi",),
+        (
+            "scope", "transport", "flow", "access_log", "default_headers", "message_event",
+            "keep_alive", "on_response", "disconnected", "response_started",
+            "response_complete", "waiting_for_100_continue", "more_body",
+        ),
+    ),
+    (uvicorn.config.Config, (), ("h11_max_incomplete_event_size",)),
+    (uvicorn.server.ServerState, (), ("total_requests", "default_headers")),
+    (FlowControl, ("pause_reading", "resume_reading"), ("write_paused",)),
+)  # fmt: skip
+
+
+def missing_uvicorn_internals() -> list[str]:
+    """The uvicorn internals this module needs that the installed uvicorn lacks."""
+    missing = []
+    for owner, names, fields in _INTERNALS:
+        used = _names_in_code(owner) if fields else set()
+        for name in names:
+            if not hasattr(owner, name):
+                missing.append(f"{owner.__name__}.{name}")
+        for name in fields:
+            if name not in used:
+                missing.append(f"{owner.__name__}.{name}")
+    return missing
+
+
+def _names_in_code(cls: type) -> set[str]:
+    """Every attribute name the functions of `cls` (and its bases) read or set."""
+    return {name for code in _codes(cls) for name in code.co_names}
+
+
+def _codes(cls: type) -> Iterator[Any]:
+    for klass in cls.__mro__:
+        for member in vars(klass).values():
+            code = getattr(member, "__code__", None)
+            if code is not None:
+                yield code
+
+
+def protocol_setting(warn: Callable[[str], None]) -> str:
+    """What to pass as uvicorn's `http`: the gateway's protocol when the installed uvicorn
+    has everything it needs; otherwise uvicorn's stock h11 protocol, with one warning."""
+    missing = missing_uvicorn_internals()
+    if not missing:
+        return GATEWAY_PROTOCOL
+    warn(
+        f"uvicorn {version('uvicorn')} lacks {', '.join(missing)}, which the gateway's "
+        "HTTP protocol uses: serving with uvicorn's stock h11 protocol instead (correct, "
+        "slower). Install the locked uvicorn version to get the fast path back."
+    )
+    return STOCK_PROTOCOL

@@ -27,6 +27,7 @@ class GatewayProcess:
         *,
         workers: int = 1,
         env: dict[str, str] | None = None,
+        launcher: list[str] | None = None,
     ) -> None:
         self.port = free_port()
         config = {**config, "server": {**config.get("server", {}), "port": self.port}}
@@ -35,6 +36,8 @@ class GatewayProcess:
         self.log_path = workdir / f"gateway-{self.port}.log"
         self.workers = workers
         self.env = env or {}
+        # What runs the CLI: `python -m gateway` unless a test needs a prelude first.
+        self.launcher = launcher or ["-m", "gateway"]
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -49,8 +52,7 @@ class GatewayProcess:
         env = {**os.environ, **self.env, "PYTHONPATH": str(REPO)}
         cmd = [
             sys.executable,
-            "-m",
-            "gateway",
+            *self.launcher,
             "serve",
             "--config",
             str(self.config_path),

@@ -18,9 +18,8 @@ from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.types import Receive
-from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
-from gateway.http_protocol import hook_client_gone, unhook_client_gone
+from gateway.http_protocol import RequestResponseCycle, hook_client_gone, unhook_client_gone
 
 T = TypeVar("T")
 
