@@ -1,4 +1,5 @@
-"""create_app(config) -> the ASGI app. Lifespan builds the services; one error handler."""
+"""create_app(config) -> the ASGI app: the composition root. The lifespan builds the
+services; gateway.api serves them."""
 
 from __future__ import annotations
 
@@ -9,34 +10,30 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from starlette.applications import Starlette
 
-from gateway.api import all_routes, hot_paths
-from gateway.api.error_handlers import EXCEPTION_HANDLERS
-from gateway.catalog import build_catalog
-from gateway.catalog_data import ModelCatalog, default_catalog_path
-from gateway.config import ConfigError, GatewayConfig, env_config_path, load_config, multiproc_dir
-from gateway.key_admin import build_key_admin
-from gateway.keys import KeyStore
+from gateway.api import RequestContextMiddleware, asgi_app, start_in_process
+from gateway.cache import build_response_cache
+from gateway.config import (
+    ConfigError,
+    GatewayConfig,
+    ModelCatalog,
+    build_catalog,
+    default_catalog_path,
+    env_config_path,
+    load_config,
+    multiproc_dir,
+)
+from gateway.dialects import RequestLimits
+from gateway.keys import KeyStore, build_key_admin
 from gateway.limits import build_limits
-from gateway.logs import AccessLog, configure_logging
-from gateway.memory_trim import build_trimmer
-from gateway.metrics import Metrics
-from gateway.metrics_server import start_in_process
-from gateway.middleware import RequestContextMiddleware
-from gateway.pipeline import Pipeline
-from gateway.planning import Planner
-from gateway.providers.registry import build_providers
-from gateway.providers.simulated import SimulatedTransport
-from gateway.redis_client import shared_redis
-from gateway.response_cache import build_response_cache
-from gateway.retry_budget import RetryBudget
+from gateway.pipeline import Pipeline, PipelineParts
+from gateway.providers import SimulatedTransport, build_providers
+from gateway.redis import shared_redis
+from gateway.routing import Planner, RetryBudget, StatsStore, StatsSync
 from gateway.services import Services
-from gateway.stats import StatsStore
-from gateway.stats_sync import StatsSync
-from gateway.upstream import DispatchingUpstream, http_upstream
+from gateway.telemetry import AccessLog, Metrics, build_trimmer, configure_logging
+from gateway.transport import DispatchingUpstream, http_upstream
 from gateway.validate_config import reference_problems
-from gateway.validation import RequestLimits
 
 log = logging.getLogger("gateway")
 
@@ -104,7 +101,7 @@ def tune_gc() -> None:
 
 def create_app(config: GatewayConfig) -> RequestContextMiddleware:
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+    async def lifespan(app: Any) -> AsyncIterator[dict[str, Any]]:
         services = build_services(config)
         _announce(services)
         sync = None
@@ -122,7 +119,7 @@ def create_app(config: GatewayConfig) -> RequestContextMiddleware:
             trimmer.start()
         tune_gc()
         try:
-            yield {"services": services, "pipeline": Pipeline(services)}
+            yield {"services": services, "pipeline": Pipeline(_pipeline_parts(services))}
         finally:
             if trimmer is not None:
                 await trimmer.stop()
@@ -142,16 +139,7 @@ def create_app(config: GatewayConfig) -> RequestContextMiddleware:
             if services.access_log is not None:
                 services.access_log.flush()
 
-    app = Starlette(
-        routes=all_routes(),
-        exception_handlers=dict(EXCEPTION_HANDLERS),
-        lifespan=lifespan,
-    )
-    return RequestContextMiddleware(
-        app,
-        max_concurrent_requests=config.server.max_concurrent_requests,
-        hot_paths=hot_paths(),
-    )
+    return asgi_app(config.server, lifespan)
 
 
 def create_app_from_env() -> RequestContextMiddleware:
@@ -170,3 +158,17 @@ def _announce(services: Services) -> None:
         )
     routes = ", ".join(sorted(services.catalog.routes)) or "(none)"
     log.info("gateway ready: %d deployments, routes: %s", len(services.catalog.deployments), routes)
+
+
+def _pipeline_parts(s: Services) -> PipelineParts:
+    return PipelineParts(
+        config=s.config,
+        catalog=s.catalog,
+        providers=s.providers,
+        upstream=s.upstream,
+        planner=s.planner,
+        stats=s.stats,
+        retry_budget=s.retry_budget,
+        metrics=s.metrics,
+        limits=s.limits,
+    )

@@ -67,10 +67,9 @@ def _load(path: Path) -> GatewayConfig | None:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from gateway.api import multiprocess_dir, protocol_setting, start_supervisor
     from gateway.app import create_app
-    from gateway.http_protocol import protocol_setting
-    from gateway.logs import configure_logging
-    from gateway.metrics_server import multiprocess_dir, start_supervisor
+    from gateway.telemetry import configure_logging
 
     config = _load(args.config)
     if config is None:
@@ -141,7 +140,7 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _usage(args: argparse.Namespace) -> int:
-    from gateway.usage_report import run_usage
+    from gateway.limits import run_usage
 
     config = _load(args.config)
     if config is None:

@@ -4,21 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.catalog import Catalog
-from gateway.config import GatewayConfig
-from gateway.key_admin import KeyAdmin
-from gateway.keys import KeyStore
+from gateway.cache import ResponseCache
+from gateway.config import Catalog, GatewayConfig
+from gateway.dialects import RequestLimits
+from gateway.keys import KeyAdmin, KeyStore
 from gateway.limits import Limits
-from gateway.logs import AccessLog
-from gateway.metrics import Metrics
-from gateway.planning import Planner
-from gateway.providers.base import Provider
-from gateway.redis_client import SharedRedis
-from gateway.response_cache import ResponseCache
-from gateway.retry_budget import RetryBudget
-from gateway.stats import StatsStore
-from gateway.upstream import Upstream
-from gateway.validation import RequestLimits
+from gateway.providers import Provider
+from gateway.redis import SharedRedis
+from gateway.routing import Planner, RetryBudget, StatsStore
+from gateway.telemetry import AccessLog, Metrics
+from gateway.transport import Upstream
 
 
 @dataclass(frozen=True)

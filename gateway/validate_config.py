@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import importlib.util
 
-from gateway.catalog import Catalog, build_catalog
-from gateway.catalog_data import ModelCatalog, default_catalog_path
-from gateway.config import GatewayConfig
+from gateway.config import (
+    PRESETS,
+    Catalog,
+    GatewayConfig,
+    ModelCatalog,
+    build_catalog,
+    default_catalog_path,
+)
+from gateway.dialects import RequestLimits, parse_chat_request
 from gateway.errors import GatewayError
-from gateway.planning import Planner, RequestControls, route_request
-from gateway.providers.presets import PRESETS
-from gateway.stats import StatsStore
+from gateway.routing import Planner, RequestControls, StatsStore, route_request
 from gateway.types import JSONObject
-from gateway.validation import RequestLimits, parse_chat_request
 from routers import POLICIES, PolicyConfigError, build_policy
 
 

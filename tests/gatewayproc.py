@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import yaml
 
-from gateway.logs import AccessLog
+from gateway.telemetry.logs import AccessLog
 from tests.fakes.server import free_port
 
 REPO = Path(__file__).resolve().parent.parent

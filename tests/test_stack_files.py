@@ -15,8 +15,8 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from gateway.config import GatewayConfig, load_config, referenced_env_vars
-from gateway.metrics import Metrics
+from gateway.config.schema import GatewayConfig, load_config, referenced_env_vars
+from gateway.telemetry.metrics import Metrics
 from gateway.validate_config import reference_problems
 from tests.gatewayproc import REPO
 

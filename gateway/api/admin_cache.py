@@ -8,19 +8,25 @@ backend is unreachable. A missing or wrong key is a 401, a non-admin key a 403.
 
 from __future__ import annotations
 
+from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from gateway.api.deps import json_response, read_body, services_of
+from gateway.api.schemas import ERRORS, Purge, Purged, json_body
+from gateway.dialects import decode_object
 from gateway.errors import InvalidRequestError
-from gateway.validation import decode_object
 
 _MAX_BODY_BYTES = 4096
 _TENANT_KINDS = ("team:", "key:")
 
 
+router = APIRouter(tags=["admin"], responses=ERRORS)
+
+
+@router.post("/admin/cache/purge", response_model=Purged, openapi_extra=json_body(Purge))
 async def purge_cache(request: Request) -> Response:
+    """Drops a tenant's cached responses, or every entry."""
     services = services_of(request)
     services.keys.authenticate_admin(request.headers.get("authorization"))
     tenant = parse_tenant(await read_body(request, _MAX_BODY_BYTES))
@@ -45,6 +51,3 @@ def parse_tenant(raw: bytes) -> str | None:
     if tenant in _TENANT_KINDS:
         raise InvalidRequestError("'tenant' names no team or key.", param="tenant")
     return tenant
-
-
-routes = [Route("/admin/cache/purge", purge_cache, methods=["POST"])]

@@ -12,41 +12,36 @@ A missing or wrong key is a 401, a valid non-admin key a 403 (OpenAI-shaped).
 
 from __future__ import annotations
 
-from typing import Literal, TypeVar
+from typing import TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from fastapi import APIRouter
+from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from gateway.api.deps import json_response, read_body, services_of
+from gateway.api.schemas import (
+    ERRORS,
+    KeyList,
+    KeyView,
+    KeyWithSecret,
+    KeyWithSpend,
+    NewKey,
+    Rotation,
+    UsageReport,
+    json_body,
+)
+from gateway.dialects import decode_object
 from gateway.errors import InvalidRequestError
-from gateway.key_store_redis import KeyRecord
+from gateway.keys import KeyRecord
+from gateway.limits import ReportRangeError, report_days, summarize
 from gateway.services import Services
-from gateway.usage_report import ReportRangeError, report_days, summarize
-from gateway.validation import decode_object
 
 _MAX_ADMIN_BODY_BYTES = 64 * 1024
 M = TypeVar("M", bound=BaseModel)
 
 
-class NewKey(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(min_length=1, max_length=128)
-    team: str | None = Field(None, max_length=128)
-    routes: list[str] | None = None
-    rpm: int | None = Field(None, ge=1)
-    tpm: int | None = Field(None, ge=1)
-    budget_usd: float | None = Field(None, ge=0)
-    budget_period: Literal["day", "month", "total"] = "month"
-    labels: dict[str, str] = Field(default_factory=dict)
-
-
-class Rotation(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    grace_s: float = Field(0.0, ge=0, le=30 * 86_400)
+router = APIRouter(tags=["admin"], responses=ERRORS)
 
 
 def _admin(request: Request) -> Services:
@@ -68,7 +63,11 @@ def _validate(raw: bytes, model: type[M]) -> M:
         raise InvalidRequestError(f"{param}: {first['msg']}", param=param) from None
 
 
+@router.post(
+    "/admin/keys", status_code=201, response_model=KeyWithSecret, openapi_extra=json_body(NewKey)
+)
 async def create_key(request: Request) -> Response:
+    """A runtime key; the answer carries its secret, this once."""
     services = _admin(request)
     spec = await _parse(request, NewKey)
     template = KeyRecord(
@@ -86,14 +85,18 @@ async def create_key(request: Request) -> Response:
     return json_response({**record, "key": secret}, status=201)
 
 
+@router.get("/admin/keys", response_model=KeyList)
 async def list_keys(request: Request) -> Response:
+    """Config and runtime keys; never secrets or their digests."""
     services = _admin(request)
     return json_response({"object": "list", "data": await services.key_admin.list()})
 
 
-async def get_key(request: Request) -> Response:
+@router.get("/admin/keys/{key_id}", response_model=KeyWithSpend)
+async def get_key(request: Request, key_id: str) -> Response:
+    """One key, with its spend in the current budget period."""
     services = _admin(request)
-    item = await services.key_admin.find(request.path_params["key_id"])
+    item = await services.key_admin.find(key_id)
     period, spent_usd, reserved_usd = await services.limits.spend(
         str(item["id"]), str(item["budget_period"])
     )
@@ -101,37 +104,35 @@ async def get_key(request: Request) -> Response:
     return json_response({**item, "spend": spend})
 
 
-async def revoke_key(request: Request) -> Response:
+@router.post("/admin/keys/{key_id}/revoke", response_model=KeyView)
+async def revoke_key(request: Request, key_id: str) -> Response:
+    """Stops working on every replica within the sync interval."""
     services = _admin(request)
-    return json_response(await services.key_admin.revoke(request.path_params["key_id"]))
+    return json_response(await services.key_admin.revoke(key_id))
 
 
-async def rotate_key(request: Request) -> Response:
+@router.post(
+    "/admin/keys/{key_id}/rotate", response_model=KeyWithSecret, openapi_extra=json_body(Rotation)
+)
+async def rotate_key(request: Request, key_id: str) -> Response:
+    """A new secret, shown once; `grace_s` keeps the old one working that long."""
     services = _admin(request)
     raw = await read_body(request, _MAX_ADMIN_BODY_BYTES)
     rotation = _validate(raw, Rotation) if raw.strip() else Rotation()
-    record, secret = await services.key_admin.rotate(
-        request.path_params["key_id"], rotation.grace_s
-    )
+    record, secret = await services.key_admin.rotate(key_id, rotation.grace_s)
     return json_response({**record, "key": secret})
 
 
-async def usage(request: Request) -> Response:
+@router.get("/admin/usage", response_model=UsageReport)
+async def usage(
+    request: Request, day: str | None = None, since: str | None = None, until: str | None = None
+) -> Response:
+    """Spend per key, team, route and UTC day: `day=YYYY-MM-DD` (default: today), or
+    `since` (and `until`)."""
     services = _admin(request)
-    query = request.query_params
     try:
-        days = report_days(query.get("day"), query.get("since"), query.get("until"))
+        days = report_days(day, since, until)
     except ReportRangeError as exc:
         raise InvalidRequestError(str(exc), param=exc.param) from None
     rows = await services.limits.usage(days)
     return json_response(summarize(rows, days))
-
-
-routes = [
-    Route("/admin/keys", create_key, methods=["POST"]),
-    Route("/admin/keys", list_keys, methods=["GET"]),
-    Route("/admin/keys/{key_id}", get_key, methods=["GET"]),
-    Route("/admin/keys/{key_id}/revoke", revoke_key, methods=["POST"]),
-    Route("/admin/keys/{key_id}/rotate", rotate_key, methods=["POST"]),
-    Route("/admin/usage", usage, methods=["GET"]),
-]

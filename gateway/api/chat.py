@@ -6,6 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route as HTTPRoute
 
+from gateway.api.controls import controls_from_headers
 from gateway.api.deps import (
     BytesResponse,
     authenticate,
@@ -16,16 +17,14 @@ from gateway.api.deps import (
     services_of,
 )
 from gateway.api.disconnect import ClientDisconnectedError, until_disconnect
-from gateway.api.sse import SSE_CONTENT_TYPE, SSE_HEADERS, SSEResponse
-from gateway.cache import CacheEntry
-from gateway.catalog import Route
+from gateway.api.sse_response import SSE_CONTENT_TYPE, SSE_HEADERS, SSEResponse
+from gateway.cache import CacheEntry, CacheLookup, render_hit
+from gateway.config import Route, estimate_tokens
+from gateway.dialects import parse_chat_request
 from gateway.keys import Caller
 from gateway.limits import has_limits
-from gateway.planning import RequestControls, controls_from_headers
-from gateway.pricing import estimate_tokens
-from gateway.response_cache import CacheLookup, render_hit
+from gateway.routing import RequestControls
 from gateway.types import ChatRequest
-from gateway.validation import parse_chat_request
 from routers import Plan
 
 CLIENT_CLOSED_REQUEST = 499  # nginx's code: for the access log, the client is gone

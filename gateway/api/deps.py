@@ -7,9 +7,9 @@ from starlette.responses import Response
 from starlette.types import Scope
 
 from gateway import jsonutil
+from gateway.api.http_protocol import Header
 from gateway.context import RequestContext
 from gateway.errors import IncompleteBodyError, PayloadTooLargeError
-from gateway.http_protocol import Header
 from gateway.keys import Caller
 from gateway.pipeline import Pipeline
 from gateway.services import Services

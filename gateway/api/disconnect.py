@@ -7,7 +7,7 @@ cancels the task doing the work when the client leaves: told by the gateway's ow
 HTTP protocol (`hook_client_gone`: an attribute set per request, nothing else), or,
 under another server, by reading the ASGI `http.disconnect` message in a watcher
 task. `until_disconnect` turns that cancel into `ClientDisconnectedError`, and
-`SSEResponse` (gateway.api.sse) into closing the stream's body.
+`SSEResponse` (gateway.api.sse_response) into closing the stream's body.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from starlette.requests import Request
 from starlette.types import Receive
 
-from gateway.http_protocol import RequestResponseCycle, hook_client_gone, unhook_client_gone
+from gateway.api.http_protocol import RequestResponseCycle, hook_client_gone, unhook_client_gone
 
 T = TypeVar("T")
 

@@ -6,6 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway.api.controls import controls_from_headers
 from gateway.api.deps import (
     authenticate,
     context_of,
@@ -14,10 +15,10 @@ from gateway.api.deps import (
     read_body,
     services_of,
 )
+from gateway.config import estimate_tokens
+from gateway.dialects import parse_embedding_request
 from gateway.limits import has_limits
-from gateway.planning import controls_from_headers, route_request
-from gateway.pricing import estimate_tokens
-from gateway.validation import parse_embedding_request
+from gateway.routing import route_request
 from routers import Plan
 
 

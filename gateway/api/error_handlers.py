@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
+from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -14,7 +16,7 @@ from gateway import jsonutil
 from gateway.errors import GatewayError, InvalidRequestError, NotFoundError
 
 log = logging.getLogger("gateway")
-Handler = Callable[[Request, Exception], Awaitable[Response]]
+Handler = Callable[[Request, Any], Coroutine[Any, Any, Response]]
 
 
 def error_response(error: GatewayError) -> Response:
@@ -44,6 +46,18 @@ async def http_error_handler(request: Request, exc: Exception) -> Response:
     return response
 
 
+async def validation_error_handler(request: Request, exc: Exception) -> Response:
+    """FastAPI's validation errors, OpenAI-shaped (a 400 naming the param), never its
+    422 shape."""
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
+    param = ".".join(location) or None
+    message = f"{param}: {first.get('msg', 'invalid')}" if param else "Invalid request."
+    return await gateway_error_handler(request, InvalidRequestError(message, param=param))
+
+
 async def unexpected_error_handler(request: Request, exc: Exception) -> Response:
     # Type and place only: tracebacks may hold request data or secrets.
     frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
@@ -52,9 +66,10 @@ async def unexpected_error_handler(request: Request, exc: Exception) -> Response
     return error_response(GatewayError("The gateway hit an internal error."))
 
 
-EXCEPTION_HANDLERS: dict[type[Exception], Handler] = {
+EXCEPTION_HANDLERS: dict[int | type[Exception], Handler] = {
     GatewayError: gateway_error_handler,
     HTTPException: http_error_handler,
+    RequestValidationError: validation_error_handler,
     Exception: unexpected_error_handler,
 }
 

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
 
 from gateway.api.deps import json_response, services_of
+from gateway.api.metrics_listener import CONTENT_TYPE, scrape, token_ok
+from gateway.api.schemas import Readiness
 from gateway.errors import AuthenticationError, NotFoundError
-from gateway.metrics_server import CONTENT_TYPE, scrape, token_ok
+
+router = APIRouter(tags=["health"])
 
 
+@router.get("/healthz", response_class=PlainTextResponse)
 async def healthz(request: Request) -> Response:
+    """Process alive: `ok`."""
     return PlainTextResponse("ok")
 
 
+@router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
 async def readyz(request: Request) -> Response:
+    """Config loaded; Redis reachable when configured (503 otherwise)."""
     services = services_of(request)
     checks: dict[str, str] = {"config": "ok"}
     ready = True
@@ -30,6 +37,7 @@ async def readyz(request: Request) -> Response:
     )
 
 
+@router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
     services = services_of(request)
     config = services.config.metrics
@@ -38,10 +46,3 @@ async def metrics(request: Request) -> Response:
     if not token_ok(config.token, request.headers.get("authorization")):
         raise AuthenticationError("The metrics endpoint needs its bearer token.")
     return Response(scrape(services), media_type=CONTENT_TYPE)
-
-
-routes = [
-    Route("/healthz", healthz, methods=["GET"]),
-    Route("/readyz", readyz, methods=["GET"]),
-    Route("/metrics", metrics, methods=["GET"]),
-]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from gateway.api.deps import authenticate, json_response, services_of
-from gateway.catalog import Catalog
-from gateway.catalog import Route as ModelRoute
+from gateway.api.schemas import ERRORS, ModelList, ModelObject
+from gateway.config import Catalog
+from gateway.config import Route as ModelRoute
 from gateway.errors import ModelNotFoundError
 
 CREATED = 1_700_000_000  # a fixed timestamp: the config has no creation date
@@ -31,7 +32,12 @@ def model_object(route: ModelRoute, catalog: Catalog) -> dict[str, object]:
     }
 
 
+router = APIRouter(tags=["models"], responses=ERRORS)
+
+
+@router.get("/v1/models", response_model=ModelList)
 async def list_models(request: Request) -> Response:
+    """The public model names (routes) the caller's key may use."""
     caller = authenticate(request)
     catalog = services_of(request).catalog
     data = [
@@ -42,17 +48,11 @@ async def list_models(request: Request) -> Response:
     return json_response({"object": "list", "data": data})
 
 
-async def retrieve_model(request: Request) -> Response:
+@router.get("/v1/models/{model_id:path}", response_model=ModelObject)
+async def retrieve_model(request: Request, model_id: str) -> Response:
     caller = authenticate(request)
     catalog = services_of(request).catalog
-    model_id = request.path_params["model_id"]
     route = catalog.routes.get(model_id)
     if route is None or (caller.routes is not None and model_id not in caller.routes):
         raise ModelNotFoundError(f"The model '{model_id}' does not exist.", param="model")
     return json_response(model_object(route, catalog))
-
-
-routes = [
-    Route("/v1/models", list_models, methods=["GET"]),
-    Route("/v1/models/{model_id:path}", retrieve_model, methods=["GET"]),
-]

@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import ClassVar
 from urllib.parse import quote
 
-from gateway.catalog import Deployment
+from gateway.config import Deployment
 from gateway.providers.openai import OpenAIProvider, OpenAIStream
 from gateway.types import ChatRequest, JSONObject, SSEEvent
 

@@ -12,8 +12,7 @@ from collections.abc import Mapping
 from typing import ClassVar, Protocol
 
 from gateway import jsonutil
-from gateway.catalog import Deployment
-from gateway.config import ProviderConfig
+from gateway.config import Deployment, ProviderConfig, preset
 from gateway.errors import (
     InvalidRequestError,
     ProviderError,
@@ -24,7 +23,7 @@ from gateway.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
-from gateway.providers.presets import preset
+from gateway.transport import Timeouts, UpstreamRequest
 from gateway.types import (
     ChatRequest,
     ChatResponse,
@@ -34,7 +33,6 @@ from gateway.types import (
     SSEEvent,
     Usage,
 )
-from gateway.upstream import Timeouts, UpstreamRequest
 
 _CONTEXT_HINTS = (
     "context_length",

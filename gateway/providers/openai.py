@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import ClassVar
 
 from gateway import jsonutil
-from gateway.catalog import Deployment
+from gateway.config import Deployment
 from gateway.errors import UpstreamUnavailableError
 from gateway.providers.base import BaseProvider, classify_status, stream_event_json
+from gateway.transport import UpstreamRequest
 from gateway.types import (
     ChatRequest,
     ChatResponse,
@@ -22,7 +23,6 @@ from gateway.types import (
     SSEEvent,
     Usage,
 )
-from gateway.upstream import UpstreamRequest
 
 
 class OpenAIProvider(BaseProvider):

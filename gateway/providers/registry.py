@@ -5,17 +5,16 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping
 
-from gateway.config import ProviderConfig
+from gateway.config import ProviderConfig, preset
 from gateway.providers.base import Provider
-from gateway.providers.presets import preset
 
 # Adapter modules are imported only when a config uses them (no work at import time).
 ADAPTERS: dict[str, str] = {
     "openai": "gateway.providers.openai:OpenAIProvider",
     "simulated": "gateway.providers.simulated:SimulatedProvider",
     "azure": "gateway.providers.azure:AzureProvider",
-    "anthropic": "gateway.providers.anthropic:AnthropicProvider",
-    "gemini": "gateway.providers.gemini:GeminiProvider",
+    "anthropic": "gateway.providers.anthropic.adapter:AnthropicProvider",
+    "gemini": "gateway.providers.gemini.adapter:GeminiProvider",
 }
 
 

@@ -20,7 +20,7 @@ from gateway import jsonutil
 from gateway.config import ProviderConfig, SimulationConfig
 from gateway.errors import UpstreamTimeoutError
 from gateway.providers.openai import OpenAIProvider
-from gateway.upstream import UpstreamRequest, UpstreamResponse, UpstreamStream
+from gateway.transport import UpstreamRequest, UpstreamResponse, UpstreamStream
 
 _JSON_HEADERS = {"content-type": "application/json"}
 _WORDS = ("simulated", "reply", "from", "the", "gateway", "model", "with", "no", "network")

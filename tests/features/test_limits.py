@@ -80,7 +80,7 @@ def test_budget_is_never_passed_under_concurrency(replicas: list[GatewayProcess]
 
 def test_a_limitless_key_is_billed_exactly_in_tallies(replicas: list[GatewayProcess]) -> None:
     """Requests that reserve nothing are written per key, route and day, not one by one
-    (gateway.limit_sync): across replicas the report still counts every one."""
+    (gateway.limits.sync): across replicas the report still counts every one."""
     requests = 60
     responses = in_parallel((lambda g=replicas[i % 3]: chat(g, QUOTA_KEY)) for i in range(requests))
     assert all(r.status_code == 200 for r in responses), [r.text for r in responses]

@@ -21,7 +21,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from gateway.metrics import Metrics
+from gateway.telemetry.metrics import Metrics
 from tests.conftest import GATEWAY_KEY, OPENAI_KEY
 from tests.fakes.openai_fake import FakeOpenAI
 from tests.fakes.server import Behaviour, free_port

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.logs import AccessLog, JSONFormatter, configure_logging
+from gateway.telemetry.logs import AccessLog, JSONFormatter, configure_logging
 
 
 def _logger(path: Path, name: str) -> tuple[logging.Logger, logging.StreamHandler]:  # type: ignore[type-arg]

@@ -8,14 +8,8 @@ from typing import Any
 import pytest
 from openai.types.chat import completion_create_params
 
-from gateway.cache_key import (
-    IGNORED_FIELDS,
-    KEY_FIELDS,
-    STORAGE_PREFIX,
-    cache_key,
-    tenant_prefix,
-)
-from gateway.planning import RequestControls
+from gateway.cache.key import IGNORED_FIELDS, KEY_FIELDS, STORAGE_PREFIX, cache_key, tenant_prefix
+from gateway.routing.planning import RequestControls
 
 NO_CONTROLS = RequestControls()
 BASE: dict[str, Any] = {
@@ -89,7 +83,7 @@ def test_every_openai_chat_parameter_is_classified() -> None:
     names = sdk_chat_parameters()
     assert {"messages", "model", "stream", "temperature"} <= names  # the enumeration works
     unclassified = names - KEY_FIELDS - IGNORED_FIELDS
-    assert unclassified == set(), f"classify in gateway/cache_key.py: {sorted(unclassified)}"
+    assert unclassified == set(), f"classify in gateway/cache/key.py: {sorted(unclassified)}"
 
 
 def test_key_and_ignored_fields_are_disjoint_and_covered_here() -> None:

@@ -10,11 +10,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 from redis import Redis as SyncRedis
 
-from gateway.cache import CacheEntry, MemoryCache, RedisCache
-from gateway.coalesce import SingleFlight
-from gateway.config import RedisConfig
-from gateway.metrics import Metrics
-from gateway.redis_client import shared_redis
+from gateway.cache.coalesce import SingleFlight
+from gateway.cache.store import CacheEntry, MemoryCache, RedisCache
+from gateway.config.schema import RedisConfig
+from gateway.redis.client import shared_redis
+from gateway.telemetry.metrics import Metrics
 from gateway.types import Usage
 from tests.gatewayproc import RedisServer
 

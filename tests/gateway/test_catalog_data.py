@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from gateway.catalog_data import CatalogError, ModelCatalog, default_catalog_path
-from gateway.pricing import cost_usd
+from gateway.config.catalog_data import CatalogError, ModelCatalog, default_catalog_path
+from gateway.config.pricing import cost_usd
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "scripts" / "build_catalog.py"

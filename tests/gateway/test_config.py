@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.catalog import build_catalog
-from gateway.catalog_data import ModelCatalog, default_catalog_path
-from gateway.config import ConfigError, default_config_path, load_config, parse_config
+from gateway.config.catalog import build_catalog
+from gateway.config.catalog_data import ModelCatalog, default_catalog_path
+from gateway.config.schema import ConfigError, default_config_path, load_config, parse_config
 from gateway.validate_config import reference_problems
 from tests.gatewayproc import REPO
 

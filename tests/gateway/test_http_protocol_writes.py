@@ -15,7 +15,7 @@ import uvicorn
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
-from gateway.http_protocol import (
+from gateway.api.http_protocol import (
     FLUSH_AT_BYTES,
     BoundedHttpToolsProtocol,
     CoalescedWrites,

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from gateway.config import RedisConfig
-from gateway.keys import Caller
-from gateway.limit_scripts import RedisLimitStore
-from gateway.limit_store import (
+from gateway.config.schema import RedisConfig
+from gateway.keys.store import Caller
+from gateway.limits.scripts import RedisLimitStore
+from gateway.limits.store import (
     Admission,
     LimitStore,
     MemoryLimitStore,
@@ -27,9 +27,9 @@ from gateway.limit_store import (
     budget_period,
     usage_day,
 )
-from gateway.limit_sync import DeploymentQuotas, PendingWrites
-from gateway.metrics import Metrics
-from gateway.redis_client import shared_redis
+from gateway.limits.sync import DeploymentQuotas, PendingWrites
+from gateway.redis.client import shared_redis
+from gateway.telemetry.metrics import Metrics
 from tests.gatewayproc import RedisServer
 
 Scenario = Callable[[LimitStore], Awaitable[None]]

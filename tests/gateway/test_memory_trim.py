@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from gateway.memory_trim import (
+from gateway.telemetry.memory_trim import (
     GROWTH_BYTES,
     IdleTrimmer,
     build_trimmer,

@@ -7,8 +7,8 @@ import threading
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from gateway.metrics import LATENCY_BUCKETS_S
-from gateway.metrics_pending import PendingMetrics
+from gateway.telemetry.metrics import LATENCY_BUCKETS_S
+from gateway.telemetry.pending import PendingMetrics
 
 # On a bound, between bounds, under the first, over the last, and zero.
 VALUES = (0.001, 0.0025, 0.0031, 0.0004, 0.0, 61.0, 0.25, 0.2500001, 5.0, 0.001)

@@ -7,7 +7,7 @@ from typing import Any
 
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway.middleware import RequestContextMiddleware
+from gateway.api.middleware import RequestContextMiddleware
 
 
 async def _broken_app(scope: Scope, receive: Receive, send: Send) -> None:

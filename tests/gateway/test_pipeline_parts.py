@@ -7,7 +7,9 @@ import time
 
 import pytest
 
-from gateway.catalog import Deployment, Route
+from gateway.config.catalog import Deployment, Route
+from gateway.config.pricing import Prices
+from gateway.dialects.openai_chat import RequestLimits, parse_chat_request
 from gateway.errors import (
     InvalidRequestError,
     UpstreamAuthError,
@@ -17,13 +19,11 @@ from gateway.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
-from gateway.planning import DEFAULT_CONTROLS, Planner, route_request
-from gateway.pricing import Prices
 from gateway.providers.base import classify_status, retry_after_s
-from gateway.retry_budget import RetryBudget
-from gateway.stats import StatsStore
-from gateway.streaming import SSEDecoder
-from gateway.validation import RequestLimits, parse_chat_request
+from gateway.routing.planning import DEFAULT_CONTROLS, Planner, route_request
+from gateway.routing.retry_budget import RetryBudget
+from gateway.routing.stats import StatsStore
+from gateway.transport.sse import SSEDecoder
 
 
 def test_retry_budget_floor_and_ratio() -> None:

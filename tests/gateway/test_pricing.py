@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.pricing import Prices, cost_usd, estimate_tokens
+from gateway.config.pricing import Prices, cost_usd, estimate_tokens
 
 MINI = Prices(input_per_mtok_usd=0.15, output_per_mtok_usd=0.60, cached_input_per_mtok_usd=0.075)
 SONNET = Prices(

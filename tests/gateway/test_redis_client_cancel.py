@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from gateway.redis_client import absorb_foreign_cancel
+from gateway.redis.client import absorb_foreign_cancel
 
 
 async def _cut_short() -> int:

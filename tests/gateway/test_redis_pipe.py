@@ -14,7 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.redis_pipe import RedisPipe
+from gateway.redis.pipe import RedisPipe
 from tests.gatewayproc import RedisServer, free_port
 
 

@@ -9,11 +9,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 from redis import Redis as SyncRedis
 
-from gateway.config import RedisConfig
-from gateway.metrics import Metrics
-from gateway.redis_client import shared_redis
-from gateway.stats import StatsStore
-from gateway.stats_sync import EWMA_PREFIX, REPLICAS_KEY, StatsSync
+from gateway.config.schema import RedisConfig
+from gateway.redis.client import shared_redis
+from gateway.routing.stats import StatsStore
+from gateway.routing.stats_sync import EWMA_PREFIX, REPLICAS_KEY, StatsSync
+from gateway.telemetry.metrics import Metrics
 from tests.gatewayproc import RedisServer
 
 # A database of its own: gateways other tests left running share the session's Redis

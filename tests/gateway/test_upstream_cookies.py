@@ -10,7 +10,8 @@ import asyncio
 import pytest
 from aiohttp import web
 
-from gateway.upstream import UpstreamRequest, http_upstream
+from gateway.transport.base import UpstreamRequest
+from gateway.transport.dispatch import http_upstream
 from tests.gateway.upstream_server import TRANSPORTS, serving, transport_name
 
 

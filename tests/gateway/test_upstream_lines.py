@@ -10,7 +10,8 @@ import pytest
 from aiohttp import web
 
 from gateway.errors import UpstreamUnavailableError
-from gateway.upstream import MAX_LINE_BYTES, LineSplitter, UpstreamRequest, http_upstream
+from gateway.transport.base import MAX_LINE_BYTES, LineSplitter, UpstreamRequest
+from gateway.transport.dispatch import http_upstream
 from tests.gateway.upstream_server import TRANSPORTS, serving, transport_name
 
 Writer = Callable[[web.StreamResponse], Awaitable[None]]

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway import upstream_native as native
 from gateway.errors import UpstreamTimeoutError, UpstreamUnavailableError
-from gateway.upstream import Timeouts, UpstreamRequest
-from gateway.upstream_native import NativeUpstream
+from gateway.transport import native
+from gateway.transport.base import Timeouts, UpstreamRequest
+from gateway.transport.native import NativeUpstream
 from tests.fakes.server import free_port
 
 Answer = Callable[[bytes, asyncio.StreamWriter], Awaitable[bool]]  # False: close after

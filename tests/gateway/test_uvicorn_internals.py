@@ -14,7 +14,7 @@ import pytest
 from uvicorn.protocols.http import httptools_impl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from gateway.http_protocol import (
+from gateway.api.http_protocol import (
     GATEWAY_PROTOCOL,
     STOCK_PROTOCOL,
     missing_uvicorn_internals,
@@ -84,7 +84,7 @@ def test_an_instance_field_uvicorn_no_longer_sets_is_named(
                     names = tuple(n for n in code.co_names if n != "pipeline")
                     yield code.replace(co_names=names)
 
-    monkeypatch.setattr("gateway.http_protocol._codes", codes_without_pipeline)
+    monkeypatch.setattr("gateway.api.http_protocol._codes", codes_without_pipeline)
     assert missing_uvicorn_internals() == ["HttpToolsProtocol.pipeline"]
 
 

@@ -17,8 +17,10 @@ from typing import Any
 import pytest
 
 from gateway import jsonutil
-from gateway.catalog import Deployment
-from gateway.config import ProviderConfig, parse_config
+from gateway.config.catalog import Deployment
+from gateway.config.pricing import Prices
+from gateway.config.schema import ProviderConfig, parse_config
+from gateway.dialects.openai_chat import RequestLimits, parse_chat_request
 from gateway.errors import (
     InvalidRequestError,
     ProviderError,
@@ -29,14 +31,12 @@ from gateway.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
-from gateway.pricing import Prices
-from gateway.providers.anthropic import AnthropicProvider, UnsupportedByProviderError
-from gateway.providers.anthropic_response import AnthropicStream, from_anthropic
+from gateway.providers.anthropic.adapter import AnthropicProvider, UnsupportedByProviderError
+from gateway.providers.anthropic.response import AnthropicStream, from_anthropic
 from gateway.providers.registry import adapter_class
-from gateway.streaming import SSEDecoder
+from gateway.transport.sse import SSEDecoder
 from gateway.types import ChatRequest, EmbeddingRequest, SSEEvent
 from gateway.validate_config import reference_problems
-from gateway.validation import RequestLimits, parse_chat_request
 from tests.fakes.anthropic_fake import body_problems
 
 FIXTURES = Path(__file__).parent / "fixtures" / "anthropic"

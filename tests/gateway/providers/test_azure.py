@@ -12,20 +12,20 @@ from typing import Any
 import pytest
 
 from gateway import jsonutil
-from gateway.catalog import Deployment
-from gateway.config import ProviderConfig, parse_config
+from gateway.config.catalog import Deployment
+from gateway.config.pricing import Prices
+from gateway.config.schema import ProviderConfig, parse_config
+from gateway.dialects.openai_chat import RequestLimits, parse_chat_request
 from gateway.errors import (
     UpstreamAuthError,
     UpstreamRateLimitedError,
     UpstreamRejectedError,
     UpstreamUnavailableError,
 )
-from gateway.pricing import Prices
 from gateway.providers.azure import DEFAULT_API_VERSION, AzureProvider, AzureStream
 from gateway.providers.registry import adapter_class
 from gateway.types import EmbeddingRequest, SSEEvent
 from gateway.validate_config import reference_problems
-from gateway.validation import RequestLimits, parse_chat_request
 
 KEY = "azure-test-key-CANARY-0000"
 ENDPOINT = "https://my-resource.openai.azure.com"

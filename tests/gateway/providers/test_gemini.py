@@ -17,8 +17,10 @@ from typing import Any
 import pytest
 
 from gateway import jsonutil
-from gateway.catalog import Deployment
-from gateway.config import ProviderConfig
+from gateway.config.catalog import Deployment
+from gateway.config.pricing import Prices
+from gateway.config.schema import ProviderConfig
+from gateway.dialects.openai_chat import RequestLimits, parse_chat_request
 from gateway.errors import (
     InvalidRequestError,
     ProviderError,
@@ -29,13 +31,11 @@ from gateway.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
-from gateway.pricing import Prices
-from gateway.providers.gemini import GeminiProvider, UnsupportedByProviderError
-from gateway.providers.gemini_stream import GeminiStream, finish_reason, from_gemini
+from gateway.providers.gemini.adapter import GeminiProvider, UnsupportedByProviderError
+from gateway.providers.gemini.stream import GeminiStream, finish_reason, from_gemini
 from gateway.providers.registry import adapter_class
-from gateway.streaming import SSEDecoder
+from gateway.transport.sse import SSEDecoder
 from gateway.types import ChatRequest, EmbeddingRequest, SSEEvent
-from gateway.validation import RequestLimits, parse_chat_request
 from tests.fakes.gemini_fake import embed_problems, generate_problems
 
 FIXTURES = Path(__file__).parent / "fixtures" / "gemini"

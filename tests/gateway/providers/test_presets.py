@@ -10,15 +10,15 @@ from __future__ import annotations
 import pytest
 
 from gateway import jsonutil
-from gateway.catalog import Deployment, active_providers
-from gateway.config import ProviderConfig, parse_config
-from gateway.pricing import Prices
+from gateway.config.catalog import Deployment, active_providers
+from gateway.config.presets import PRESETS, needs_api_key, preset
+from gateway.config.pricing import Prices
+from gateway.config.schema import ProviderConfig, parse_config
+from gateway.dialects.openai_chat import RequestLimits, parse_chat_request
 from gateway.providers.openai import OpenAIProvider
-from gateway.providers.presets import PRESETS, needs_api_key, preset
 from gateway.providers.registry import adapter_class, build_providers
 from gateway.types import EmbeddingRequest
 from gateway.validate_config import reference_problems
-from gateway.validation import RequestLimits, parse_chat_request
 
 KEY = "preset-key-CANARY-0000"
 EXPECTED_BASE_URLS = {

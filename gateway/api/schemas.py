@@ -1,0 +1,180 @@
+"""The management API's request and response models, for validation and the OpenAPI
+description (`/openapi.json`, `/docs`). Answers are built as plain dicts on the
+handlers' own path; these models say what they hold."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every error, OpenAI's shape: the SDKs raise the matching exception class."""
+
+    error: ErrorDetail
+
+
+class ModelGatewayInfo(BaseModel):
+    policy: str
+    mode: str
+    simulated: bool
+    deployments: list[str]
+
+
+class ModelObject(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+    gateway: ModelGatewayInfo
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelObject]
+
+
+class RankedDeployment(BaseModel):
+    deployment_id: str
+    provider: str
+    score: float
+    breakdown: dict[str, Any]
+
+
+class RejectedDeployment(BaseModel):
+    deployment_id: str
+    provider: str
+    reason: str
+    detail: str | None = None
+
+
+class RoutePlan(BaseModel):
+    route: str
+    policy: str
+    ordered: list[RankedDeployment]
+    reasons: list[str]
+    rejected: list[RejectedDeployment]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not_ready"]
+    checks: dict[str, str]
+
+
+class NewKey(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=128)
+    team: str | None = Field(None, max_length=128)
+    routes: list[str] | None = None
+    rpm: int | None = Field(None, ge=1)
+    tpm: int | None = Field(None, ge=1)
+    budget_usd: float | None = Field(None, ge=0)
+    budget_period: Literal["day", "month", "total"] = "month"
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class Rotation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    grace_s: float = Field(0.0, ge=0, le=30 * 86_400)
+
+
+class KeyView(BaseModel):
+    """A gateway key as admins see it: never its secret's digest."""
+
+    object: Literal["gateway.key"] = "gateway.key"
+    id: str
+    name: str
+    team: str | None
+    routes: list[str] | None
+    rpm: int | None
+    tpm: int | None
+    budget_usd: float | None
+    budget_period: str
+    labels: dict[str, str]
+    source: Literal["config", "runtime"]
+    created_at: int | None
+    revoked: bool
+    revoked_at: int | None
+    previous_secret_valid_until: int | None
+
+
+class KeyWithSecret(KeyView):
+    key: str = Field(description="The secret: shown in this answer only.")
+
+
+class Spend(BaseModel):
+    period: str
+    spent_usd: float
+    reserved_usd: float
+
+
+class KeyWithSpend(KeyView):
+    spend: Spend
+
+
+class KeyList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[KeyView]
+
+
+class UsageReport(BaseModel):
+    model_config = ConfigDict(extra="allow")  # by_key, by_team, by_route, by_day
+
+    object: Literal["usage_report"] = "usage_report"
+    since: str | None
+    until: str | None
+    rows: list[dict[str, Any]]
+    total: dict[str, Any]
+
+
+class Purge(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tenant: str | None = Field(
+        None, description="'team:<team>' or 'key:<key id>'; absent: every entry"
+    )
+
+
+class Purged(BaseModel):
+    purged: int
+    tenant: str | None
+
+
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """`openapi_extra` describing a JSON body the handler reads and validates itself
+    (bounded, after the caller is authenticated)."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    return {"requestBody": {"content": {"application/json": {"schema": schema}}, "required": False}}
+
+
+CHAT_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "description": "A chat completions body, as POST /v1/chat/completions",
+                    "required": ["model", "messages"],
+                    "properties": {
+                        "model": {"type": "string"},
+                        "messages": {"type": "array", "items": {"type": "object"}},
+                    },
+                }
+            }
+        },
+    }
+}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 503)
+}

@@ -1,0 +1,191 @@
+"""The resolved view of the config: deployments, routes and the public model names.
+
+Built once at start-up. Providers whose key is missing are skipped (one log line
+each) with their deployments; prices and windows come from the deployment's own
+config, else from the model catalog (config/catalog.json), else safe defaults.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from gateway.config.catalog_data import CatalogEntry, ModelCatalog
+from gateway.config.presets import needs_api_key
+from gateway.config.pricing import Prices
+from gateway.config.schema import GatewayConfig, ModelConfig, ProviderConfig, RouteConfig
+from gateway.errors import ModelNotFoundError
+
+log = logging.getLogger("gateway")
+
+DEFAULT_CONTEXT_WINDOW_TOKENS = 128_000
+DEFAULT_CHAT_CAPABILITIES = frozenset({"stream", "tools", "json_schema"})
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    id: str
+    name: str  # public model name
+    provider: str  # provider config name
+    kind: str
+    model: str  # the upstream's model id (Azure: deployment name)
+    mode: str
+    prices: Prices
+    context_window_tokens: int
+    max_output_tokens: int | None
+    capabilities: frozenset[str]
+    quality: float = 0.5
+    quality_by_tag: Mapping[str, float] = field(default_factory=dict)
+    weight: float = 1.0
+    rpm: int | None = None
+    tpm: int | None = None
+    price_source: str = "config"  # config | catalog | none
+    simulated: bool = False
+
+    @property
+    def has_quota(self) -> bool:
+        """An rpm or tpm quota: the planner asks such a deployment for its headroom."""
+        return self.rpm is not None or self.tpm is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str
+    policy: str
+    deployment_ids: tuple[str, ...]
+    params: Mapping[str, object]
+    mode: str
+    cache_enabled: bool | None = None
+    cache_ttl_s: int | None = None
+
+
+class Catalog:
+    def __init__(self, deployments: dict[str, Deployment], routes: dict[str, Route]) -> None:
+        self.deployments = deployments
+        self.routes = routes
+
+    def route_for(self, model: str, mode: str = "chat") -> Route:
+        route = self.routes.get(model)
+        if route is None or route.mode != mode:
+            raise ModelNotFoundError(
+                f"The model '{model}' does not exist or you do not have access to it.",
+                param="model",
+            )
+        return route
+
+    def deployments_of(self, route: Route) -> list[Deployment]:
+        return [self.deployments[i] for i in route.deployment_ids]
+
+
+def active_providers(config: GatewayConfig) -> dict[str, ProviderConfig]:
+    active = {}
+    for name, provider in config.providers.items():
+        if needs_api_key(provider.kind) and not provider.api_key:
+            log.warning("provider %s (%s) skipped: no API key configured", name, provider.kind)
+            continue
+        active[name] = provider
+    return active
+
+
+def build_catalog(config: GatewayConfig, models: ModelCatalog | None) -> Catalog:
+    providers = active_providers(config)
+    deployments: dict[str, Deployment] = {}
+    for spec in config.models:
+        provider = providers.get(spec.provider)
+        if provider is None:
+            continue
+        entry = models.lookup(spec.model, provider.kind) if models else None
+        deployment = _deployment(spec, provider, entry)
+        deployments[deployment.id] = deployment
+    routes = _implicit_routes(deployments, config.routing.default_policy)
+    for route_spec in config.routes:
+        route = _explicit_route(route_spec, deployments)
+        if route is not None:
+            routes[route.name] = route
+    return Catalog(deployments, routes)
+
+
+def _deployment(
+    spec: ModelConfig, provider: ProviderConfig, entry: CatalogEntry | None
+) -> Deployment:
+    prices, source = _prices(spec, entry)
+    return Deployment(
+        id=spec.id or f"{spec.provider}/{spec.model}",
+        name=spec.name,
+        provider=spec.provider,
+        kind=provider.kind,
+        model=spec.model,
+        mode=spec.mode,
+        prices=prices,
+        context_window_tokens=spec.context_window_tokens
+        or (entry.context_window_tokens if entry else None)
+        or DEFAULT_CONTEXT_WINDOW_TOKENS,
+        max_output_tokens=spec.max_output_tokens or (entry.max_output_tokens if entry else None),
+        capabilities=_capabilities(spec, entry),
+        quality=spec.quality,
+        quality_by_tag=dict(spec.quality_by_tag),
+        weight=spec.weight,
+        rpm=spec.rpm,
+        tpm=spec.tpm,
+        price_source=source,
+        simulated=provider.kind == "simulated",
+    )
+
+
+def _prices(spec: ModelConfig, entry: CatalogEntry | None) -> tuple[Prices, str]:
+    if spec.input_price_per_mtok_usd is not None or spec.output_price_per_mtok_usd is not None:
+        return Prices(
+            input_per_mtok_usd=spec.input_price_per_mtok_usd or 0.0,
+            output_per_mtok_usd=spec.output_price_per_mtok_usd or 0.0,
+            cached_input_per_mtok_usd=spec.cached_input_price_per_mtok_usd,
+        ), "config"
+    if entry is not None:
+        return Prices(
+            input_per_mtok_usd=entry.input_price_per_mtok_usd,
+            output_per_mtok_usd=entry.output_price_per_mtok_usd,
+            cached_input_per_mtok_usd=entry.cached_input_price_per_mtok_usd,
+            cache_write_per_mtok_usd=entry.cache_write_price_per_mtok_usd,
+        ), "catalog"
+    return Prices(0.0, 0.0), "none"
+
+
+def _capabilities(spec: ModelConfig, entry: CatalogEntry | None) -> frozenset[str]:
+    if spec.capabilities is not None:
+        return frozenset(spec.capabilities)
+    if spec.mode == "embedding":
+        return frozenset({"embeddings"})
+    if entry is not None:
+        return entry.capabilities | {"stream"}
+    return DEFAULT_CHAT_CAPABILITIES
+
+
+def _implicit_routes(deployments: dict[str, Deployment], policy: str) -> dict[str, Route]:
+    """Every public model name is a route over the deployments that carry it."""
+    grouped: dict[str, list[Deployment]] = {}
+    for deployment in deployments.values():
+        grouped.setdefault(deployment.name, []).append(deployment)
+    return {
+        name: Route(name, policy, tuple(d.id for d in group), {}, group[0].mode)
+        for name, group in grouped.items()
+    }
+
+
+def _explicit_route(spec: RouteConfig, deployments: dict[str, Deployment]) -> Route | None:
+    ids: list[str] = []
+    for ref in spec.models:
+        matches = [d.id for d in deployments.values() if ref in (d.id, d.name)]
+        ids.extend(i for i in matches if i not in ids)
+    if not ids:
+        log.warning("route %s skipped: none of its deployments is active", spec.name)
+        return None
+    mode = deployments[ids[0]].mode
+    return Route(
+        spec.name,
+        spec.policy,
+        tuple(ids),
+        dict(spec.params),
+        mode,
+        spec.cache.enabled,
+        spec.cache.ttl_s,
+    )

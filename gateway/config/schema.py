@@ -1,0 +1,295 @@
+"""Configuration: one YAML file, `${VAR}` / `${VAR:-default}` substitution, validated once.
+
+This is the only module that reads `os.environ`. Errors name the field and the file
+line (from PyYAML's node marks), e.g. `gateway.yaml:14: providers.openai.timeouts.read_s:
+Input should be a valid number`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+_ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(ValueError):
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TimeoutsConfig(_Model):
+    connect_s: float = Field(5.0, gt=0)
+    read_s: float = Field(60.0, gt=0)
+    total_s: float = Field(600.0, gt=0)
+
+
+class SimulationConfig(_Model):
+    ttft_s: float = Field(0.0, ge=0)  # delay before the first token
+    chunk_delay_s: float = Field(0.0, ge=0)  # delay between streamed chunks
+    output_tokens: int = Field(16, ge=1)
+    embedding_dimensions: int = Field(16, ge=1)
+
+
+class ProviderConfig(_Model):
+    kind: str
+    base_url: str | None = None
+    api_key: str | None = None
+    api_version: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
+    simulation: SimulationConfig = Field(default_factory=SimulationConfig)
+
+
+Capability = Literal["tools", "vision", "json_schema", "stream", "embeddings"]
+
+
+class ModelConfig(_Model):
+    """One deployment: a public model name served by one provider's model."""
+
+    name: str
+    provider: str
+    model: str
+    id: str | None = None
+    mode: Literal["chat", "embedding"] = "chat"
+    input_price_per_mtok_usd: float | None = Field(None, ge=0)
+    output_price_per_mtok_usd: float | None = Field(None, ge=0)
+    cached_input_price_per_mtok_usd: float | None = Field(None, ge=0)
+    context_window_tokens: int | None = Field(None, gt=0)
+    max_output_tokens: int | None = Field(None, gt=0)
+    capabilities: list[Capability] | None = None
+    quality: float = Field(0.5, ge=0, le=1)
+    quality_by_tag: dict[str, float] = Field(default_factory=dict)
+    weight: float = Field(1.0, ge=0)
+    rpm: int | None = Field(None, ge=1)
+    tpm: int | None = Field(None, ge=1)
+
+
+class RouteCacheConfig(_Model):
+    enabled: bool | None = None
+    ttl_s: int | None = Field(None, ge=1)
+
+
+class RouteConfig(_Model):
+    name: str
+    policy: str = "fallback"
+    models: list[str]  # deployment ids or public model names, in written order
+    params: dict[str, Any] = Field(default_factory=dict)
+    cache: RouteCacheConfig = Field(default_factory=RouteCacheConfig)
+
+
+class KeyConfig(_Model):
+    name: str
+    key: str
+    team: str | None = None
+    routes: list[str] | None = None  # None = every route
+    rpm: int | None = Field(None, ge=1)
+    tpm: int | None = Field(None, ge=1)
+    budget_usd: float | None = Field(None, ge=0)
+    budget_period: Literal["day", "month", "total"] = "month"
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class AuthConfig(_Model):
+    mode: Literal["keys", "open"] = "keys"
+    keys: list[KeyConfig] = Field(default_factory=list)
+    admin_keys: list[str] = Field(default_factory=list)
+
+
+class ServerConfig(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    workers: int = Field(1, ge=1)
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_messages: int = Field(2048, ge=1)
+    max_tools: int = Field(256, ge=1)
+    # Nesting of the JSON body. At most 200: the JSON encoder stops at 254 levels.
+    max_json_depth: int = Field(100, ge=8, le=200)
+    max_header_bytes: int = Field(32 * 1024, ge=1024)  # request line + headers; beyond: 431
+    request_timeout_s: float = Field(300.0, gt=0)
+    max_concurrent_requests: int = Field(4096, ge=1)  # beyond: 503 with retry-after
+    docs: bool = True  # the management API's /docs and /openapi.json
+    # native (gateway/transport/native.py) is the fast default; the others exist to
+    # measure against (bench.run --transport)
+    upstream_transport: Literal["native", "aiohttp", "httpx", "httpx-aiohttp"] = "native"
+    access_log: bool = True
+    # Idle with RSS grown since the last check: free C-heap pages go back to the OS
+    # (gateway/telemetry/memory_trim.py). Seconds between checks (a check reads /proc, a few
+    # microseconds; often enough to catch a short lull after a burst); 0 = off.
+    idle_memory_trim_s: float = Field(1.0, ge=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class RedisConfig(_Model):
+    url: str
+    socket_timeout_s: float = Field(0.25, gt=0)
+    connect_timeout_s: float = Field(0.25, gt=0)
+    # Whole call, pool wait included; on the pipelined connection, each reply after
+    # its connect (which connect_timeout_s bounds).
+    operation_deadline_s: float = Field(0.5, gt=0)
+    max_connections: int = Field(64, ge=1)
+
+
+class CacheConfig(_Model):
+    enabled: bool = False
+    backend: Literal["auto", "memory", "redis"] = "auto"
+    ttl_s: int = Field(3600, ge=1)
+    max_entry_bytes: int = Field(1024 * 1024, ge=1)
+    memory_max_bytes: int = Field(64 * 1024 * 1024, ge=1)
+    coalesce: bool = True
+
+
+class RoutingConfig(_Model):
+    default_policy: str = "fallback"
+    max_attempts: int = Field(4, ge=1)  # across all deployments, retries included
+    same_deployment_retries: int = Field(1, ge=0)
+    max_retry_after_s: float = Field(2.0, ge=0)  # sleep in place only for short waits
+    retry_budget_ratio: float = Field(0.2, ge=0)  # retries / active requests (Envoy)
+    retry_budget_min: int = Field(3, ge=0)
+    cooldown_failures: int = Field(3, ge=1)
+    cooldown_s: float = Field(30.0, gt=0)
+    expected_output_tokens: int = Field(256, ge=1)
+    stats_sync_interval_s: float = Field(1.0, gt=0)  # Redis sharing of stats and cooldowns
+
+
+class RedisFailureConfig(_Model):
+    """What limits do while Redis is unreachable (rule 7)."""
+
+    rate_limits: Literal["open", "closed"] = "open"  # open: serve without counting
+    budgets: Literal["closed", "open"] = "closed"  # closed: refuse keys that have a budget
+    retry_after_s: int = Field(2, ge=1)  # on the 503 a closed rule answers
+
+
+class LimitsConfig(_Model):
+    window_s: float = Field(60.0, gt=0)  # rpm/tpm count over this sliding window
+    on_redis_error: RedisFailureConfig = Field(default_factory=RedisFailureConfig)
+    key_sync_interval_s: float = Field(0.5, gt=0)  # bound on revocation reaching every replica
+    deployment_sync_interval_s: float = Field(0.25, gt=0)  # sharing of deployment rpm/tpm use
+    usage_retention_days: int = Field(400, ge=1)
+    pending_writes_max: int = Field(10_000, ge=1)  # settlements held while Redis is down
+
+
+class MetricsConfig(_Model):
+    enabled: bool = True
+    token: str | None = None  # when set, /metrics needs `Authorization: Bearer <token>`
+    # When set, /metrics is served only on this port (its own listener), not the main one.
+    port: int | None = Field(None, ge=1, le=65535)
+    host: str = "127.0.0.1"  # bind address of that listener
+
+
+class GatewayConfig(_Model):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    redis: RedisConfig | None = None
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    catalog_path: str | None = None
+    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    models: list[ModelConfig] = Field(default_factory=list)
+    routes: list[RouteConfig] = Field(default_factory=list)
+
+
+def default_config_path() -> Path:
+    return Path(__file__).resolve().parents[2] / "config" / "gateway.yaml"
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Read, substitute and validate a config file; raises ConfigError with file:line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    return parse_config(text, str(path), os.environ if environ is None else environ)
+
+
+def parse_config(text: str, source: str, environ: Mapping[str, str]) -> GatewayConfig:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{source}: invalid YAML: {exc}"]) from None
+    lines: dict[tuple[str | int, ...], int] = {}
+    if node is not None:
+        _index_lines(node, (), lines)
+    data = _substitute(data if data is not None else {}, environ)
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source, lines)) from None
+
+
+def _index_lines(node: yaml.Node, path: tuple[str | int, ...], out: dict[Any, int]) -> None:
+    out[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            _index_lines(value, (*path, str(key.value)), out)
+            out[(*path, str(key.value))] = key.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _index_lines(item, (*path, index), out)
+
+
+def _describe(exc: ValidationError, source: str, lines: dict[Any, int]) -> list[str]:
+    messages = []
+    for error in exc.errors():
+        loc = tuple(error["loc"])
+        line = _nearest_line(loc, lines)
+        where = ".".join(str(p) for p in loc) or "(root)"
+        prefix = f"{source}:{line}" if line else source
+        messages.append(f"{prefix}: {where}: {error['msg']}")
+    return messages
+
+
+def _nearest_line(loc: tuple[Any, ...], lines: dict[Any, int]) -> int | None:
+    for end in range(len(loc), -1, -1):
+        if loc[:end] in lines:
+            return lines[loc[:end]]
+    return None
+
+
+def _substitute(value: Any, environ: Mapping[str, str]) -> Any:
+    if isinstance(value, str):
+        return _ENV_PATTERN.sub(lambda m: environ.get(m.group(1)) or (m.group(2) or ""), value)
+    if isinstance(value, dict):
+        return {k: _substitute(v, environ) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, environ) for v in value]
+    return value
+
+
+def referenced_env_vars(text: str) -> set[str]:
+    return {m.group(1) for m in _ENV_PATTERN.finditer(text)}
+
+
+CONFIG_ENV = "GATEWAY_CONFIG"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def env_config_path() -> Path:
+    """The config path handed to worker processes (uvicorn factory mode)."""
+    return Path(os.environ.get(CONFIG_ENV) or default_config_path())
+
+
+def multiproc_dir() -> str | None:
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+def set_worker_environment(config_path: Path, metrics_dir: str | None) -> None:
+    """Set before uvicorn forks workers, so every worker reads the same settings."""
+    os.environ[CONFIG_ENV] = str(config_path)
+    if metrics_dir:
+        os.environ[MULTIPROC_ENV] = metrics_dir

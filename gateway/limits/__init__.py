@@ -1,0 +1,19 @@
+"""Rate limits, budgets and concurrency: admission, settlement, the stores and scripts
+behind them, the usage report.
+
+This module is the wing's front door: other parts of the gateway import from here only."""
+
+from __future__ import annotations
+
+from gateway.limits.admission import Limits, build_limits, has_limits
+from gateway.limits.usage_report import ReportRangeError, report_days, run_usage, summarize
+
+__all__ = [
+    "Limits",
+    "ReportRangeError",
+    "build_limits",
+    "has_limits",
+    "report_days",
+    "run_usage",
+    "summarize",
+]

@@ -1,0 +1,252 @@
+"""Rate limits and budgets per gateway key, and per-deployment quotas (rules 7 and 8).
+
+The pipeline calls these hooks:
+
+- `admit` before any upstream call: one store call (a Lua script with Redis) checks
+  the key's budget, rpm and tpm and reserves the estimates together, or refuses
+  (keys with none of the three are not admitted at all, `has_limits`: nothing to
+  check or reserve):
+  budget -> 429 insufficient_quota (x-should-retry: false), rpm/tpm -> 429
+  rate_limit_exceeded with retry-after;
+- `settle` once the real usage and cost are on the context (streams included, and
+  client disconnects): replaces the estimates with the real numbers and adds the
+  usage report row, exactly once per request id, written in the background (a key
+  without limits reserved nothing: its requests are billed in tallies, see
+  gateway.limits.sync);
+- `release` when the request failed: gives every reservation back;
+- `deployment_headroom` when planning: local numbers, no Redis round trip;
+- `deployment_used` after each successful upstream call.
+
+`rpm` and `tpm`, of keys and of deployments, count over the sliding `limits.window_s`
+(60 s by default). The estimate reserved at admission is the caller's: the prompt
+estimate plus the expected output on the first planned deployment, and its cost.
+
+Redis unavailable (`limits.on_redis_error`): keys with a budget are refused with a
+503 limits_unavailable and a retry-after (budgets fail closed); other keys are
+served unchecked (rate limits fail open), counted in gateway_limits_fail_open_total;
+SharedRedis logs one warning per outage. Without Redis in the config, the same rules
+run in process memory (`MemoryLimitStore`): exact for one process, per worker with
+several.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from gateway.config import Deployment, GatewayConfig
+from gateway.context import RequestContext
+from gateway.errors import (
+    GatewayError,
+    LimitsUnavailableError,
+    QuotaExceededError,
+    RateLimitedError,
+)
+from gateway.keys import Caller
+from gateway.limits.scripts import RedisLimitStore
+from gateway.limits.store import (
+    Admission,
+    Decision,
+    LimitStore,
+    MemoryLimitStore,
+    Release,
+    Settlement,
+    UsageRow,
+    budget_period,
+    new_admission,
+    usage_day,
+)
+from gateway.limits.sync import DeploymentQuotas, PendingWrites
+from gateway.redis import RedisUnavailableError, SharedRedis
+from gateway.telemetry import Metrics
+
+_MIN_RESERVATION_TTL_S = 120.0
+
+
+@dataclass(slots=True)
+class _Held:
+    ctx: RequestContext  # kept so id(ctx) cannot be reused while the entry lives
+    admission: Admission
+    reserved: bool  # False: admitted while the store was unreachable
+    admitted_at: float
+
+
+class Limits:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        store: LimitStore,
+        quotas: DeploymentQuotas,
+        metrics: Metrics,
+    ) -> None:
+        self._rules = config.limits.on_redis_error
+        self._reservation_ttl_s = reservation_ttl_s(config)
+        self.store = store
+        self._writes = PendingWrites(store, config.limits.pending_writes_max, metrics)
+        self._quotas = quotas
+        self._metrics = metrics
+        self._held: dict[int, _Held] = {}  # by id(ctx); insertion order = admission order
+
+    def start(self) -> None:
+        self._writes.start()
+        self._quotas.start()
+
+    async def aclose(self) -> None:
+        await self._quotas.aclose()
+        await self._writes.aclose()
+
+    async def admit(
+        self,
+        ctx: RequestContext,
+        caller: Caller,
+        estimated_tokens: int,
+        estimated_cost_usd: float,
+    ) -> None:
+        """For a caller with limits (`has_limits`); callers skip it for one without:
+        nothing to check, reserve or hold, and its settle bills it in a tally."""
+        admission = new_admission(caller, estimated_tokens, estimated_cost_usd)
+        try:
+            decision = await self.store.admit(admission)
+        except RedisUnavailableError:
+            await self._admit_unchecked(caller, admission)
+            self._hold(ctx, admission, reserved=False)
+            return
+        except asyncio.CancelledError:
+            if self.store.shared:  # the script may have run: give its reservation back
+                self._writes.enqueue(Release(admission))
+            raise
+        if decision.reason is not None:
+            self._metrics.rejections.labels(decision.reason).inc()
+            raise refusal(caller, decision)
+        self._hold(ctx, admission, reserved=True)
+
+    async def _admit_unchecked(self, caller: Caller, admission: Admission) -> None:
+        """The store is unreachable: refuse or serve, per `limits.on_redis_error`."""
+        what = None
+        if caller.budget_usd is not None and self._rules.budgets == "closed":
+            what = "budget"
+        elif (caller.rpm or caller.tpm) and self._rules.rate_limits == "closed":
+            what = "rate limits"
+        if what is None:
+            self._metrics.limits_fail_open.inc()
+            return
+        self._metrics.rejections.labels("limits_unavailable").inc()
+        # The admission may have been applied before the timeout: undo it when Redis is back.
+        await self._writes.submit(Release(admission))
+        raise LimitsUnavailableError(
+            f"The gateway cannot check this key's {what} right now; try again shortly.",
+            retry_after_s=self._rules.retry_after_s,
+        )
+
+    def _hold(self, ctx: RequestContext, admission: Admission, reserved: bool) -> None:
+        now = time.monotonic()
+        # Forget requests that never settled nor released (their store entries expire too).
+        while self._held:
+            key, held = next(iter(self._held.items()))
+            if held.admitted_at > now - self._reservation_ttl_s:
+                break
+            del self._held[key]
+        self._held[id(ctx)] = _Held(ctx, admission, reserved, now)
+
+    def _take(self, ctx: RequestContext) -> _Held | None:
+        held = self._held.get(id(ctx))
+        if held is None or held.ctx is not ctx:
+            return None
+        del self._held[id(ctx)]
+        return held
+
+    async def settle(self, ctx: RequestContext, caller: Caller) -> None:
+        held = self._take(ctx)
+        usage = ctx.usage
+        input_tokens = usage.prompt_tokens if usage else 0
+        output_tokens = usage.completion_tokens if usage else 0
+        if ctx.deployment_id is not None:
+            self._quotas.used(ctx.deployment_id, 0, input_tokens + output_tokens)
+        cost_usd, route = ctx.cost_usd or 0.0, ctx.route or "unknown"
+        if held is None:  # nothing reserved, nothing in the store: billed in its key's tally
+            self._writes.bill(caller, route, input_tokens, output_tokens, cost_usd)
+            return
+        settlement = Settlement(
+            admission=held.admission,
+            reserved=held.reserved,
+            tokens=input_tokens + output_tokens,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cost_usd=cost_usd,
+            route=route,
+            day=usage_day(),
+        )
+        await self._writes.submit(settlement)
+
+    async def release(self, ctx: RequestContext, caller: Caller) -> None:
+        held = self._take(ctx)
+        if held is not None:
+            await self._writes.submit(Release(held.admission))
+
+    def deployment_headroom(self, deployment_id: str) -> tuple[int | None, int | None]:
+        """(remaining rpm, remaining tpm) for routing; None = no limit set."""
+        return self._quotas.headroom(deployment_id)
+
+    def deployment_used(self, deployment_id: str, tokens: int) -> None:
+        self._quotas.used(deployment_id, 1, tokens)
+
+    async def usage(self, days: Sequence[str]) -> list[UsageRow]:
+        await self._writes.apply_tallies()
+        return await self.store.usage(days)
+
+    async def spend(self, key_id: str, period_kind: str) -> tuple[str, float, float]:
+        """(period id, spent USD, reserved USD) of a key's current budget period."""
+        period, _ = budget_period(period_kind)
+        await self._writes.apply_tallies()
+        spent, reserved = await self.store.spend(key_id, period)
+        return period, spent, reserved
+
+
+def has_limits(caller: Caller) -> bool:
+    return caller.rpm is not None or caller.tpm is not None or caller.budget_usd is not None
+
+
+def refusal(caller: Caller, decision: Decision) -> GatewayError:
+    if decision.reason == "budget":
+        return QuotaExceededError(
+            f"The budget of key '{caller.name}' ({caller.budget_usd} USD per "
+            f"{caller.budget_period}) is used up."
+        )
+    limit = caller.rpm if decision.reason == "rpm" else caller.tpm
+    unit = "requests" if decision.reason == "rpm" else "tokens"
+    return RateLimitedError(
+        f"Rate limit of key '{caller.name}' reached ({limit} {unit} per window); "
+        f"retry in {decision.retry_after_s:.1f}s.",
+        retry_after_s=decision.retry_after_s,
+    )
+
+
+def reservation_ttl_s(config: GatewayConfig) -> float:
+    """How long a reservation may wait for its settle before it stops holding budget."""
+    return max(_MIN_RESERVATION_TTL_S, 2 * config.server.request_timeout_s)
+
+
+def build_limits(
+    config: GatewayConfig,
+    redis: SharedRedis | None,
+    metrics: Metrics,
+    deployments: Mapping[str, Deployment],
+) -> Limits:
+    window_s = config.limits.window_s
+    redis_store = None
+    store: LimitStore
+    if redis is not None:
+        usage_ttl_s = config.limits.usage_retention_days * 86_400
+        redis_store = RedisLimitStore(redis, window_s, reservation_ttl_s(config), usage_ttl_s)
+        store = redis_store
+    else:
+        store = MemoryLimitStore(window_s, reservation_ttl_s(config))
+    quotas = DeploymentQuotas(
+        {d.id: (d.rpm, d.tpm) for d in deployments.values() if d.has_quota},
+        window_s,
+        redis_store,
+        config.limits.deployment_sync_interval_s,
+    )
+    return Limits(config, store, quotas, metrics)

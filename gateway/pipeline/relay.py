@@ -1,0 +1,147 @@
+"""The client-facing side of a committed stream: relay, account, fail loudly in band.
+
+After the commit point a failure becomes one OpenAI-shaped `data: {"error": ...}`
+event and the stream closes without `[DONE]` (rule 3): never a clean end, never a
+synthesized `finish_reason`. A client disconnect cancels the upstream at once and
+still bills what was produced, marked estimated if the final usage never came.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator
+from typing import Protocol
+
+from gateway.config import Deployment
+from gateway.context import RequestContext
+from gateway.dialects import DONE_LINE, encode_chunk, encode_error
+from gateway.errors import GatewayError, ProviderError, UpstreamUnavailableError
+from gateway.keys import Caller
+from gateway.pipeline.accounting import Accountant
+from gateway.pipeline.attempt import OpenedStream
+from gateway.routing import FailureRecorder, StatsStore
+from gateway.types import ChatRequest, JSONObject, SSEEvent
+
+
+class ChunkObserver(Protocol):
+    def feed(self, chunk: JSONObject) -> None: ...
+
+
+class ChatStream:
+    def __init__(
+        self,
+        opened: OpenedStream,
+        req: ChatRequest,
+        d: Deployment,
+        caller: Caller,
+        ctx: RequestContext,
+        stats: StatsStore,
+        failures: FailureRecorder,
+        accountant: Accountant,
+    ) -> None:
+        self._opened = opened
+        self._req = req
+        self._d = d
+        self._caller = caller
+        self._ctx = ctx
+        self._stats = stats
+        self._failures = failures
+        self._accountant = accountant
+        self._completion_chars = 0
+        self._observer: ChunkObserver | None = None
+        self.completed = False  # the stream ran to its end (a partial one is never stored)
+
+    async def body(self) -> AsyncGenerator[bytes, None]:
+        """The held chunks, then each batch of events as it arrives, then the usage chunk
+        (if asked for) and `[DONE]`. One async generator for all of it: each one more
+        is a layer every piece passes through, and one more the event loop tracks."""
+        self._stats.started(self._d.id)
+        outcome = "client_disconnect"
+        translator = self._opened.translator
+        try:
+            if self._opened.held:
+                yield b"".join(map(self._emit, self._opened.held))
+            if not translator.done:
+                async for batch in self._opened.events:
+                    piece, failure = self._relay_batch(batch)
+                    if piece:
+                        yield piece
+                    if failure is not None:
+                        raise failure
+                    if translator.done:
+                        break
+            if not translator.done:
+                raise UpstreamUnavailableError("The upstream stream ended before it was complete.")
+            usage_chunk = translator.usage_chunk()
+            if usage_chunk is not None and self._collect(usage_chunk) and self._req.include_usage:
+                yield encode_chunk(usage_chunk)
+            yield DONE_LINE
+            outcome = "complete"
+        except ProviderError as error:
+            outcome = "error"
+            self._ctx.error_code = error.error_code
+            self._failures.penalize(self._d, error)
+            yield encode_error(error.to_openai_body())
+        finally:
+            await self._finish(outcome)
+
+    def _relay_batch(self, batch: list[SSEEvent]) -> tuple[bytes, ProviderError | None]:
+        """What arrived together, encoded for one write, and the failure it ended with:
+        the content before a failing event still goes out."""
+        translator = self._opened.translator
+        pieces: list[bytes] = []
+        try:
+            for event in batch:
+                pieces.extend(map(self._emit, translator.feed(event)))
+                if translator.done:
+                    break
+        except ProviderError as error:
+            return b"".join(pieces), error
+        return b"".join(pieces), None
+
+    def _emit(self, chunk: JSONObject) -> bytes:
+        for choice in chunk.get("choices") or ():
+            content = (choice.get("delta") or {}).get("content")
+            if isinstance(content, str):
+                self._completion_chars += len(content)
+        self._collect(chunk)
+        return encode_chunk(chunk)
+
+    def observe(self, observer: ChunkObserver) -> None:
+        """`observer` is fed every chunk the client is sent (the cache assembles the
+        answer it stores from them)."""
+        self._observer = observer
+
+    def _collect(self, chunk: JSONObject) -> bool:
+        if self._observer is not None:
+            self._observer.feed(chunk)
+        return True
+
+    async def _finish(self, outcome: str) -> None:
+        ctx = self._ctx
+        ctx.stream_outcome = outcome
+        # A cancelled (disconnected) request must still close and bill. The body runs in
+        # the request's own task (gateway.api.sse_response), where a cancel arrives once, at the
+        # await it interrupted, so these awaits run to the end. (Under Starlette's
+        # StreamingResponse, an anyio task group re-cancelled every await: it needed an
+        # anyio shield.)
+        await self._close_and_settle(outcome)
+
+    async def _close_and_settle(self, outcome: str) -> None:
+        ctx, d = self._ctx, self._d
+        try:
+            await self._opened.aclose()
+        finally:
+            self._stats.ended(d.id)
+            usage = self._accountant.usage_or_estimate(
+                self._opened.translator.usage, self._req.prompt_chars(), self._completion_chars
+            )
+            total_s = time.perf_counter() - ctx.started
+            ctx.upstream_s = total_s
+            if outcome == "complete":
+                self.completed = True
+                self._stats.success(d.id, ctx.ttft_s or total_s, usage.completion_tokens, total_s)
+            try:
+                await self._accountant.settle(ctx, self._caller, d, usage)
+            except GatewayError:
+                pass  # a budget settle failure after the fact cannot reach the client

@@ -1,0 +1,249 @@
+"""The request pipeline: plan -> attempts (the only fallback loop) -> accounting.
+
+for each deployment in plan.ordered (bounded by max_attempts and the deadline):
+    attempt it; a connection error, or a short 429 on the last candidate, may be
+    retried in place (retry budget permitting);
+    success -> record stats and cost -> return;
+    a non-retryable error (the upstream's own 4xx about the request) -> raise it;
+    otherwise record the failure (maybe cooling the deployment down) and go on.
+nothing left -> AllProvidersFailedError with every attempt's error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from gateway.config import Catalog, Deployment, GatewayConfig, Route
+from gateway.context import RequestContext
+from gateway.errors import (
+    AllProvidersFailedError,
+    NoEligibleDeploymentError,
+    ProviderError,
+    UpstreamRateLimitedError,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
+)
+from gateway.keys import Caller
+from gateway.limits import Limits
+from gateway.pipeline import attempt as attempts
+from gateway.pipeline.accounting import Accountant
+from gateway.pipeline.relay import ChatStream
+from gateway.providers import Provider
+from gateway.routing import (
+    FailureRecorder,
+    Planner,
+    RequestControls,
+    RetryBudget,
+    StatsStore,
+    route_request,
+)
+from gateway.telemetry import Metrics
+from gateway.transport import Upstream
+from gateway.types import ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse
+from routers import Plan
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineParts:
+    """What the fallback loop, its accounting and its committed streams use."""
+
+    config: GatewayConfig  # server.request_timeout_s, routing
+    catalog: Catalog
+    providers: dict[str, Provider]
+    upstream: Upstream
+    planner: Planner
+    stats: StatsStore
+    retry_budget: RetryBudget
+    metrics: Metrics
+    limits: Limits
+
+
+T = TypeVar("T")
+# One try on one deployment; its float is what is left of the request's deadline, in
+# seconds, which the attempt must keep (the transports' own timers do, for calls).
+Attempt = Callable[[Deployment, Provider, float], Awaitable[T]]
+
+
+class Pipeline:
+    def __init__(self, parts: PipelineParts) -> None:
+        self.s = parts
+        self.accountant = Accountant(parts.metrics, parts.limits)
+        cooldown_s = parts.config.routing.cooldown_s
+        self.failures = FailureRecorder(parts.stats, parts.metrics, cooldown_s)
+
+    def plan_chat(self, req: ChatRequest, route: Route, controls: RequestControls) -> Plan:
+        request = route_request(
+            req.prompt_chars(), req.max_tokens, req.required_capabilities(), controls
+        )
+        return self.s.planner.plan(route, request, controls.policy)
+
+    async def chat(
+        self, req: ChatRequest, route: Route, plan: Plan, caller: Caller, ctx: RequestContext
+    ) -> ChatResponse:
+        once = functools.partial(attempts.chat_once, self.s.upstream, req)
+        response = await self.run_plan(ctx, route, plan, once)
+        usage = response.usage
+        if usage is None:  # the upstream sent none: estimated from the text
+            usage = self.accountant.usage_or_estimate(
+                None, req.prompt_chars(), _completion_chars(response)
+            )
+        d = self.s.catalog.deployments[ctx.deployment_id or ""]
+        self.s.stats.success(
+            d.id, ctx.upstream_s or 0.0, usage.completion_tokens, ctx.upstream_s or 0.0
+        )
+        await self.accountant.settle(ctx, caller, d, usage)
+        return response
+
+    async def chat_stream(
+        self, req: ChatRequest, route: Route, plan: Plan, caller: Caller, ctx: RequestContext
+    ) -> ChatStream:
+        upstream = self.s.upstream
+
+        async def once(d: Deployment, provider: Provider, within_s: float) -> attempts.OpenedStream:
+            # Until its first content arrives, over several reads: a timeout of its own.
+            return await _within(within_s, attempts.open_stream(upstream, provider, req, d))
+
+        opened = await self.run_plan(ctx, route, plan, once)
+        d = self.s.catalog.deployments[ctx.deployment_id or ""]
+        ctx.ttft_s = opened.first_content_at - ctx.started
+        return ChatStream(opened, req, d, caller, ctx, self.s.stats, self.failures, self.accountant)
+
+    async def embeddings(
+        self, req: EmbeddingRequest, route: Route, plan: Plan, caller: Caller, ctx: RequestContext
+    ) -> EmbeddingResponse:
+        once = functools.partial(attempts.embeddings_once, self.s.upstream, req)
+        response = await self.run_plan(ctx, route, plan, once)
+        chars = sum(len(str(i)) for i in req.inputs)
+        usage = self.accountant.usage_or_estimate(response.usage, chars, 0)
+        d = self.s.catalog.deployments[ctx.deployment_id or ""]
+        await self.accountant.settle(ctx, caller, d, usage)
+        return response
+
+    async def bill_abandoned(self, prompt_chars: int, caller: Caller, ctx: RequestContext) -> None:
+        """The client left mid-attempt: the prompt was still sent, so it is still billed."""
+        if ctx.attempt_deployment_id is None:
+            await self.s.limits.release(ctx, caller)
+            return
+        d = self.s.catalog.deployments[ctx.attempt_deployment_id]
+        ctx.deployment_id, ctx.provider, ctx.model = d.id, d.provider, d.model
+        ctx.stream_outcome = "client_disconnect"
+        usage = self.accountant.usage_or_estimate(None, prompt_chars, 0)
+        await self.accountant.settle(ctx, caller, d, usage)
+
+    async def run_plan(
+        self, ctx: RequestContext, route: Route, plan: Plan, attempt: Attempt[T]
+    ) -> T:
+        if not plan.ordered:
+            raise NoEligibleDeploymentError(_why_empty(route, plan))
+        budget = self.s.retry_budget
+        budget.request_started()
+        errors: list[ProviderError] = []
+        deadline = ctx.started + self.s.config.server.request_timeout_s
+        last = len(plan.ordered) - 1
+        try:
+            for index, ranked in enumerate(plan.ordered):
+                if ctx.attempts >= self.s.config.routing.max_attempts:
+                    break
+                if index and not budget.try_acquire():
+                    break  # too many concurrent retries gateway-wide: don't amplify an outage
+                d = self.s.catalog.deployments[ranked.candidate.deployment_id]
+                try:
+                    return await self._attempt(ctx, d, attempt, deadline, index == last)
+                except ProviderError as error:
+                    error.deployment_id = d.id
+                    errors.append(error)
+                    if not error.retryable:
+                        raise
+                    if index < last:
+                        ctx.fallbacks += 1
+                        self.s.metrics.fallbacks.labels(route.name, error.outcome).inc()
+                finally:
+                    if index:
+                        budget.release()
+            raise AllProvidersFailedError(errors)
+        finally:
+            budget.request_ended()
+
+    async def _attempt(
+        self,
+        ctx: RequestContext,
+        d: Deployment,
+        attempt: Attempt[T],
+        deadline: float,
+        is_last: bool,
+    ) -> T:
+        provider, stats = self.s.providers[d.provider], self.s.stats
+        retries = 0
+        while True:
+            ctx.attempts += 1
+            ctx.attempt_deployment_id = d.id
+            started = time.perf_counter()
+            try:
+                if deadline <= started:
+                    raise UpstreamTimeoutError("The request deadline passed before this attempt.")
+                stats.started(d.id)  # the in-flight count least_busy ranks by
+                try:
+                    result = await attempt(d, provider, deadline - started)
+                finally:
+                    stats.ended(d.id)
+            except ProviderError as error:
+                self.failures.record(d, error, time.perf_counter() - started)
+                if not self._retry_in_place(error, is_last, retries):
+                    raise
+                retries += 1
+                ctx.retries += 1
+                self.s.metrics.retries.labels(d.id).inc()
+                await asyncio.sleep(min(error.retry_after_s or 0.0, max(0.0, deadline - started)))
+                continue
+            ctx.upstream_s = time.perf_counter() - started
+            ctx.deployment_id, ctx.provider, ctx.model = d.id, d.provider, d.model
+            self.s.limits.deployment_used(d.id, 0)
+            self.s.metrics.record_attempt(d.provider, d.id, "ok", ctx.upstream_s)
+            return result
+
+    def _retry_in_place(self, error: ProviderError, is_last: bool, retries: int) -> bool:
+        routing = self.s.config.routing
+        if retries >= routing.same_deployment_retries:
+            return False
+        connection_error = isinstance(error, UpstreamUnavailableError) and error.during_connect
+        short_429 = (
+            isinstance(error, UpstreamRateLimitedError)
+            and is_last
+            and error.retry_after_s is not None
+            and error.retry_after_s <= routing.max_retry_after_s
+        )
+        if not (connection_error or short_429):
+            return False
+        if not self.s.retry_budget.try_acquire():
+            return False
+        self.s.retry_budget.release()  # a retry in place holds no concurrent slot after this
+        return True
+
+
+async def _within(remaining_s: float, work: Awaitable[T]) -> T:
+    try:
+        async with asyncio.timeout(remaining_s):
+            return await work
+    except TimeoutError:
+        raise UpstreamTimeoutError("The request deadline passed during the attempt.") from None
+
+
+def _completion_chars(response: ChatResponse) -> int:
+    total = 0
+    for choice in response.body.get("choices") or ():
+        message = choice.get("message") or {}
+        content = message.get("content")
+        total += len(content) if isinstance(content, str) else 0
+    return total
+
+
+def _why_empty(route: Route, plan: Plan) -> str:
+    reasons = "; ".join(f"{r.candidate.deployment_id}: {r.detail}" for r in plan.rejected)
+    return (
+        f"No deployment of '{route.name}' can serve this request ({reasons or 'none configured'})."
+    )

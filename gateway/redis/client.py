@@ -1,0 +1,173 @@
+"""The one Redis connection pool, with explicit short timeouts and no hidden retries.
+
+Every call goes through `SharedRedis.run`, which bounds it by an overall deadline,
+counts failures in `gateway_redis_errors_total{operation}`, and logs once per
+outage transition (down, then recovered), never once per request (rule 7). Callers
+decide what a failure means: the cache and rate limits fail open, budgets closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from gateway.config import RedisConfig
+from gateway.redis.pipe import RedisPipe
+from gateway.telemetry import Metrics
+
+log = logging.getLogger("gateway")
+T = TypeVar("T")
+
+# How long a background writer waits for more writes to share its round trip: at low
+# load each request would otherwise cost a Redis round trip of its own per writer.
+WRITE_LINGER_S = 0.005
+
+
+class RedisUnavailableError(Exception):
+    """Raised by `run_or_raise` when Redis failed or timed out."""
+
+
+async def absorb_foreign_cancel(work: Awaitable[T]) -> T | None:
+    """`work`'s result; None if it raised a CancelledError not aimed at this task.
+
+    redis-py's `disconnect` re-raises the CancelledError of a connection whose connect
+    its own timeout cut short (seen with the event loop saturated). Let through, it would
+    end the request as if it had been cancelled: the client lost its answer and the
+    server logged an unhandled error. A real cancel of this task still goes on.
+    """
+    try:
+        return await work
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        return None
+
+
+def make_redis(config: RedisConfig) -> Redis:
+    return Redis.from_url(
+        config.url,
+        socket_timeout=config.socket_timeout_s,
+        socket_connect_timeout=config.connect_timeout_s,
+        retry=Retry(NoBackoff(), 0),  # no hidden retries: a slow Redis must not stall requests
+        max_connections=config.max_connections,
+        health_check_interval=0,
+    )
+
+
+def shared_redis(config: RedisConfig, metrics: Metrics) -> SharedRedis:
+    """redis-py's pool for most calls, one pipelined connection for the hot path's."""
+    pipe = RedisPipe(
+        config.url,
+        connect_timeout_s=config.connect_timeout_s,
+        reply_deadline_s=config.operation_deadline_s,
+    )
+    return SharedRedis(make_redis(config), metrics, config.operation_deadline_s, pipe)
+
+
+class SharedRedis:
+    """`run`/`run_or_raise` call redis-py's pool; `run_piped` sends plain commands on the
+    one pipelined connection (`RedisPipe`): the response cache's reads and writes, and
+    the limit writes (settles, releases) that follow every request.
+
+    Admissions stay on the pool: on one connection, a command whose reply never comes
+    holds up every command behind it until the deadline, and a refused admission (a
+    budget failing closed) costs more than a cache miss or a write retried later.
+    """
+
+    def __init__(self, client: Redis, metrics: Metrics, deadline_s: float, pipe: RedisPipe) -> None:
+        self.client = client
+        self.pipe = pipe
+        self._metrics = metrics
+        self._deadline_s = deadline_s
+        self.healthy = True
+        # A call that began before the last transition says nothing new about Redis: calls
+        # in flight when it died (or came back) finish in any order, and must not log a
+        # flap of transitions within milliseconds.
+        self._changed_at = 0.0
+
+    async def run(self, operation: str, call: Callable[[Redis], Awaitable[T]]) -> T | None:
+        """The call's result, or None when Redis failed (already logged and counted)."""
+        try:
+            return await self.run_or_raise(operation, call)
+        except RedisUnavailableError:
+            return None
+
+    # These two return the guarded call's coroutine rather than await it: one
+    # coroutine less on every call (the cache's reads and writes among them).
+    def run_or_raise(
+        self, operation: str, call: Callable[[Redis], Awaitable[T]]
+    ) -> Coroutine[Any, Any, T]:
+        return self._guarded(operation, functools.partial(call, self.client), self._deadline_s)
+
+    def run_piped(
+        self, operation: str, call: Callable[[RedisPipe], Awaitable[T]]
+    ) -> Coroutine[Any, Any, T]:
+        """`run_or_raise` on the pipelined connection, with the same accounting. The
+        pipe bounds each reply by the same deadline itself (after its connect, which
+        `redis.connect_timeout_s` bounds), with one timer for every command in flight:
+        no timeout here (on every cache read and write)."""
+        return self._guarded(operation, functools.partial(call, self.pipe), None)
+
+    async def _guarded(
+        self, operation: str, work: Callable[[], Awaitable[T]], deadline_s: float | None
+    ) -> T:
+        started = time.monotonic()
+        try:
+            if deadline_s is None:
+                result = await work()
+            else:
+                async with asyncio.timeout(deadline_s):
+                    result = await work()
+        except (RedisError, OSError, TimeoutError) as exc:
+            await self._failed(operation, exc, started)
+            raise RedisUnavailableError(operation) from None
+        self._succeeded(started)
+        return result
+
+    async def _drop_idle_connections(self) -> None:
+        # The pool does not notice that the server closed an idle socket: every connection
+        # idle when Redis went away would fail once after it came back (one more outage
+        # logged, one more cache pause each). Dropped at a connection error only: a timeout
+        # (a frozen Redis, or this process's own event loop running late under overload)
+        # leaves the sockets sound, and reconnecting all of them would add to the load.
+        try:
+            await absorb_foreign_cancel(
+                self.client.connection_pool.disconnect(inuse_connections=False)
+            )
+        except (RedisError, OSError):
+            pass
+
+    async def ping(self) -> bool:
+        return bool(await self.run("ping", lambda r: r.ping()))
+
+    async def _failed(self, operation: str, exc: BaseException, started: float) -> None:
+        self._metrics.redis_errors.labels(operation).inc()
+        if self.healthy and started >= self._changed_at:
+            self.healthy, self._changed_at = False, time.monotonic()
+            log.warning(
+                "redis unavailable (%s during %s); failing open/closed per feature",
+                type(exc).__name__,
+                operation,
+            )
+        if isinstance(exc, (RedisConnectionError, OSError)):
+            await self._drop_idle_connections()
+
+    def _succeeded(self, started: float) -> None:
+        if not self.healthy and started >= self._changed_at:
+            self.healthy, self._changed_at = True, time.monotonic()
+            log.warning("redis available again")
+
+    async def aclose(self) -> None:
+        await self.pipe.aclose()
+        await self.client.aclose()

@@ -1,0 +1,23 @@
+"""Planning (which deployments, in which order), live stats and their sync, failures and
+cooldowns, the retry budget.
+
+This module is the wing's front door: other parts of the gateway import from here only."""
+
+from __future__ import annotations
+
+from gateway.routing.failures import FailureRecorder
+from gateway.routing.planning import DEFAULT_CONTROLS, Planner, RequestControls, route_request
+from gateway.routing.retry_budget import RetryBudget
+from gateway.routing.stats import StatsStore
+from gateway.routing.stats_sync import StatsSync
+
+__all__ = [
+    "Planner",
+    "RequestControls",
+    "RetryBudget",
+    "StatsStore",
+    "StatsSync",
+    "DEFAULT_CONTROLS",
+    "FailureRecorder",
+    "route_request",
+]
