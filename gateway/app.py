@@ -17,16 +17,16 @@ from gateway.config import (
     ConfigError,
     GatewayConfig,
     ModelCatalog,
+    RequestLimits,
     build_catalog,
     default_catalog_path,
     env_config_path,
     load_config,
     multiproc_dir,
 )
-from gateway.dialects import RequestLimits
 from gateway.keys import KeyStore, build_key_admin
 from gateway.limits import build_limits
-from gateway.pipeline import Pipeline, PipelineParts
+from gateway.pipeline import Pipeline
 from gateway.providers import SimulatedTransport, build_providers
 from gateway.redis import shared_redis
 from gateway.routing import Planner, RetryBudget, StatsStore, StatsSync
@@ -119,7 +119,7 @@ def create_app(config: GatewayConfig) -> RequestContextMiddleware:
             trimmer.start()
         tune_gc()
         try:
-            yield {"services": services, "pipeline": Pipeline(_pipeline_parts(services))}
+            yield {"services": services, "pipeline": Pipeline(services)}
         finally:
             if trimmer is not None:
                 await trimmer.stop()
@@ -158,17 +158,3 @@ def _announce(services: Services) -> None:
         )
     routes = ", ".join(sorted(services.catalog.routes)) or "(none)"
     log.info("gateway ready: %d deployments, routes: %s", len(services.catalog.deployments), routes)
-
-
-def _pipeline_parts(s: Services) -> PipelineParts:
-    return PipelineParts(
-        config=s.config,
-        catalog=s.catalog,
-        providers=s.providers,
-        upstream=s.upstream,
-        planner=s.planner,
-        stats=s.stats,
-        retry_budget=s.retry_budget,
-        metrics=s.metrics,
-        limits=s.limits,
-    )

@@ -9,12 +9,13 @@ from gateway.config import (
     Catalog,
     GatewayConfig,
     ModelCatalog,
+    RequestLimits,
     build_catalog,
     default_catalog_path,
 )
-from gateway.dialects import RequestLimits, parse_chat_request
+from gateway.dialects import parse_chat_request
 from gateway.errors import GatewayError
-from gateway.routing import Planner, RequestControls, StatsStore, route_request
+from gateway.routing import Planner, RoutingControls, StatsStore, route_request
 from gateway.types import JSONObject
 from routers import POLICIES, PolicyConfigError, build_policy
 
@@ -110,7 +111,7 @@ def explain_body(config: GatewayConfig, raw: bytes) -> tuple[JSONObject, JSONObj
     except GatewayError as error:
         return {}, error.to_openai_body()
     request = route_request(
-        req.prompt_chars(), req.max_tokens, req.required_capabilities(), RequestControls()
+        req.prompt_chars(), req.max_tokens, req.required_capabilities(), RoutingControls()
     )
     plan = planner.plan(route, request)
     return {"route": route.name, **plan.to_dict()}, None

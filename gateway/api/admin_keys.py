@@ -33,7 +33,7 @@ from gateway.api.schemas import (
 )
 from gateway.dialects import decode_object
 from gateway.errors import InvalidRequestError
-from gateway.keys import KeyRecord
+from gateway.keys import KeyRecord, key_attributes
 from gateway.limits import ReportRangeError, report_days, summarize
 from gateway.services import Services
 
@@ -70,17 +70,7 @@ async def create_key(request: Request) -> Response:
     """A runtime key; the answer carries its secret, this once."""
     services = _admin(request)
     spec = await _parse(request, NewKey)
-    template = KeyRecord(
-        id="",
-        name=spec.name,
-        team=spec.team,
-        routes=tuple(spec.routes) if spec.routes is not None else None,
-        rpm=spec.rpm,
-        tpm=spec.tpm,
-        budget_usd=spec.budget_usd,
-        budget_period=spec.budget_period,
-        labels=spec.labels,
-    )
+    template = KeyRecord(id="", **key_attributes(spec))
     record, secret = await services.key_admin.create(template)
     return json_response({**record, "key": secret}, status=201)
 

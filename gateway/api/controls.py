@@ -7,30 +7,37 @@ from collections.abc import Sequence
 
 from starlette.datastructures import Headers
 
+from gateway.cache import DEFAULT_CACHE_CONTROLS, CacheControls
 from gateway.errors import InvalidRequestError
-from gateway.routing import DEFAULT_CONTROLS, RequestControls
+from gateway.routing import DEFAULT_ROUTING, RoutingControls
+
+Controls = tuple[RoutingControls, CacheControls]
+_DEFAULTS: Controls = (DEFAULT_ROUTING, DEFAULT_CACHE_CONTROLS)
 
 
-def controls_from_headers(raw: Sequence[tuple[bytes, bytes]]) -> RequestControls:
+def controls_from_headers(raw: Sequence[tuple[bytes, bytes]]) -> Controls:
     """From a request's raw headers (ASGI's: lower-case names). Most requests send no
     control: one pass over the names, without decoding them or a lookup per control."""
     for name, _ in raw:
         if name.startswith(b"x-gateway-") or name == b"cache-control":
             break
     else:
-        return DEFAULT_CONTROLS
+        return _DEFAULTS
     headers = Headers(raw=list(raw))
     cache_control = (headers.get("cache-control") or "").lower()
-    return RequestControls(
+    routing = RoutingControls(
         policy=headers.get("x-gateway-policy") or None,
         max_cost_usd=_float_header(headers, "x-gateway-max-cost-usd"),
         allowed_providers=_set_header(headers, "x-gateway-providers"),
         excluded_providers=_set_header(headers, "x-gateway-exclude-providers") or frozenset(),
         task_tag=headers.get("x-gateway-task") or None,
-        cache_read="no-cache" not in cache_control and "no-store" not in cache_control,
-        cache_write="no-store" not in cache_control,
-        cache_ttl_s=_int_header(headers, "x-gateway-cache-ttl"),
     )
+    cache = CacheControls(
+        read="no-cache" not in cache_control and "no-store" not in cache_control,
+        write="no-store" not in cache_control,
+        ttl_s=_int_header(headers, "x-gateway-cache-ttl"),
+    )
+    return routing, cache
 
 
 def _float_header(headers: Headers, name: str) -> float | None:

@@ -6,15 +6,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.api.controls import controls_from_headers
 from gateway.api.deps import (
-    authenticate,
-    context_of,
     json_response,
     pipeline_of,
-    read_body,
-    services_of,
 )
+from gateway.api.prologue import prologue
 from gateway.config import estimate_tokens
 from gateway.dialects import parse_embedding_request
 from gateway.limits import has_limits
@@ -23,26 +19,26 @@ from routers import Plan
 
 
 async def create_embeddings(request: Request) -> Response:
-    services, pipeline, ctx = services_of(request), pipeline_of(request), context_of(request)
-    caller = authenticate(request)
-    raw = await read_body(request, services.config.server.max_body_bytes)
-    req = parse_embedding_request(raw, services.request_limits)
-    route = services.catalog.route_for(req.model, mode="embedding")
-    ctx.route = route.name
-    caller.check_route(route.name)
-    controls = controls_from_headers(request.scope["headers"])
+    first = await prologue(request, parse_embedding_request, mode="embedding")
+    services, ctx, caller, req, route = (
+        first.services,
+        first.ctx,
+        first.caller,
+        first.req,
+        first.route,
+    )
+    pipeline, routing = pipeline_of(request), first.routing
     chars = sum(len(str(i)) for i in req.inputs)
     needs = frozenset({"embeddings"})
-    plan = services.planner.plan(
-        route, route_request(chars, None, needs, controls), controls.policy
-    )
+    plan = services.planner.plan(route, route_request(chars, None, needs, routing), routing.policy)
     ctx.policy = plan.policy
-    if has_limits(caller):  # else nothing to check or reserve
-        await services.limits.admit(ctx, caller, *estimate(plan, chars))
+    reservation = None  # a caller without limits: nothing to check or reserve
+    if has_limits(caller):
+        reservation = await services.limits.admit(caller, *estimate(plan, chars))
     try:
-        response = await pipeline.embeddings(req, route, plan, caller, ctx)
+        response = await pipeline.embeddings(req, route, plan, caller, reservation, ctx)
     except BaseException:
-        await services.limits.release(ctx, caller)
+        await services.limits.release(reservation)
         raise
     return json_response(response.body, headers=ctx.response_headers())
 

@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.config import KeySpec
+
 
 class ErrorDetail(BaseModel):
     message: str
@@ -69,17 +71,11 @@ class Readiness(BaseModel):
     checks: dict[str, str]
 
 
-class NewKey(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class NewKey(KeySpec):
+    """A runtime key's attributes, as the config's keys have them (bounded names)."""
 
     name: str = Field(min_length=1, max_length=128)
     team: str | None = Field(None, max_length=128)
-    routes: list[str] | None = None
-    rpm: int | None = Field(None, ge=1)
-    tpm: int | None = Field(None, ge=1)
-    budget_usd: float | None = Field(None, ge=0)
-    budget_period: Literal["day", "month", "total"] = "month"
-    labels: dict[str, str] = Field(default_factory=dict)
 
 
 class Rotation(BaseModel):

@@ -5,10 +5,19 @@ This module is the wing's front door: other parts of the gateway import from her
 
 from __future__ import annotations
 
-from gateway.cache.lookup import CacheLookup, ResponseCache, build_response_cache, render_hit
+from gateway.cache.lookup import (
+    DEFAULT_CACHE_CONTROLS,
+    CacheControls,
+    CacheLookup,
+    ResponseCache,
+    build_response_cache,
+    render_hit,
+)
 from gateway.cache.store import CacheEntry
 
 __all__ = [
+    "DEFAULT_CACHE_CONTROLS",
+    "CacheControls",
     "CacheEntry",
     "CacheLookup",
     "ResponseCache",

@@ -23,7 +23,7 @@ import functools
 import hashlib
 
 from gateway import jsonutil
-from gateway.routing import RequestControls
+from gateway.routing import RoutingControls
 from gateway.types import JSONObject
 
 KEY_VERSION = "v1"
@@ -103,7 +103,7 @@ def tenant_prefix(tenant: str | None) -> str:
     return STORAGE_PREFIX if tenant is None else f"{STORAGE_PREFIX}{tenant_tag(tenant)}:"
 
 
-def cache_key(tenant: str, body: JSONObject, controls: RequestControls) -> str:
+def cache_key(tenant: str, body: JSONObject, controls: RoutingControls) -> str:
     """The storage key of a chat request's response for this tenant."""
     prefix, seeded = _tenant_start(tenant)
     digest = seeded.copy()
@@ -137,7 +137,7 @@ def key_fields(body: JSONObject) -> JSONObject:
     return fields
 
 
-def routing_fields(controls: RequestControls) -> JSONObject:
+def routing_fields(controls: RoutingControls) -> JSONObject:
     """The per-request routing controls that choose who answers; empty when none is set."""
     fields: JSONObject = {}
     if controls.policy:

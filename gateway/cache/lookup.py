@@ -33,7 +33,7 @@ from gateway.cache.coalesce import Flight, SingleFlight
 from gateway.cache.key import cache_key, tenant_prefix
 from gateway.cache.replay import Assembler, to_sse
 from gateway.cache.store import Cache, CacheEntry, MemoryCache, RedisCache
-from gateway.config import CacheConfig, Deployment, GatewayConfig, Route
+from gateway.config import CacheConfig, Deployment, GatewayConfig, Route, request_cost_usd
 from gateway.context import RequestContext
 from gateway.errors import (
     AllProvidersFailedError,
@@ -43,9 +43,9 @@ from gateway.errors import (
     UpstreamTimeoutError,
 )
 from gateway.keys import Caller
-from gateway.pipeline import ChatStream, request_cost_usd
+from gateway.pipeline import ChatStream
 from gateway.redis import SharedRedis
-from gateway.routing import RequestControls
+from gateway.routing import RoutingControls
 from gateway.telemetry import Metrics
 from gateway.types import ChatRequest, ChatResponse, Usage
 
@@ -67,6 +67,18 @@ Guard = Callable[[Coroutine[Any, Any, CacheEntry | None]], Awaitable[CacheEntry 
 class FlightResult:
     entry: CacheEntry | None = None
     error: GatewayError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CacheControls:
+    """Per-request cache controls (`cache-control`, `x-gateway-cache-ttl`)."""
+
+    read: bool = True  # `no-cache` and `no-store` skip the read
+    write: bool = True  # `no-store` skips the write
+    ttl_s: int | None = None  # None: the route's, or the cache's
+
+
+DEFAULT_CACHE_CONTROLS = CacheControls()
 
 
 class ResponseCache:
@@ -91,7 +103,8 @@ class ResponseCache:
         req: ChatRequest,
         route: Route,
         caller: Caller,
-        controls: RequestControls,
+        routing: RoutingControls,
+        controls: CacheControls,
         ctx: RequestContext,
     ) -> CacheLookup | None:
         enabled = self.config.enabled if route.cache_enabled is None else route.cache_enabled
@@ -99,14 +112,14 @@ class ResponseCache:
             if self.config.enabled:
                 self.record(ctx, "bypass")  # on globally, off for this route
             return None
-        ttl_s = controls.cache_ttl_s
+        ttl_s = controls.ttl_s
         if ttl_s is None:
             ttl_s = route.cache_ttl_s or self.config.ttl_s
-        write = controls.cache_write and ttl_s > 0
-        if not controls.cache_read:
+        write = controls.write and ttl_s > 0
+        if not controls.read:
             self.record(ctx, "bypass")
-        key = cache_key(caller.tenant, req.body, controls)
-        return CacheLookup(self, key, controls.cache_read, write, min(ttl_s, MAX_TTL_S), ctx)
+        key = cache_key(caller.tenant, req.body, routing)
+        return CacheLookup(self, key, controls.read, write, min(ttl_s, MAX_TTL_S), ctx)
 
     def record(self, ctx: RequestContext, result: str) -> None:
         ctx.cache = result.upper()

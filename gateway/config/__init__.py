@@ -5,19 +5,22 @@ This module is the wing's front door: other parts of the gateway import from her
 
 from __future__ import annotations
 
-from gateway.config.catalog import Catalog, Deployment, Route, build_catalog
+from gateway.config.catalog import Catalog, Deployment, Route, build_catalog, request_cost_usd
 from gateway.config.catalog_data import ModelCatalog, default_catalog_path
 from gateway.config.presets import PRESETS, preset
 from gateway.config.pricing import cost_usd, estimate_tokens
 from gateway.config.schema import (
+    DEFAULT_MAX_JSON_DEPTH,
     AuthConfig,
     CacheConfig,
     ConfigError,
     GatewayConfig,
     KeyConfig,
+    KeySpec,
     MetricsConfig,
     ProviderConfig,
     RedisConfig,
+    RequestLimits,
     ServerConfig,
     SimulationConfig,
     default_config_path,
@@ -28,6 +31,8 @@ from gateway.config.schema import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_JSON_DEPTH",
+    "RequestLimits",
     "AuthConfig",
     "CacheConfig",
     "Catalog",
@@ -35,6 +40,7 @@ __all__ = [
     "Deployment",
     "GatewayConfig",
     "KeyConfig",
+    "KeySpec",
     "MetricsConfig",
     "ModelCatalog",
     "PRESETS",
@@ -52,5 +58,6 @@ __all__ = [
     "load_config",
     "multiproc_dir",
     "preset",
+    "request_cost_usd",
     "set_worker_environment",
 ]

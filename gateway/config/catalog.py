@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 
 from gateway.config.catalog_data import CatalogEntry, ModelCatalog
 from gateway.config.presets import needs_api_key
-from gateway.config.pricing import Prices
+from gateway.config.pricing import Prices, cost_usd
 from gateway.config.schema import GatewayConfig, ModelConfig, ProviderConfig, RouteConfig
 from gateway.errors import ModelNotFoundError
+from gateway.types import Usage
 
 log = logging.getLogger("gateway")
 
@@ -188,4 +189,15 @@ def _explicit_route(spec: RouteConfig, deployments: dict[str, Deployment]) -> Ro
         mode,
         spec.cache.enabled,
         spec.cache.ttl_s,
+    )
+
+
+def request_cost_usd(usage: Usage, d: Deployment) -> float:
+    """What `usage` cost on deployment `d`, at its prices."""
+    return cost_usd(
+        usage.prompt_tokens,
+        usage.completion_tokens,
+        usage.cached_tokens,
+        usage.cache_write_tokens,
+        d.prices,
     )

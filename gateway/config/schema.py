@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -89,9 +90,11 @@ class RouteConfig(_Model):
     cache: RouteCacheConfig = Field(default_factory=RouteCacheConfig)
 
 
-class KeyConfig(_Model):
+class KeySpec(_Model):
+    """What a gateway key grants: in the config (`KeyConfig`) and in the admin API's
+    request for a new key (gateway.api.schemas.NewKey)."""
+
     name: str
-    key: str
     team: str | None = None
     routes: list[str] | None = None  # None = every route
     rpm: int | None = Field(None, ge=1)
@@ -99,6 +102,10 @@ class KeyConfig(_Model):
     budget_usd: float | None = Field(None, ge=0)
     budget_period: Literal["day", "month", "total"] = "month"
     labels: dict[str, str] = Field(default_factory=dict)
+
+
+class KeyConfig(KeySpec):
+    key: str
 
 
 class AuthConfig(_Model):
@@ -293,3 +300,25 @@ def set_worker_environment(config_path: Path, metrics_dir: str | None) -> None:
     os.environ[CONFIG_ENV] = str(config_path)
     if metrics_dir:
         os.environ[MULTIPROC_ENV] = metrics_dir
+
+
+# The JSON nesting a body may have: see `RequestLimits.max_json_depth`.
+DEFAULT_MAX_JSON_DEPTH = 100
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLimits:
+    max_messages: int = 2048
+    max_tools: int = 256
+    max_n: int = 16
+    # orjson parses up to 1024 levels but serializes only 254: a body between the two
+    # would parse, then fail when forwarded (a 500). Bounded well below, adapters nest more.
+    max_json_depth: int = DEFAULT_MAX_JSON_DEPTH
+
+    @classmethod
+    def from_server(cls, server: ServerConfig) -> RequestLimits:
+        return cls(
+            max_messages=server.max_messages,
+            max_tools=server.max_tools,
+            max_json_depth=server.max_json_depth,
+        )

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from gateway.dialects.openai_chat import (
     DONE_LINE,
-    RequestLimits,
     decode_object,
     encode_chunk,
     encode_error,
@@ -17,7 +16,6 @@ from gateway.dialects.openai_chat import (
 
 __all__ = [
     "DONE_LINE",
-    "RequestLimits",
     "decode_object",
     "encode_chunk",
     "encode_error",

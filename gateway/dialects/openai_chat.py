@@ -7,11 +7,10 @@ A malformed request never reaches an upstream.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from gateway import jsonutil
-from gateway.config import ServerConfig
+from gateway.config import DEFAULT_MAX_JSON_DEPTH, RequestLimits
 from gateway.errors import InvalidRequestError
 from gateway.types import ChatRequest, EmbeddingRequest, JSONObject
 
@@ -41,26 +40,7 @@ _NUMBER_RANGES: dict[str, tuple[float, float]] = {
     "frequency_penalty": (-2.0, 2.0),
 }
 _POSITIVE_INTS = ("n", "max_tokens", "max_completion_tokens", "top_logprobs", "seed")
-DEFAULT_MAX_JSON_DEPTH = 100
 DONE_LINE = b"data: [DONE]\n\n"  # the end of a stream
-
-
-@dataclass(frozen=True, slots=True)
-class RequestLimits:
-    max_messages: int = 2048
-    max_tools: int = 256
-    max_n: int = 16
-    # orjson parses up to 1024 levels but serializes only 254: a body between the two
-    # would parse, then fail when forwarded (a 500). Bounded well below, adapters nest more.
-    max_json_depth: int = DEFAULT_MAX_JSON_DEPTH
-
-    @classmethod
-    def from_server(cls, server: ServerConfig) -> RequestLimits:
-        return cls(
-            max_messages=server.max_messages,
-            max_tools=server.max_tools,
-            max_json_depth=server.max_json_depth,
-        )
 
 
 def decode_object(raw: bytes, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> JSONObject:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from gateway.keys.admin import KeyAdmin, build_key_admin
 from gateway.keys.redis_store import KeyRecord
-from gateway.keys.store import Caller, KeyStore, bearer_token
+from gateway.keys.store import Caller, KeyStore, bearer_token, key_attributes
 
 __all__ = [
     "Caller",
@@ -15,4 +15,5 @@ __all__ = [
     "KeyStore",
     "bearer_token",
     "build_key_admin",
+    "key_attributes",
 ]

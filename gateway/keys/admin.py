@@ -21,7 +21,14 @@ from typing import TypeVar
 from gateway.config import GatewayConfig
 from gateway.errors import InvalidRequestError, LimitsUnavailableError, NotFoundError
 from gateway.keys.redis_store import KeyRecord, KeyRecords, MemoryKeyRecords, RedisKeyRecords
-from gateway.keys.store import Caller, KeyStore, RuntimeSecret, hash_key
+from gateway.keys.store import (
+    Caller,
+    KeyAttributes,
+    KeyStore,
+    RuntimeSecret,
+    hash_key,
+    key_attributes,
+)
 from gateway.redis import RedisUnavailableError, SharedRedis
 from gateway.telemetry import Metrics
 
@@ -41,43 +48,32 @@ def new_key_id() -> str:
 
 def public_record(record: KeyRecord) -> dict[str, object]:
     """What admins see: everything but the digests."""
-    return {
-        "object": "gateway.key",
-        "id": record.id,
-        "name": record.name,
-        "team": record.team,
-        "routes": list(record.routes) if record.routes is not None else None,
-        "rpm": record.rpm,
-        "tpm": record.tpm,
-        "budget_usd": record.budget_usd,
-        "budget_period": record.budget_period,
-        "labels": dict(record.labels),
-        "source": "runtime",
-        "created_at": int(record.created_at),
-        "revoked": record.revoked_at is not None,
-        "revoked_at": int(record.revoked_at) if record.revoked_at is not None else None,
-        "previous_secret_valid_until": int(record.old_until) if record.old_digest else None,
-    }
+    return _public(
+        record.id,
+        record,
+        source="runtime",
+        created_at=int(record.created_at),
+        revoked=record.revoked_at is not None,
+        revoked_at=int(record.revoked_at) if record.revoked_at is not None else None,
+        previous_secret_valid_until=int(record.old_until) if record.old_digest else None,
+    )
 
 
 def public_config_key(caller: Caller, revoked: bool) -> dict[str, object]:
+    sorted_routes = sorted(caller.routes) if caller.routes is not None else None
     return {
-        "object": "gateway.key",
-        "id": caller.key_id,
-        "name": caller.name,
-        "team": caller.team,
-        "routes": sorted(caller.routes) if caller.routes is not None else None,
-        "rpm": caller.rpm,
-        "tpm": caller.tpm,
-        "budget_usd": caller.budget_usd,
-        "budget_period": caller.budget_period,
-        "labels": dict(caller.labels),
-        "source": "config",
-        "created_at": None,
-        "revoked": revoked,
+        **_public(caller.key_id, caller, source="config", created_at=None, revoked=revoked),
+        "routes": sorted_routes,  # a config key's routes are a set
         "revoked_at": None,
         "previous_secret_valid_until": None,
     }
+
+
+def _public(key_id: str, spec: KeyAttributes, **state: object) -> dict[str, object]:
+    attributes = key_attributes(spec)
+    routes = attributes["routes"]
+    attributes["routes"] = list(routes) if routes is not None else None
+    return {"object": "gateway.key", "id": key_id, **attributes, **state}
 
 
 class KeyAdmin:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from gateway import jsonutil
-from gateway.keys.store import Caller
+from gateway.keys.store import Caller, caller_of
 from gateway.redis import SharedRedis
 
 RECORD = "gw:keys:rec:"
@@ -78,17 +78,7 @@ class KeyRecord:
     old_until: float = 0.0
 
     def to_caller(self) -> Caller:
-        return Caller(
-            key_id=self.id,
-            name=self.name,
-            team=self.team,
-            routes=frozenset(self.routes) if self.routes is not None else None,
-            rpm=self.rpm,
-            tpm=self.tpm,
-            budget_usd=self.budget_usd,
-            budget_period=self.budget_period,
-            labels=dict(self.labels),
-        )
+        return caller_of(self.id, self)
 
     def live_digests(self, now_s: float) -> dict[str, float | None]:
         """Digest -> valid until (None: no end) of the secrets that still authenticate."""

@@ -9,8 +9,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from gateway.config import AuthConfig, KeyConfig
 from gateway.errors import AuthenticationError, PermissionDeniedError
@@ -49,21 +50,54 @@ class Caller:
             )
 
 
+class KeyAttributes(Protocol):
+    """What a key grants, whatever holds it: a config entry, a runtime record, an admin
+    request for a new key, a caller. The one mapping between them is below."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def team(self) -> str | None: ...
+    @property
+    def routes(self) -> Collection[str] | None: ...
+    @property
+    def rpm(self) -> int | None: ...
+    @property
+    def tpm(self) -> int | None: ...
+    @property
+    def budget_usd(self) -> float | None: ...
+    @property
+    def budget_period(self) -> str: ...
+    @property
+    def labels(self) -> Mapping[str, str]: ...
+
+
+def key_attributes(spec: KeyAttributes) -> dict[str, Any]:
+    """The attributes as keyword arguments (routes in their given order)."""
+    return {
+        "name": spec.name,
+        "team": spec.team,
+        "routes": tuple(spec.routes) if spec.routes is not None else None,
+        "rpm": spec.rpm,
+        "tpm": spec.tpm,
+        "budget_usd": spec.budget_usd,
+        "budget_period": spec.budget_period,
+        "labels": dict(spec.labels),
+    }
+
+
+def caller_of(key_id: str, spec: KeyAttributes) -> Caller:
+    attributes = key_attributes(spec)
+    routes = attributes["routes"]
+    attributes["routes"] = frozenset(routes) if routes is not None else None
+    return Caller(key_id=key_id, **attributes)
+
+
 ANONYMOUS = Caller(key_id="anonymous", name="anonymous")
 
 
 def caller_from_config(spec: KeyConfig) -> Caller:
-    return Caller(
-        key_id=hash_key(spec.key)[:12],
-        name=spec.name,
-        team=spec.team,
-        routes=frozenset(spec.routes) if spec.routes is not None else None,
-        rpm=spec.rpm,
-        tpm=spec.tpm,
-        budget_usd=spec.budget_usd,
-        budget_period=spec.budget_period,
-        labels=dict(spec.labels),
-    )
+    return caller_of(hash_key(spec.key)[:12], spec)
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,11 +5,12 @@ This module is the wing's front door: other parts of the gateway import from her
 
 from __future__ import annotations
 
-from gateway.limits.admission import Limits, build_limits, has_limits
+from gateway.limits.admission import Limits, Reservation, build_limits, has_limits
 from gateway.limits.usage_report import ReportRangeError, report_days, run_usage, summarize
 
 __all__ = [
     "Limits",
+    "Reservation",
     "ReportRangeError",
     "build_limits",
     "has_limits",

@@ -32,9 +32,7 @@ several.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 from gateway.config import Deployment, GatewayConfig
 from gateway.context import RequestContext
@@ -65,12 +63,24 @@ from gateway.telemetry import Metrics
 _MIN_RESERVATION_TTL_S = 120.0
 
 
-@dataclass(slots=True)
-class _Held:
-    ctx: RequestContext  # kept so id(ctx) cannot be reused while the entry lives
-    admission: Admission
-    reserved: bool  # False: admitted while the store was unreachable
-    admitted_at: float
+class Reservation:
+    """What `Limits.admit` returns: the request holds it and hands it to `settle` or
+    `release`, which take it once (a release after the settle gives nothing back). Never
+    settled (a crash), its store entries expire on their own."""
+
+    __slots__ = ("admission", "reserved", "_taken")
+
+    def __init__(self, admission: Admission, reserved: bool) -> None:
+        self.admission = admission
+        self.reserved = reserved  # False: admitted while the store was unreachable
+        self._taken = False
+
+    def take(self) -> Reservation | None:
+        """This reservation the first time; None after."""
+        if self._taken:
+            return None
+        self._taken = True
+        return self
 
 
 class Limits:
@@ -82,12 +92,10 @@ class Limits:
         metrics: Metrics,
     ) -> None:
         self._rules = config.limits.on_redis_error
-        self._reservation_ttl_s = reservation_ttl_s(config)
         self.store = store
         self._writes = PendingWrites(store, config.limits.pending_writes_max, metrics)
         self._quotas = quotas
         self._metrics = metrics
-        self._held: dict[int, _Held] = {}  # by id(ctx); insertion order = admission order
 
     def start(self) -> None:
         self._writes.start()
@@ -98,21 +106,17 @@ class Limits:
         await self._writes.aclose()
 
     async def admit(
-        self,
-        ctx: RequestContext,
-        caller: Caller,
-        estimated_tokens: int,
-        estimated_cost_usd: float,
-    ) -> None:
+        self, caller: Caller, estimated_tokens: int, estimated_cost_usd: float
+    ) -> Reservation:
         """For a caller with limits (`has_limits`); callers skip it for one without:
-        nothing to check, reserve or hold, and its settle bills it in a tally."""
+        nothing to check or reserve, and its settle (with no reservation) bills it in a
+        tally."""
         admission = new_admission(caller, estimated_tokens, estimated_cost_usd)
         try:
             decision = await self.store.admit(admission)
         except RedisUnavailableError:
             await self._admit_unchecked(caller, admission)
-            self._hold(ctx, admission, reserved=False)
-            return
+            return Reservation(admission, reserved=False)
         except asyncio.CancelledError:
             if self.store.shared:  # the script may have run: give its reservation back
                 self._writes.enqueue(Release(admission))
@@ -120,7 +124,7 @@ class Limits:
         if decision.reason is not None:
             self._metrics.rejections.labels(decision.reason).inc()
             raise refusal(caller, decision)
-        self._hold(ctx, admission, reserved=True)
+        return Reservation(admission, reserved=True)
 
     async def _admit_unchecked(self, caller: Caller, admission: Admission) -> None:
         """The store is unreachable: refuse or serve, per `limits.on_redis_error`."""
@@ -140,25 +144,11 @@ class Limits:
             retry_after_s=self._rules.retry_after_s,
         )
 
-    def _hold(self, ctx: RequestContext, admission: Admission, reserved: bool) -> None:
-        now = time.monotonic()
-        # Forget requests that never settled nor released (their store entries expire too).
-        while self._held:
-            key, held = next(iter(self._held.items()))
-            if held.admitted_at > now - self._reservation_ttl_s:
-                break
-            del self._held[key]
-        self._held[id(ctx)] = _Held(ctx, admission, reserved, now)
-
-    def _take(self, ctx: RequestContext) -> _Held | None:
-        held = self._held.get(id(ctx))
-        if held is None or held.ctx is not ctx:
-            return None
-        del self._held[id(ctx)]
-        return held
-
-    async def settle(self, ctx: RequestContext, caller: Caller) -> None:
-        held = self._take(ctx)
+    async def settle(
+        self, ctx: RequestContext, caller: Caller, reservation: Reservation | None
+    ) -> None:
+        """Bills the request's usage and cost (on `ctx`) against what it reserved."""
+        held = reservation.take() if reservation is not None else None
         usage = ctx.usage
         input_tokens = usage.prompt_tokens if usage else 0
         output_tokens = usage.completion_tokens if usage else 0
@@ -180,8 +170,9 @@ class Limits:
         )
         await self._writes.submit(settlement)
 
-    async def release(self, ctx: RequestContext, caller: Caller) -> None:
-        held = self._take(ctx)
+    async def release(self, reservation: Reservation | None) -> None:
+        """The request ends without usage to bill: its reservation is given back."""
+        held = reservation.take() if reservation is not None else None
         if held is not None:
             await self._writes.submit(Release(held.admission))
 

@@ -5,7 +5,6 @@ This module is the wing's front door: other parts of the gateway import from her
 
 from __future__ import annotations
 
-from gateway.pipeline.accounting import request_cost_usd
 from gateway.pipeline.relay import ChatStream
 from gateway.pipeline.run import Pipeline, PipelineParts
 
@@ -13,5 +12,4 @@ __all__ = [
     "ChatStream",
     "Pipeline",
     "PipelineParts",
-    "request_cost_usd",
 ]

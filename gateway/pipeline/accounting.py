@@ -5,22 +5,12 @@ from __future__ import annotations
 from collections.abc import Coroutine
 from typing import Any
 
-from gateway.config import Deployment, cost_usd, estimate_tokens
+from gateway.config import Deployment, estimate_tokens, request_cost_usd
 from gateway.context import RequestContext
 from gateway.keys import Caller
-from gateway.limits import Limits
+from gateway.limits import Limits, Reservation
 from gateway.telemetry import Metrics
 from gateway.types import Usage
-
-
-def request_cost_usd(usage: Usage, d: Deployment) -> float:
-    return cost_usd(
-        usage.prompt_tokens,
-        usage.completion_tokens,
-        usage.cached_tokens,
-        usage.cache_write_tokens,
-        d.prices,
-    )
 
 
 class Accountant:
@@ -38,11 +28,16 @@ class Accountant:
         )
 
     def settle(
-        self, ctx: RequestContext, caller: Caller, d: Deployment, usage: Usage
+        self,
+        ctx: RequestContext,
+        caller: Caller,
+        d: Deployment,
+        usage: Usage,
+        reservation: Reservation | None,
     ) -> Coroutine[Any, Any, None]:
         """Prices and records the usage now; returns the limits' settle to await (its
         coroutine, not one more around it)."""
         ctx.usage = usage
         ctx.cost_usd = request_cost_usd(usage, d)
         self._metrics.record_usage(ctx, caller.name, caller.team or "none")
-        return self._limits.settle(ctx, caller)
+        return self._limits.settle(ctx, caller, reservation)

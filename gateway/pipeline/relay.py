@@ -17,6 +17,7 @@ from gateway.context import RequestContext
 from gateway.dialects import DONE_LINE, encode_chunk, encode_error
 from gateway.errors import GatewayError, ProviderError, UpstreamUnavailableError
 from gateway.keys import Caller
+from gateway.limits import Reservation
 from gateway.pipeline.accounting import Accountant
 from gateway.pipeline.attempt import OpenedStream
 from gateway.routing import FailureRecorder, StatsStore
@@ -34,6 +35,7 @@ class ChatStream:
         req: ChatRequest,
         d: Deployment,
         caller: Caller,
+        reservation: Reservation | None,
         ctx: RequestContext,
         stats: StatsStore,
         failures: FailureRecorder,
@@ -43,6 +45,7 @@ class ChatStream:
         self._req = req
         self._d = d
         self._caller = caller
+        self._reservation = reservation
         self._ctx = ctx
         self._stats = stats
         self._failures = failures
@@ -142,6 +145,6 @@ class ChatStream:
                 self.completed = True
                 self._stats.success(d.id, ctx.ttft_s or total_s, usage.completion_tokens, total_s)
             try:
-                await self._accountant.settle(ctx, self._caller, d, usage)
+                await self._accountant.settle(ctx, self._caller, d, usage, self._reservation)
             except GatewayError:
                 pass  # a budget settle failure after the fact cannot reach the client

@@ -29,7 +29,7 @@ from gateway.errors import (
     UpstreamUnavailableError,
 )
 from gateway.keys import Caller
-from gateway.limits import Limits
+from gateway.limits import Limits, Reservation
 from gateway.pipeline import attempt as attempts
 from gateway.pipeline.accounting import Accountant
 from gateway.pipeline.relay import ChatStream
@@ -37,8 +37,8 @@ from gateway.providers import Provider
 from gateway.routing import (
     FailureRecorder,
     Planner,
-    RequestControls,
     RetryBudget,
+    RoutingControls,
     StatsStore,
     route_request,
 )
@@ -76,14 +76,20 @@ class Pipeline:
         cooldown_s = parts.config.routing.cooldown_s
         self.failures = FailureRecorder(parts.stats, parts.metrics, cooldown_s)
 
-    def plan_chat(self, req: ChatRequest, route: Route, controls: RequestControls) -> Plan:
+    def plan_chat(self, req: ChatRequest, route: Route, controls: RoutingControls) -> Plan:
         request = route_request(
             req.prompt_chars(), req.max_tokens, req.required_capabilities(), controls
         )
         return self.s.planner.plan(route, request, controls.policy)
 
     async def chat(
-        self, req: ChatRequest, route: Route, plan: Plan, caller: Caller, ctx: RequestContext
+        self,
+        req: ChatRequest,
+        route: Route,
+        plan: Plan,
+        caller: Caller,
+        reservation: Reservation | None,
+        ctx: RequestContext,
     ) -> ChatResponse:
         once = functools.partial(attempts.chat_once, self.s.upstream, req)
         response = await self.run_plan(ctx, route, plan, once)
@@ -96,11 +102,17 @@ class Pipeline:
         self.s.stats.success(
             d.id, ctx.upstream_s or 0.0, usage.completion_tokens, ctx.upstream_s or 0.0
         )
-        await self.accountant.settle(ctx, caller, d, usage)
+        await self.accountant.settle(ctx, caller, d, usage, reservation)
         return response
 
     async def chat_stream(
-        self, req: ChatRequest, route: Route, plan: Plan, caller: Caller, ctx: RequestContext
+        self,
+        req: ChatRequest,
+        route: Route,
+        plan: Plan,
+        caller: Caller,
+        reservation: Reservation | None,
+        ctx: RequestContext,
     ) -> ChatStream:
         upstream = self.s.upstream
 
@@ -111,29 +123,43 @@ class Pipeline:
         opened = await self.run_plan(ctx, route, plan, once)
         d = self.s.catalog.deployments[ctx.deployment_id or ""]
         ctx.ttft_s = opened.first_content_at - ctx.started
-        return ChatStream(opened, req, d, caller, ctx, self.s.stats, self.failures, self.accountant)
+        return ChatStream(
+            opened, req, d, caller, reservation, ctx, self.s.stats, self.failures, self.accountant
+        )
 
     async def embeddings(
-        self, req: EmbeddingRequest, route: Route, plan: Plan, caller: Caller, ctx: RequestContext
+        self,
+        req: EmbeddingRequest,
+        route: Route,
+        plan: Plan,
+        caller: Caller,
+        reservation: Reservation | None,
+        ctx: RequestContext,
     ) -> EmbeddingResponse:
         once = functools.partial(attempts.embeddings_once, self.s.upstream, req)
         response = await self.run_plan(ctx, route, plan, once)
         chars = sum(len(str(i)) for i in req.inputs)
         usage = self.accountant.usage_or_estimate(response.usage, chars, 0)
         d = self.s.catalog.deployments[ctx.deployment_id or ""]
-        await self.accountant.settle(ctx, caller, d, usage)
+        await self.accountant.settle(ctx, caller, d, usage, reservation)
         return response
 
-    async def bill_abandoned(self, prompt_chars: int, caller: Caller, ctx: RequestContext) -> None:
+    async def bill_abandoned(
+        self,
+        prompt_chars: int,
+        caller: Caller,
+        reservation: Reservation | None,
+        ctx: RequestContext,
+    ) -> None:
         """The client left mid-attempt: the prompt was still sent, so it is still billed."""
         if ctx.attempt_deployment_id is None:
-            await self.s.limits.release(ctx, caller)
+            await self.s.limits.release(reservation)
             return
         d = self.s.catalog.deployments[ctx.attempt_deployment_id]
         ctx.deployment_id, ctx.provider, ctx.model = d.id, d.provider, d.model
         ctx.stream_outcome = "client_disconnect"
         usage = self.accountant.usage_or_estimate(None, prompt_chars, 0)
-        await self.accountant.settle(ctx, caller, d, usage)
+        await self.accountant.settle(ctx, caller, d, usage, reservation)
 
     async def run_plan(
         self, ctx: RequestContext, route: Route, plan: Plan, attempt: Attempt[T]

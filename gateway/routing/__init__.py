@@ -6,18 +6,18 @@ This module is the wing's front door: other parts of the gateway import from her
 from __future__ import annotations
 
 from gateway.routing.failures import FailureRecorder
-from gateway.routing.planning import DEFAULT_CONTROLS, Planner, RequestControls, route_request
+from gateway.routing.planning import DEFAULT_ROUTING, Planner, RoutingControls, route_request
 from gateway.routing.retry_budget import RetryBudget
 from gateway.routing.stats import StatsStore
 from gateway.routing.stats_sync import StatsSync
 
 __all__ = [
     "Planner",
-    "RequestControls",
+    "RoutingControls",
     "RetryBudget",
     "StatsStore",
     "StatsSync",
-    "DEFAULT_CONTROLS",
+    "DEFAULT_ROUTING",
     "FailureRecorder",
     "route_request",
 ]

@@ -22,20 +22,17 @@ from routers import (
 
 
 @dataclass(frozen=True, slots=True)
-class RequestControls:
-    """Per-request routing and cache controls, read from `x-gateway-*` headers."""
+class RoutingControls:
+    """Per-request routing controls (the `x-gateway-*` headers, read in gateway.api)."""
 
     policy: str | None = None
     max_cost_usd: float | None = None
     allowed_providers: frozenset[str] | None = None
     excluded_providers: frozenset[str] = frozenset()
     task_tag: str | None = None
-    cache_read: bool = True
-    cache_write: bool = True
-    cache_ttl_s: int | None = None
 
 
-DEFAULT_CONTROLS = RequestControls()
+DEFAULT_ROUTING = RoutingControls()
 
 
 # Candidate's fields up to `stats`: id, provider, input and output price, context
@@ -63,7 +60,7 @@ def _fixed_fields(d: Deployment) -> _FixedFields:
 
 
 def route_request(
-    input_chars: int, max_tokens: int | None, needs: frozenset[str], controls: RequestControls
+    input_chars: int, max_tokens: int | None, needs: frozenset[str], controls: RoutingControls
 ) -> RouteRequest:
     return RouteRequest(
         estimated_input_tokens=estimate_tokens(input_chars),

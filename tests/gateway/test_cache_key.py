@@ -9,9 +9,9 @@ import pytest
 from openai.types.chat import completion_create_params
 
 from gateway.cache.key import IGNORED_FIELDS, KEY_FIELDS, STORAGE_PREFIX, cache_key, tenant_prefix
-from gateway.routing.planning import RequestControls
+from gateway.routing.planning import RoutingControls
 
-NO_CONTROLS = RequestControls()
+NO_CONTROLS = RoutingControls()
 BASE: dict[str, Any] = {
     "model": "gpt-test",
     "messages": [{"role": "user", "content": "Hello?"}],
@@ -63,7 +63,7 @@ IGNORED_VALUES: dict[str, Any] = {
 
 
 def key(
-    body: dict[str, Any], tenant: str = "team:a", controls: RequestControls = NO_CONTROLS
+    body: dict[str, Any], tenant: str = "team:a", controls: RoutingControls = NO_CONTROLS
 ) -> str:
     return cache_key(tenant, body, controls)
 
@@ -119,21 +119,16 @@ def test_tenant_scopes_the_key() -> None:
 @pytest.mark.parametrize(
     "controls",
     [
-        RequestControls(policy="cheapest"),
-        RequestControls(allowed_providers=frozenset({"openai"})),
-        RequestControls(excluded_providers=frozenset({"openai"})),
-        RequestControls(task_tag="code"),
-        RequestControls(max_cost_usd=0.01),
+        RoutingControls(policy="cheapest"),
+        RoutingControls(allowed_providers=frozenset({"openai"})),
+        RoutingControls(excluded_providers=frozenset({"openai"})),
+        RoutingControls(task_tag="code"),
+        RoutingControls(max_cost_usd=0.01),
     ],
     ids=["policy", "providers", "exclude", "task", "max_cost"],
 )
-def test_routing_controls_change_the_key(controls: RequestControls) -> None:
+def test_routing_controls_change_the_key(controls: RoutingControls) -> None:
     assert key(BASE, controls=controls) != key(BASE)
-
-
-def test_cache_controls_do_not_change_the_key() -> None:
-    controls = RequestControls(cache_read=False, cache_write=False, cache_ttl_s=5)
-    assert key(BASE, controls=controls) == key(BASE)
 
 
 def test_equal_values_give_equal_keys() -> None:
@@ -141,9 +136,9 @@ def test_equal_values_give_equal_keys() -> None:
     assert key(reordered) == key({**BASE, "temperature": 1.0})
     assert type(reordered["temperature"]) is int  # normalised in the key, not in the body
     assert key(copy.deepcopy(BASE)) == key(BASE)
-    provider_order = RequestControls(allowed_providers=frozenset({"a", "b"}))
+    provider_order = RoutingControls(allowed_providers=frozenset({"a", "b"}))
     assert key(BASE, controls=provider_order) == key(
-        BASE, controls=RequestControls(allowed_providers=frozenset({"b", "a"}))
+        BASE, controls=RoutingControls(allowed_providers=frozenset({"b", "a"}))
     )
 
 

@@ -7,9 +7,10 @@ import time
 
 import pytest
 
+from gateway.config import RequestLimits
 from gateway.config.catalog import Deployment, Route
 from gateway.config.pricing import Prices
-from gateway.dialects.openai_chat import RequestLimits, parse_chat_request
+from gateway.dialects.openai_chat import parse_chat_request
 from gateway.errors import (
     InvalidRequestError,
     UpstreamAuthError,
@@ -20,7 +21,7 @@ from gateway.errors import (
     UpstreamUnavailableError,
 )
 from gateway.providers.base import classify_status, retry_after_s
-from gateway.routing.planning import DEFAULT_CONTROLS, Planner, route_request
+from gateway.routing.planning import DEFAULT_ROUTING, Planner, route_request
 from gateway.routing.retry_budget import RetryBudget
 from gateway.routing.stats import StatsStore
 from gateway.transport.sse import SSEDecoder
@@ -100,7 +101,7 @@ def test_planner_sees_every_change_of_the_live_stats() -> None:
     route = Route("r", "cheapest", ("p/a", "p/b"), {}, "chat")
     stats = StatsStore(cooldown_failures=1, cooldown_s=30)
     planner = Planner({"r": route}, by_id, stats)
-    request = route_request(40, 16, frozenset(), DEFAULT_CONTROLS)
+    request = route_request(40, 16, frozenset(), DEFAULT_ROUTING)
 
     def order() -> list[str]:
         plan = planner.plan(route, request)

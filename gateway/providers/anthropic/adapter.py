@@ -35,6 +35,12 @@ from gateway.errors import (
 )
 from gateway.providers.anthropic.response import AnthropicStream, from_anthropic
 from gateway.providers.base import BaseProvider, error_object, now_s, tool_call_arguments
+from gateway.providers.openai_side import (
+    UnsupportedByProviderError,
+    json_schema_of,
+    part_text,
+    unsupported_by,
+)
 from gateway.transport import UpstreamRequest
 from gateway.types import (
     ChatRequest,
@@ -48,12 +54,6 @@ DEFAULT_API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096
 FIRST_TURN_PLACEHOLDER = "."  # the API requires the first message to be a user turn
 _CONTEXT_HINTS = ("prompt is too long", "exceed context limit")
-
-
-class UnsupportedByProviderError(InvalidRequestError):
-    """A parameter this deployment's API has no equivalent for."""
-
-    code = "unsupported_parameter"
 
 
 class AnthropicProvider(BaseProvider):
@@ -138,8 +138,7 @@ def max_tokens(req: ChatRequest, d: Deployment) -> int:
     return DEFAULT_MAX_TOKENS
 
 
-def _unsupported(message: str, param: str) -> UnsupportedByProviderError:
-    return UnsupportedByProviderError(f"{message} Anthropic deployments do not support it.", param)
+_unsupported = unsupported_by("Anthropic")
 
 
 def _reject_unsupported(body: JSONObject) -> None:
@@ -214,13 +213,7 @@ def _output_config(fmt: object) -> JSONObject:
     if not isinstance(fmt, dict) or fmt.get("type") == "text":
         return {}
     if fmt.get("type") == "json_schema":
-        spec = fmt.get("json_schema")
-        schema = spec.get("schema") if isinstance(spec, dict) else None
-        if not isinstance(schema, dict):
-            raise InvalidRequestError(
-                "response_format.json_schema.schema is required for Anthropic deployments.",
-                param="response_format.json_schema.schema",
-            )
+        schema = json_schema_of(fmt, "Anthropic")
         return {"output_config": {"format": {"type": "json_schema", "schema": schema}}}
     raise _unsupported(
         f"response_format type {fmt.get('type')!r} (use json_schema instead).", "response_format"
@@ -291,11 +284,8 @@ def _text_blocks(content: object, where: str) -> list[JSONObject]:
 
 
 def _text_part(part: JSONObject, where: str) -> JSONObject | None:
-    kind = part.get("type")
-    text = part.get("text") if kind == "text" else part.get("refusal")
-    if kind not in ("text", "refusal") or not isinstance(text, str):
-        raise _unsupported(f"Content part type {kind!r} is not usable in this message.", where)
-    return _text(text, part) if text.strip() else None  # the API rejects blank text blocks
+    text = part_text(part, where, _unsupported)
+    return _text(text, part) if text is not None else None
 
 
 def _user_blocks(content: object, where: str) -> list[JSONObject]:

@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping
 from gateway import jsonutil
 from gateway.errors import ProviderError, UpstreamUnavailableError
 from gateway.providers.base import stream_event_json
+from gateway.providers.openai_side import chunk_envelope
 from gateway.types import ChatResponse, JSONObject, SSEEvent, Usage
 
 # Anthropic stop_reason -> OpenAI finish_reason.
@@ -245,12 +246,7 @@ class AnthropicStream:
 
     # --- chunk shape --------------------------------------------------------------------
     def _envelope(self) -> JSONObject:
-        return {
-            "id": self._id,
-            "object": "chat.completion.chunk",
-            "created": self._created_s,
-            "model": self._model,
-        }
+        return chunk_envelope(self._id, self._created_s, self._model)
 
     def _chunk(self, delta: JSONObject, finish: str | None = None) -> JSONObject:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}

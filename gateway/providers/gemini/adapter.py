@@ -31,19 +31,16 @@ from collections.abc import Mapping
 from typing import ClassVar
 
 from gateway.config import Deployment
-from gateway.errors import InvalidRequestError, ProviderError, UpstreamAuthError
+from gateway.errors import ProviderError, UpstreamAuthError
 from gateway.providers.base import BaseProvider, now_s, retry_after_s
-from gateway.providers.gemini.request import (
-    UnsupportedByProviderError,
-    convert_messages,
-    unsupported,
-)
+from gateway.providers.gemini.request import convert_messages, unsupported
 from gateway.providers.gemini.stream import (
     GeminiStream,
     embeddings_from_gemini,
     from_gemini,
     google_error,
 )
+from gateway.providers.openai_side import UnsupportedByProviderError, json_schema_of
 from gateway.transport import UpstreamRequest
 from gateway.types import (
     ChatRequest,
@@ -210,13 +207,7 @@ def _response_format(fmt: object) -> JSONObject:
     if fmt.get("type") == "json_object":
         return {"responseMimeType": "application/json"}
     if fmt.get("type") == "json_schema":
-        spec = fmt.get("json_schema")
-        schema = spec.get("schema") if isinstance(spec, dict) else None
-        if not isinstance(schema, dict):
-            raise InvalidRequestError(
-                "response_format.json_schema.schema is required for Gemini deployments.",
-                param="response_format.json_schema.schema",
-            )
+        schema = json_schema_of(fmt, "Gemini")
         return {"responseMimeType": "application/json", "responseJsonSchema": schema}
     raise unsupported(f"response_format type {fmt.get('type')!r}.", "response_format")
 

@@ -19,6 +19,10 @@ from collections.abc import Callable, Mapping
 from gateway import jsonutil
 from gateway.errors import InvalidRequestError
 from gateway.providers.base import tool_call_arguments
+from gateway.providers.openai_side import (
+    part_text,
+    unsupported_by,
+)
 from gateway.types import JSONObject
 
 MIME_BY_SUFFIX: Mapping[str, str] = {
@@ -33,14 +37,7 @@ MIME_BY_SUFFIX: Mapping[str, str] = {
 }
 
 
-class UnsupportedByProviderError(InvalidRequestError):
-    """A parameter the Gemini API has no equivalent for."""
-
-    code = "unsupported_parameter"
-
-
-def unsupported(message: str, param: str) -> UnsupportedByProviderError:
-    return UnsupportedByProviderError(f"{message} Gemini deployments do not support it.", param)
+unsupported = unsupported_by("Gemini")
 
 
 # --- turns --------------------------------------------------------------------------
@@ -90,11 +87,8 @@ def _text_parts(content: object, where: str) -> list[JSONObject]:
 
 
 def _text_part(part: JSONObject, where: str) -> JSONObject | None:
-    kind = part.get("type")
-    text = part.get("text") if kind == "text" else part.get("refusal")
-    if kind not in ("text", "refusal") or not isinstance(text, str):
-        raise unsupported(f"Content part type {kind!r} is not usable in this message.", where)
-    return {"text": text} if text.strip() else None
+    text = part_text(part, where, unsupported)
+    return {"text": text} if text is not None else None
 
 
 def _user_parts(content: object, where: str) -> list[JSONObject]:

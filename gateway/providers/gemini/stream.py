@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from gateway import jsonutil
 from gateway.errors import ProviderError, UpstreamUnavailableError
 from gateway.providers.base import error_object, stream_event_json
+from gateway.providers.openai_side import chunk_envelope
 from gateway.types import ChatResponse, EmbeddingResponse, JSONObject, SSEEvent, Usage
 
 FILTERED = "content_filter"
@@ -281,12 +282,7 @@ class GeminiStream:
         return {**self._envelope(), "choices": [], "usage": self.usage.to_openai()}
 
     def _envelope(self) -> JSONObject:
-        return {
-            "id": self._id,
-            "object": "chat.completion.chunk",
-            "created": self._created_s,
-            "model": self._model,
-        }
+        return chunk_envelope(self._id, self._created_s, self._model)
 
     def _chunk(self, index: int, delta: JSONObject, finish: str | None = None) -> JSONObject:
         choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}

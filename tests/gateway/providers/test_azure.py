@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 
 from gateway import jsonutil
+from gateway.config import RequestLimits
 from gateway.config.catalog import Deployment
 from gateway.config.pricing import Prices
 from gateway.config.schema import ProviderConfig, parse_config
-from gateway.dialects.openai_chat import RequestLimits, parse_chat_request
+from gateway.dialects.openai_chat import parse_chat_request
 from gateway.errors import (
     UpstreamAuthError,
     UpstreamRateLimitedError,

@@ -10,11 +10,12 @@ from __future__ import annotations
 import pytest
 
 from gateway import jsonutil
+from gateway.config import RequestLimits
 from gateway.config.catalog import Deployment, active_providers
 from gateway.config.presets import PRESETS, needs_api_key, preset
 from gateway.config.pricing import Prices
 from gateway.config.schema import ProviderConfig, parse_config
-from gateway.dialects.openai_chat import RequestLimits, parse_chat_request
+from gateway.dialects.openai_chat import parse_chat_request
 from gateway.providers.openai import OpenAIProvider
 from gateway.providers.registry import adapter_class, build_providers
 from gateway.types import EmbeddingRequest
