@@ -43,6 +43,9 @@ def _provider(base_url: str) -> dict[str, Any]:
     }
 
 
+_PRICES = {"input_price_per_mtok_usd": 0.15, "output_price_per_mtok_usd": 0.6}
+
+
 def minimal_config(upstream: Upstream) -> dict[str, Any]:
     """Open auth, one deployment (and its streaming twin), everything else default
     (so metrics and the JSON access log are on, as they are out of the box)."""
@@ -52,9 +55,9 @@ def minimal_config(upstream: Upstream) -> dict[str, Any]:
             "nginx": _provider(upstream.base_url),
             "nginx-sse": _provider(upstream.stream_base_url),
         },
-        "models": [
-            {"name": MODEL, "provider": "nginx", "model": MODEL},
-            {"name": STREAM_MODEL, "provider": "nginx-sse", "model": STREAM_MODEL},
+        "models": [  # priced like gpt-4o-mini: an unpriced deployment is a config error
+            {"name": MODEL, "provider": "nginx", "model": MODEL, **_PRICES},
+            {"name": STREAM_MODEL, "provider": "nginx-sse", "model": STREAM_MODEL, **_PRICES},
         ],
     }
 
@@ -68,7 +71,9 @@ def realistic_config(
 ) -> dict[str, Any]:
     """A gateway key, `cheapest` over three deployments, metrics (and the access log),
     Redis with the cache on (missed): each of those only when in `features`. Without
-    `routing` the route has one deployment; without `key`, auth is open."""
+    `routing` the route has one deployment; without `key`, auth is open. `limits` (not
+    in FEATURES: the `realistic-limits` scenario) gives the key rpm and tpm limits too
+    high to refuse anything, checked and settled in Redis like any other."""
     models = [
         {
             "name": name,
@@ -92,9 +97,12 @@ def realistic_config(
         "cache": {"enabled": "cache" in features},
     }
     if "key" in features:
-        key = {"name": "bench", "key": BENCH_KEY, "team": "bench", "routes": [ROUTE]}
+        key: dict[str, Any] = {"name": "bench", "key": BENCH_KEY, "team": "bench"}
+        key["routes"] = [ROUTE]
+        if "limits" in features:
+            key.update(rpm=100_000_000, tpm=10**12)
         config["auth"] = {"mode": "keys", "keys": [key]}
-    if redis_url is not None and "cache" in features:
+    if redis_url is not None and ("cache" in features or "limits" in features):
         config["redis"] = {"url": redis_url}
     return config
 

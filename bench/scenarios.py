@@ -55,6 +55,14 @@ SCENARIOS: dict[str, Scenario] = {
             unique_bodies=True,
         ),
         Scenario(
+            "realistic-limits",
+            "`realistic` with rpm and tpm limits on its key (never reached): each "
+            "request admitted and settled in Redis",
+            "realistic",
+            unique_bodies=True,
+            features=frozenset({"key", "routing", "cache", "metrics", "limits"}),
+        ),
+        Scenario(
             "cache-hits",
             "non-streaming chat, every request a response-cache hit (Redis backend; the "
             "probe stores the entry); realistic config",

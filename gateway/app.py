@@ -21,6 +21,7 @@ from gateway.config import (
     build_catalog,
     default_catalog_path,
     env_config_path,
+    environment_proxies,
     load_config,
     multiproc_dir,
 )
@@ -33,7 +34,7 @@ from gateway.routing import Planner, RetryBudget, StatsStore, StatsSync
 from gateway.services import Services
 from gateway.telemetry import AccessLog, Metrics, build_trimmer, configure_logging
 from gateway.transport import DispatchingUpstream, http_upstream
-from gateway.validate_config import reference_problems
+from gateway.validate_config import pricing_problems, reference_problems
 
 log = logging.getLogger("gateway")
 
@@ -44,20 +45,34 @@ def build_services(config: GatewayConfig, registry: CollectorRegistry | None = N
         raise ConfigError(problems)
     models = ModelCatalog.load(config.catalog_path or default_catalog_path())
     catalog = build_catalog(config, models)
+    problems = pricing_problems(catalog)
+    if problems:
+        raise ConfigError(problems)
+    for note in catalog.notes:
+        log.warning("%s", note)
     active = {d.provider for d in catalog.deployments.values()}
     provider_configs = {n: p for n, p in config.providers.items() if n in active}
     providers = build_providers(provider_configs)
     simulated = {n: p.simulation for n, p in provider_configs.items() if p.kind == "simulated"}
+    proxies = environment_proxies()  # read once; a provider's `proxy:` overrides them
+    if proxies.http or proxies.https:
+        log.info("upstream proxies from the environment: %s", proxies.describe())
     upstream = DispatchingUpstream(
-        http_upstream(config.server.upstream_transport),
+        http_upstream(config.server.upstream_transport, proxies),
         {"simulated": SimulatedTransport(simulated)},
     )
     stats = StatsStore(
-        cooldown_failures=config.routing.cooldown_failures, cooldown_s=config.routing.cooldown_s
+        half_open_probes=config.routing.half_open_probes,
+        cooldown_failures=config.routing.cooldown_failures,
+        cooldown_s=config.routing.cooldown_s,
     )
     metrics = Metrics(registry or CollectorRegistry(), multiproc_dir())
+    routes_of: dict[str, list[str]] = {}
+    for route in catalog.routes.values():
+        for deployment_id in route.deployment_ids:
+            routes_of.setdefault(deployment_id, []).append(route.name)
     metrics.initialise(
-        ((d.id, d.provider) for d in catalog.deployments.values()),
+        ((d.id, d.provider, routes_of.get(d.id, ())) for d in catalog.deployments.values()),
         ((k.name, k.team or "none") for k in config.auth.keys),
     )
     redis = None
@@ -157,4 +172,6 @@ def _announce(services: Services) -> None:
             "Use gateway keys before exposing it beyond localhost."
         )
     routes = ", ".join(sorted(services.catalog.routes)) or "(none)"
-    log.info("gateway ready: %d deployments, routes: %s", len(services.catalog.deployments), routes)
+    log.info(
+        "gateway configured: %d deployments, routes: %s", len(services.catalog.deployments), routes
+    )

@@ -1,4 +1,4 @@
-"""`gateway serve | check-config | explain`: the console script."""
+"""`gateway serve | check-config | explain | usage | cooldowns`: the console script."""
 
 from __future__ import annotations
 
@@ -39,18 +39,27 @@ def main(argv: list[str] | None = None) -> int:
     usage.add_argument("--until", help="last UTC day of a range (default: today)")
     usage.add_argument("--by", choices=["key", "team", "route", "day"], help="totals per ...")
     usage.add_argument("--json", action="store_true", help="the admin endpoint's JSON")
+    cooldowns = commands.add_parser(
+        "cooldowns", help="deployments cooling down on the replicas sharing Redis; end them"
+    )
+    cooldowns.add_argument("--config", type=Path, default=default_config_path())
+    clearing = cooldowns.add_mutually_exclusive_group()
+    clearing.add_argument("--clear", metavar="DEPLOYMENT", help="end this deployment's cooldown")
+    clearing.add_argument("--clear-all", action="store_true", help="end every cooldown")
+    cooldowns.add_argument("--json", action="store_true", help="the admin endpoint's JSON")
     args = parser.parse_args(argv)
     handlers = {
         "serve": _serve,
         "check-config": _check_config,
         "explain": _explain,
         "usage": _usage,
+        "cooldowns": _cooldowns,
     }
     return handlers[args.command](args)
 
 
 def _load(path: Path) -> GatewayConfig | None:
-    from gateway.validate_config import reference_problems
+    from gateway.validate_config import load_catalog, pricing_problems, reference_problems
 
     try:
         config = load_config(path)
@@ -58,17 +67,15 @@ def _load(path: Path) -> GatewayConfig | None:
         for line in exc.errors:
             sys.stderr.write(f"{line}\n")
         return None
-    problems = reference_problems(config)
+    problems = reference_problems(config) or pricing_problems(load_catalog(config))
     for line in problems:
         sys.stderr.write(f"{path}: {line}\n")
     return None if problems else config
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
 
     from gateway.api import multiprocess_dir, protocol_setting, start_supervisor
-    from gateway.app import create_app
     from gateway.telemetry import configure_logging
 
     config = _load(args.config)
@@ -89,6 +96,7 @@ def _serve(args: argparse.Namespace) -> int:
         "http": protocol_setting(logging.getLogger("gateway").warning),
         "h11_max_incomplete_event_size": config.server.max_header_bytes,
         "ws": "none",  # no websocket endpoint: an upgrade request is served as plain HTTP
+        "timeout_keep_alive": config.server.keep_alive_s,
         "access_log": False,
         "log_level": "warning",
         "lifespan": "on",
@@ -101,15 +109,44 @@ def _serve(args: argparse.Namespace) -> int:
         set_worker_environment(args.config.resolve(), metrics_dir)
         listener = start_supervisor(config.metrics, metrics_dir)  # only with `metrics.port`
         try:
-            if workers > 1:
-                app = "gateway.app:create_app_from_env"
-                uvicorn.run(app, factory=True, workers=workers, **options)
-            else:
-                uvicorn.run(create_app(config), **options)
+            _run(config, options, workers)
         finally:
             if listener is not None:
                 listener.stop()
     return 0
+
+
+def _run(config: GatewayConfig, options: dict[str, Any], workers: int) -> None:
+    """uvicorn.run's two cases, with "gateway ready" logged once the socket is bound
+    (a failed bind logs uvicorn's error and exits non-zero instead)."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from gateway.app import create_app
+
+    log = logging.getLogger("gateway")
+    url = f"http://{options['host']}:{options['port']}"
+    if workers > 1:
+        settings = uvicorn.Config(
+            "gateway.app:create_app_from_env", factory=True, workers=workers, **options
+        )
+        sock = settings.bind_socket()
+        log.info("gateway ready: listening on %s (%d workers)", url, workers)
+        Multiprocess(settings, sockets=[sock]).run()
+        return
+    settings = uvicorn.Config(create_app(config), **options)
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                port = self.servers[0].sockets[0].getsockname()[1] if self.servers else None
+                log.info("gateway ready: listening on http://%s:%s", options["host"], port)
+
+    server = Server(settings)
+    server.run()
+    if not server.started:
+        sys.exit(3)  # as uvicorn.run: the start failed (uvicorn logged why)
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -146,6 +183,17 @@ def _usage(args: argparse.Namespace) -> int:
     if config is None:
         return 2
     return run_usage(config, args.day, args.since, args.until, args.by, args.json)
+
+
+def _cooldowns(args: argparse.Namespace) -> int:
+    from gateway.routing import run_cooldowns
+    from gateway.validate_config import load_catalog
+
+    config = _load(args.config)
+    if config is None:
+        return 2
+    deployments = load_catalog(config).deployments
+    return run_cooldowns(config, deployments, args.clear, args.clear_all, args.json)
 
 
 if __name__ == "__main__":

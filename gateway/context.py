@@ -33,6 +33,9 @@ class RequestContext:
     error_code: str | None = None
     key_id: str | None = None
     key_name: str | None = None
+    key_slot: str | None = None  # the key whose concurrency slot this request holds
+    rate_headers: list[tuple[bytes, bytes]] | None = None  # x-ratelimit-*, after admission
+    failed_attempts: list[str] | None = None  # "deployment: outcome" of each failed attempt
     team: str | None = None
     stream_outcome: str | None = None  # complete | error | client_disconnect
 
@@ -58,4 +61,6 @@ class RequestContext:
             headers.append((b"x-gateway-tokens-output", b"%d" % self.usage.completion_tokens))
         if self.cost_usd is not None and not self.stream:
             headers.append((b"x-gateway-cost-usd", b"%.10f" % self.cost_usd))
+        if self.rate_headers is not None:
+            headers.extend(self.rate_headers)
         return headers

@@ -14,8 +14,10 @@
     ├── LimitsUnavailableError        503 limits_unavailable (Redis down, budget fails closed)
     ├── NoEligibleDeploymentError     503 no_eligible_deployment (the plan was empty)
     ├── ProviderError                 what one upstream attempt produced
-    │   ├── UpstreamTimeoutError      504 retryable
-    │   ├── UpstreamUnavailableError  502/503 retryable (5xx, connection refused, reset)
+    │   ├── UpstreamTimeoutError      504 retryable (no answer, or no stream event, in read_s)
+    │   │   └── StreamTimeoutError    504 stream_timeout (server.stream_timeout_s); not retried
+    │   ├── UpstreamUnavailableError  502/503 retryable (5xx, connection refused, reset, and
+    │   │                             protocol errors: bytes not UTF-8, bad JSON, bad events)
     │   ├── UpstreamRateLimitedError  429 retryable
     │   ├── UpstreamAuthError         502 retryable on the next deployment (our key, not theirs)
     │   └── UpstreamRejectedError     the upstream's own 4xx; never retried, goes back as is
@@ -132,6 +134,26 @@ class RateLimitedError(GatewayError):
         }
 
 
+class ConcurrencyLimitError(RateLimitedError):
+    """A key's `max_concurrent` requests are in flight."""
+
+    code = "concurrency_limit_exceeded"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retry_after_s=1.0)
+
+
+class RequestTimeoutError(GatewayError):
+    """The request body did not arrive within `server.body_timeout_s`."""
+
+    status_code = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+    def headers(self) -> dict[str, str]:
+        return {"connection": "close"}  # the rest of the body may still come: not reused
+
+
 class QuotaExceededError(GatewayError):
     """Budget exhausted: the SDK must not retry it."""
 
@@ -166,9 +188,33 @@ class GatewayOverloadedError(GatewayError):
 
 
 class NoEligibleDeploymentError(GatewayError):
+    """Every candidate is cooling down or over its quota: could serve, but not now."""
+
     status_code = 503
     type = "server_error"
     code = "no_eligible_deployment"
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": "1"}
+
+
+class UnservableRequestError(InvalidRequestError):
+    """No candidate can serve what the request asks (its size, parameters, provider or
+    cost limits): the client's to change, a 400 the SDK does not retry."""
+
+    def __init__(self, message: str, param: str | None, code: str) -> None:
+        super().__init__(message, param)
+        self._code = code
+
+    @property
+    def error_code(self) -> str | None:
+        return self._code
+
+
+class DeploymentsProbingError(NoEligibleDeploymentError):
+    """Every candidate is half-open with its probes in flight: could serve, not now."""
+
+    code = "deployments_cooling_down"
 
 
 class ProviderError(GatewayError):
@@ -199,6 +245,20 @@ class ProviderError(GatewayError):
 class UpstreamTimeoutError(ProviderError):
     status_code = 504
     code = "upstream_timeout"
+
+
+class StreamTimeoutError(UpstreamTimeoutError):
+    """A stream reached `server.stream_timeout_s`: the gateway's own limit on a whole
+    stream, so no other deployment could do better (not retried) and the deployment
+    did nothing wrong (never cooled down for it)."""
+
+    code = "stream_timeout"
+    retryable = False
+
+    def __init__(
+        self, message: str = "The stream ran longer than the gateway allows (stream_timeout_s)."
+    ) -> None:
+        super().__init__(message)
 
 
 class UpstreamUnavailableError(ProviderError):
@@ -270,6 +330,7 @@ class UpstreamContextLengthError(ProviderError):
 
 _OUTCOMES: Mapping[type[ProviderError], str] = {
     UpstreamTimeoutError: "timeout",
+    StreamTimeoutError: "timeout",
     UpstreamRateLimitedError: "rate_limited",
     UpstreamUnavailableError: "unavailable",
     UpstreamAuthError: "auth_failed",

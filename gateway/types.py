@@ -89,8 +89,12 @@ class ChatRequest:
         return isinstance(fmt, dict) and fmt.get("type") == "json_schema"
 
     def required_capabilities(self) -> frozenset[str]:
-        needs = (self.has_tools, self.has_images, self.wants_json_schema, self.stream)
-        return _CAPABILITY_SETS[needs]
+        needs = _CAPABILITY_SETS[
+            (self.has_tools, self.has_images, self.wants_json_schema, self.stream)
+        ]
+        if self.body.keys() & _PARAMETER_KEYS:  # rarely: one set operation otherwise
+            needs = needs | _parameters_needed(self.body)
+        return needs
 
     def prompt_chars(self) -> int:
         """Characters of text in the prompt, for the cheap token estimate."""
@@ -122,6 +126,29 @@ _CAPABILITY_SETS: dict[tuple[bool, ...], frozenset[str]] = {
 }
 
 
+_PARAMETER_KEYS = frozenset(
+    {"n", "logprobs", "top_logprobs", "audio", "modalities", "prediction", "logit_bias", "seed"}
+)
+
+
+def _parameters_needed(body: JSONObject) -> frozenset[str]:
+    """The parameter capabilities (routers.PARAMETER_CAPABILITIES) a body asks for."""
+    needed = set()
+    n = body.get("n")
+    if isinstance(n, int) and n > 1:
+        needed.add("n")
+    if body.get("logprobs") is True or body.get("top_logprobs") is not None:
+        needed.add("logprobs")
+    if body.get("audio") is not None or "audio" in (body.get("modalities") or ()):
+        needed.add("audio")
+    for name in ("prediction", "seed"):
+        if body.get(name) is not None:
+            needed.add(name)
+    if body.get("logit_bias"):
+        needed.add("logit_bias")
+    return frozenset(needed)
+
+
 def _has_image(content: list[Any]) -> bool:
     return any(isinstance(p, dict) and p.get("type") == "image_url" for p in content)
 
@@ -130,7 +157,11 @@ def _text_chars(content: object) -> int:
     if isinstance(content, str):
         return len(content)
     if isinstance(content, list):
-        return sum(len(p.get("text", "")) for p in content if isinstance(p, dict))
+        return sum(
+            len(text)
+            for p in content
+            if isinstance(p, dict) and isinstance(text := p.get("text", ""), str)
+        )
     return 0
 
 

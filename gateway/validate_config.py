@@ -6,6 +6,7 @@ import importlib.util
 
 from gateway.config import (
     PRESETS,
+    UNPRICED,
     Catalog,
     GatewayConfig,
     ModelCatalog,
@@ -30,6 +31,7 @@ def reference_problems(config: GatewayConfig) -> list[str]:
             )
         if provider.kind in ("openai_compatible", "azure") and not provider.base_url:
             problems.append(f"providers.{name}.base_url: required for kind {provider.kind}")
+    problems.extend(_key_problems(config))
     seen: set[str] = set()
     for index, model in enumerate(config.models):
         if model.provider not in config.providers:
@@ -50,6 +52,23 @@ def reference_problems(config: GatewayConfig) -> list[str]:
             "server.upstream_transport: httpx-aiohttp needs the httpx-aiohttp package "
             "(pip install -e '.[bench]')"
         )
+    return problems
+
+
+def _key_problems(config: GatewayConfig) -> list[str]:
+    """An empty key (its environment variable unset) would refuse every request with a
+    401 while the gateway looks healthy: a start-up error naming it instead."""
+    problems = [
+        f"auth.keys[{index}].key: the key of {spec.name!r} is empty (is the environment "
+        "variable it names set?)"
+        for index, spec in enumerate(config.auth.keys)
+        if not spec.key.strip()
+    ]
+    problems += [
+        f"auth.admin_keys[{index}]: empty (is the environment variable it names set?)"
+        for index, key in enumerate(config.auth.admin_keys)
+        if not key.strip()
+    ]
     return problems
 
 
@@ -76,6 +95,18 @@ def _policy_problems(where: str, policy: str, params: dict[str, object]) -> list
     return []
 
 
+def pricing_problems(catalog: Catalog) -> list[str]:
+    """Deployments of active providers priced neither in the config nor in the catalog:
+    they would be billed $0 in headers, metrics, budgets and reports (rule 22)."""
+    return [
+        f"models: deployment {d.id!r} ({d.kind} model {d.model!r}) has no price in the "
+        "config or the model catalog. Set input_price_per_mtok_usd and "
+        "output_price_per_mtok_usd on it, or `free: true` if it really costs nothing."
+        for d in catalog.deployments.values()
+        if d.price_source == UNPRICED
+    ]
+
+
 def load_catalog(config: GatewayConfig) -> Catalog:
     return build_catalog(config, ModelCatalog.load(config.catalog_path or default_catalog_path()))
 
@@ -85,7 +116,8 @@ def describe_config(config: GatewayConfig) -> tuple[list[str], list[str]]:
     if problems:
         return problems, []
     catalog = load_catalog(config)
-    lines = ["models:"]
+    lines = [f"note: {note}" for note in catalog.notes]
+    lines.append("models:")
     for d in catalog.deployments.values():
         lines.append(
             f"  {d.id}: name={d.name} provider={d.provider} ({d.kind}) model={d.model} "

@@ -8,9 +8,19 @@ from __future__ import annotations
 
 from routers.params import PolicyConfigError
 from routers.registry import POLICIES, build_policy
-from routers.schema import Candidate, LiveStats, Plan, Policy, Ranked, Rejection, RouteRequest
+from routers.schema import (
+    PARAMETER_CAPABILITIES,
+    Candidate,
+    LiveStats,
+    Plan,
+    Policy,
+    Ranked,
+    Rejection,
+    RouteRequest,
+)
 
 __all__ = [
+    "PARAMETER_CAPABILITIES",
     "POLICIES",
     "Candidate",
     "LiveStats",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from routers.estimates import expected_cost_usd, expected_output_tokens
-from routers.schema import Candidate, Rejection, RouteRequest
+from routers.schema import PARAMETER_CAPABILITIES, Candidate, Rejection, RouteRequest
 
 
 def _provider(request: RouteRequest, c: Candidate) -> tuple[str, str] | None:
@@ -22,14 +22,20 @@ def _provider(request: RouteRequest, c: Candidate) -> tuple[str, str] | None:
 
 def _missing_capabilities(request: RouteRequest, c: Candidate) -> tuple[str, str]:
     missing = sorted(request.required_capabilities - c.capabilities)
-    return "capability", f"missing capabilities: {', '.join(missing)}"
+    features = [m for m in missing if m not in PARAMETER_CAPABILITIES]
+    if features:
+        return "capability", f"missing capabilities: {', '.join(features)}"
+    return "unsupported_parameter", f"unsupported parameter: {', '.join(missing)}"
 
 
 def _context(request: RouteRequest, c: Candidate) -> tuple[str, str] | None:
     needed = request.estimated_input_tokens + (request.max_output_tokens or 0)
-    if needed > c.context_window_tokens:
-        return "context_window", f"needs {needed} tokens, window {c.context_window_tokens}"
     client_max, own_max = request.max_output_tokens, c.max_output_tokens
+    if needed > c.context_window_tokens:
+        window = c.context_window_tokens
+        if client_max is not None and client_max >= window:
+            return "context_window", f"max_tokens {client_max} exceeds window {window}"
+        return "context_window", f"needs {needed} tokens, window {window}"
     if client_max is not None and own_max is not None and client_max > own_max:
         return "context_window", f"max_tokens {client_max} exceeds deployment max {own_max}"
     return None

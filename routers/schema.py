@@ -9,6 +9,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
+# Request parameters that are capabilities too: a deployment whose API cannot honour one
+# is not eligible for a request that sets it (reason `unsupported_parameter`).
+PARAMETER_CAPABILITIES = frozenset({"n", "logprobs", "audio", "prediction", "logit_bias", "seed"})
+
 
 @dataclass(frozen=True, slots=True)
 class LiveStats:

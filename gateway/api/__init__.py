@@ -18,7 +18,16 @@ from fastapi import FastAPI
 from starlette.routing import BaseRoute, Route
 
 from gateway import __version__
-from gateway.api import admin_cache, admin_keys, chat, embeddings, explain, health, models
+from gateway.api import (
+    admin_cache,
+    admin_cooldowns,
+    admin_keys,
+    chat,
+    embeddings,
+    explain,
+    health,
+    models,
+)
 from gateway.api.error_handlers import EXCEPTION_HANDLERS
 from gateway.api.hot import Endpoint
 from gateway.api.http_protocol import protocol_setting
@@ -51,6 +60,7 @@ def asgi_app(server: ServerConfig, lifespan: Lifespan) -> RequestContextMiddlewa
         app.include_router(router)
     app.include_router(admin_keys.router)
     app.include_router(admin_cache.router)
+    app.include_router(admin_cooldowns.router)
     # Starlette's router keeps the hot paths too, for their 405s (never reached for POST).
     app.router.routes.extend(HOT_ROUTES)
     return RequestContextMiddleware(

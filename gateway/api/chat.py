@@ -11,6 +11,7 @@ from gateway.api.deps import (
     context_of,
     json_response,
     pipeline_of,
+    rate_limit_headers,
     services_of,
 )
 from gateway.api.disconnect import ClientDisconnectedError, until_disconnect
@@ -73,6 +74,7 @@ async def complete(
     reservation = None  # a caller without limits: nothing to check or reserve
     if has_limits(caller):
         reservation = await services.limits.admit(caller, *estimate(plan, req))
+        ctx.rate_headers = rate_limit_headers(caller, reservation)
     try:
         if req.stream:
             stream = await until_disconnect(
@@ -103,6 +105,7 @@ async def serve_hit(
     reservation = None
     if caller.rpm is not None:  # a hit counts as a request, but uses no tokens and no budget
         reservation = await services.limits.admit(caller, 0, 0.0)
+        ctx.rate_headers = rate_limit_headers(caller, reservation)
     assert services.cache is not None
     services.cache.account_hit(entry, ctx)
     await services.limits.settle(ctx, caller, reservation)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Scope
 
 from gateway import jsonutil
-from gateway.api.http_protocol import Header
+from gateway.api.http_protocol import Header, body_buffered
 from gateway.context import RequestContext
-from gateway.errors import IncompleteBodyError, PayloadTooLargeError
+from gateway.errors import IncompleteBodyError, PayloadTooLargeError, RequestTimeoutError
 from gateway.keys import Caller
+from gateway.limits import Reservation
 from gateway.pipeline import Pipeline
 from gateway.services import Services
 
@@ -44,17 +47,38 @@ def header(scope: Scope, name: bytes) -> str | None:
 
 
 def authenticate(request: Request) -> Caller:
-    caller = services_of(request).keys.authenticate(header(request.scope, b"authorization"))
+    """The caller, with one of its key's concurrency slots when it has a bound (given
+    back when the request is done: gateway.api.middleware)."""
+    keys = services_of(request).keys
+    caller = keys.authenticate(header(request.scope, b"authorization"))
     ctx = context_of(request)
     ctx.key_id, ctx.key_name, ctx.team = caller.key_id, caller.name, caller.team
+    if caller.max_concurrent is not None:
+        keys.concurrency.acquire(caller)
+        ctx.key_slot = caller.key_id
     return caller
 
 
 async def read_body(request: Request, limit_bytes: int) -> bytes:
-    """Reads at most `limit_bytes`, chunked bodies included; 413 past that (rule 14)."""
+    """Reads at most `limit_bytes`, chunked bodies included; 413 past that (rule 14).
+    A body still arriving gets `server.body_timeout_s` in all (408 past it); one that is
+    already here (most) is read without a timer."""
     declared = header(request.scope, b"content-length")
     if declared and declared.isdigit() and int(declared) > limit_bytes:
         raise PayloadTooLargeError(f"Request body is larger than {limit_bytes} bytes.")
+    if body_buffered(request.receive):
+        return await _read(request, limit_bytes)
+    timeout_s = services_of(request).config.server.body_timeout_s
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _read(request, limit_bytes)
+    except TimeoutError:
+        raise RequestTimeoutError(
+            f"The request body did not arrive within {timeout_s:g} s."
+        ) from None
+
+
+async def _read(request: Request, limit_bytes: int) -> bytes:
     # From `receive` itself: Starlette's `request.stream()` is an async generator, a
     # few percent of a request's CPU for the one or two messages a body takes.
     parts: list[bytes] = []
@@ -99,3 +123,33 @@ class BytesResponse(Response):
         ]
         if headers:
             self.raw_headers += headers
+
+
+def rate_limit_headers(caller: Caller, reservation: Reservation | None) -> list[Header] | None:
+    """OpenAI's x-ratelimit-* headers from the admission that just ran (no Redis call of
+    their own): what is left of the key's rpm and tpm limits, and when more frees up."""
+    if reservation is None:
+        return None
+    headers: list[Header] = []
+    for unit, limit, room in (
+        (b"requests", caller.rpm, reservation.requests),
+        (b"tokens", caller.tpm, reservation.tokens),
+    ):
+        if limit is None or room is None:
+            continue
+        headers += [
+            (b"x-ratelimit-limit-" + unit, b"%d" % limit),
+            (b"x-ratelimit-remaining-" + unit, b"%d" % room.left),
+            (b"x-ratelimit-reset-" + unit, _duration(room.reset_s)),
+        ]
+    return headers or None
+
+
+def _duration(seconds: float) -> bytes:
+    """OpenAI's form: `20ms`, `1.5s`, `6m0s`."""
+    if seconds < 1:
+        return b"%dms" % round(seconds * 1000)
+    if seconds < 60:
+        return (b"%.3f" % seconds).rstrip(b"0").rstrip(b".") + b"s"
+    minutes, rest = divmod(round(seconds), 60)
+    return b"%dm%ds" % (minutes, rest)

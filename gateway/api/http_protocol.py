@@ -399,6 +399,13 @@ def hook_client_gone(
     return cycle
 
 
+def body_buffered(receive: Callable[..., Awaitable[Any]]) -> bool:
+    """True when `receive` is a cycle of this protocol whose request body has arrived
+    whole (reading it cannot wait); False when it may wait, or is not known."""
+    cycle = getattr(receive, "__self__", None)
+    return type(cycle) is RequestResponseCycle and not cycle.more_body
+
+
 def unhook_client_gone(cycle: RequestResponseCycle) -> None:
     setattr(cycle, _CLIENT_GONE, None)
 

@@ -155,7 +155,11 @@ def _request_id(scope: Scope) -> str:
 
 def _finished(state: dict[str, Any], ctx: RequestContext) -> None:
     services = state.get("services")
-    if services is None or ctx.endpoint == "other":
+    if services is None:
+        return
+    if ctx.key_slot is not None:
+        services.keys.concurrency.release(ctx.key_slot)
+    if ctx.endpoint == "other":
         return
     services.metrics.record_request(ctx)
     if services.access_log is not None:
@@ -177,6 +181,7 @@ def access_fields(ctx: RequestContext) -> dict[str, object]:
         "latency_ms": round(ctx.elapsed_s() * 1000, 2),
         "ttft_ms": round(ctx.ttft_s * 1000, 2) if ctx.ttft_s is not None else None,
         "attempts": ctx.attempts,
+        "failed_attempts": ctx.failed_attempts,
         "stream": ctx.stream,
         "stream_outcome": ctx.stream_outcome,
         "input_tokens": usage.prompt_tokens if usage else None,

@@ -97,6 +97,7 @@ class KeyView(BaseModel):
     budget_usd: float | None
     budget_period: str
     labels: dict[str, str]
+    max_concurrent: int | None = None
     source: Literal["config", "runtime"]
     created_at: int | None
     revoked: bool
@@ -144,6 +145,27 @@ class Purge(BaseModel):
 class Purged(BaseModel):
     purged: int
     tenant: str | None
+
+
+class Cooldown(BaseModel):
+    """A deployment whose circuit breaker is open (cooling down) or half-open, as the
+    process that answers sees it (its own cooldowns and those synced from replicas)."""
+
+    object: Literal["gateway.cooldown"] = "gateway.cooldown"
+    deployment: str
+    provider: str
+    state: Literal["cooling_down", "half_open"]
+    cooling_down_until: float = Field(description="Unix seconds the cooldown ends (ended).")
+    seconds_left: float = Field(description="0 once half-open.")
+    consecutive_failures: int = Field(description="This process's failure streak.")
+    reason: str | None = Field(
+        description="The outcome of the failure that began the cooldown, when known."
+    )
+
+
+class CooldownList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Cooldown]
 
 
 def json_body(model: type[BaseModel]) -> dict[str, Any]:

@@ -5,7 +5,14 @@ This module is the wing's front door: other parts of the gateway import from her
 
 from __future__ import annotations
 
-from gateway.config.catalog import Catalog, Deployment, Route, build_catalog, request_cost_usd
+from gateway.config.catalog import (
+    UNPRICED,
+    Catalog,
+    Deployment,
+    Route,
+    build_catalog,
+    request_cost_usd,
+)
 from gateway.config.catalog_data import ModelCatalog, default_catalog_path
 from gateway.config.presets import PRESETS, preset
 from gateway.config.pricing import cost_usd, estimate_tokens
@@ -19,18 +26,21 @@ from gateway.config.schema import (
     KeySpec,
     MetricsConfig,
     ProviderConfig,
+    ProxySettings,
     RedisConfig,
     RequestLimits,
     ServerConfig,
     SimulationConfig,
     default_config_path,
     env_config_path,
+    environment_proxies,
     load_config,
     multiproc_dir,
     set_worker_environment,
 )
 
 __all__ = [
+    "UNPRICED",
     "DEFAULT_MAX_JSON_DEPTH",
     "RequestLimits",
     "AuthConfig",
@@ -45,6 +55,7 @@ __all__ = [
     "ModelCatalog",
     "PRESETS",
     "ProviderConfig",
+    "ProxySettings",
     "RedisConfig",
     "Route",
     "ServerConfig",
@@ -54,6 +65,7 @@ __all__ = [
     "default_catalog_path",
     "default_config_path",
     "env_config_path",
+    "environment_proxies",
     "estimate_tokens",
     "load_config",
     "multiproc_dir",

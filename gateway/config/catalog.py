@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from gateway.config.catalog_data import CatalogEntry, ModelCatalog
-from gateway.config.presets import needs_api_key
+from gateway.config.presets import PRESETS, needs_api_key, preset
 from gateway.config.pricing import Prices, cost_usd
 from gateway.config.schema import GatewayConfig, ModelConfig, ProviderConfig, RouteConfig
 from gateway.errors import ModelNotFoundError
@@ -62,9 +62,15 @@ class Route:
 
 
 class Catalog:
-    def __init__(self, deployments: dict[str, Deployment], routes: dict[str, Route]) -> None:
+    def __init__(
+        self,
+        deployments: dict[str, Deployment],
+        routes: dict[str, Route],
+        notes: tuple[str, ...] = (),
+    ) -> None:
         self.deployments = deployments
         self.routes = routes
+        self.notes = notes  # what was left out and why: the caller logs it, once
 
     def route_for(self, model: str, mode: str = "chat") -> Route:
         route = self.routes.get(model)
@@ -80,17 +86,20 @@ class Catalog:
 
 
 def active_providers(config: GatewayConfig) -> dict[str, ProviderConfig]:
-    active = {}
-    for name, provider in config.providers.items():
-        if needs_api_key(provider.kind) and not provider.api_key:
-            log.warning("provider %s (%s) skipped: no API key configured", name, provider.kind)
-            continue
-        active[name] = provider
-    return active
+    return {
+        name: provider
+        for name, provider in config.providers.items()
+        if provider.api_key or not needs_api_key(provider.kind)
+    }
 
 
 def build_catalog(config: GatewayConfig, models: ModelCatalog | None) -> Catalog:
     providers = active_providers(config)
+    notes = [
+        f"provider {name} ({provider.kind}) skipped: no API key configured"
+        for name, provider in config.providers.items()
+        if name not in providers
+    ]
     deployments: dict[str, Deployment] = {}
     for spec in config.models:
         provider = providers.get(spec.provider)
@@ -104,13 +113,15 @@ def build_catalog(config: GatewayConfig, models: ModelCatalog | None) -> Catalog
         route = _explicit_route(route_spec, deployments)
         if route is not None:
             routes[route.name] = route
-    return Catalog(deployments, routes)
+        else:
+            notes.append(f"route {route_spec.name} skipped: none of its deployments is active")
+    return Catalog(deployments, routes, tuple(notes))
 
 
 def _deployment(
     spec: ModelConfig, provider: ProviderConfig, entry: CatalogEntry | None
 ) -> Deployment:
-    prices, source = _prices(spec, entry)
+    prices, source = _prices(spec, provider, entry)
     return Deployment(
         id=spec.id or f"{spec.provider}/{spec.model}",
         name=spec.name,
@@ -123,7 +134,7 @@ def _deployment(
         or (entry.context_window_tokens if entry else None)
         or DEFAULT_CONTEXT_WINDOW_TOKENS,
         max_output_tokens=spec.max_output_tokens or (entry.max_output_tokens if entry else None),
-        capabilities=_capabilities(spec, entry),
+        capabilities=_capabilities(spec, entry, provider.kind),
         quality=spec.quality,
         quality_by_tag=dict(spec.quality_by_tag),
         weight=spec.weight,
@@ -134,13 +145,22 @@ def _deployment(
     )
 
 
-def _prices(spec: ModelConfig, entry: CatalogEntry | None) -> tuple[Prices, str]:
+# Kinds that run on hardware of your own: free unless the config prices them.
+LOCAL_KINDS = frozenset({"simulated", "vllm", "ollama"})
+UNPRICED = "none"  # a price source: nowhere (a configuration error: `pricing_problems`)
+
+
+def _prices(
+    spec: ModelConfig, provider: ProviderConfig, entry: CatalogEntry | None
+) -> tuple[Prices, str]:
     if spec.input_price_per_mtok_usd is not None or spec.output_price_per_mtok_usd is not None:
         return Prices(
             input_per_mtok_usd=spec.input_price_per_mtok_usd or 0.0,
             output_per_mtok_usd=spec.output_price_per_mtok_usd or 0.0,
             cached_input_per_mtok_usd=spec.cached_input_price_per_mtok_usd,
         ), "config"
+    if spec.free:
+        return Prices(0.0, 0.0), "free"
     if entry is not None:
         return Prices(
             input_per_mtok_usd=entry.input_price_per_mtok_usd,
@@ -148,17 +168,20 @@ def _prices(spec: ModelConfig, entry: CatalogEntry | None) -> tuple[Prices, str]
             cached_input_per_mtok_usd=entry.cached_input_price_per_mtok_usd,
             cache_write_per_mtok_usd=entry.cache_write_price_per_mtok_usd,
         ), "catalog"
-    return Prices(0.0, 0.0), "none"
+    if provider.kind in LOCAL_KINDS:
+        return Prices(0.0, 0.0), "free (local kind)"
+    return Prices(0.0, 0.0), UNPRICED
 
 
-def _capabilities(spec: ModelConfig, entry: CatalogEntry | None) -> frozenset[str]:
-    if spec.capabilities is not None:
-        return frozenset(spec.capabilities)
+def _capabilities(spec: ModelConfig, entry: CatalogEntry | None, kind: str) -> frozenset[str]:
     if spec.mode == "embedding":
-        return frozenset({"embeddings"})
+        return frozenset(spec.capabilities or {"embeddings"})
+    parameters = preset(kind).parameters if kind in PRESETS else frozenset()
+    if spec.capabilities is not None:
+        return frozenset(spec.capabilities) | parameters
     if entry is not None:
-        return entry.capabilities | {"stream"}
-    return DEFAULT_CHAT_CAPABILITIES
+        return entry.capabilities | {"stream"} | parameters
+    return DEFAULT_CHAT_CAPABILITIES | parameters
 
 
 def _implicit_routes(deployments: dict[str, Deployment], policy: str) -> dict[str, Route]:
@@ -178,7 +201,6 @@ def _explicit_route(spec: RouteConfig, deployments: dict[str, Deployment]) -> Ro
         matches = [d.id for d in deployments.values() if ref in (d.id, d.name)]
         ids.extend(i for i in matches if i not in ids)
     if not ids:
-        log.warning("route %s skipped: none of its deployments is active", spec.name)
         return None
     mode = deployments[ids[0]].mode
     return Route(

@@ -7,6 +7,7 @@ trimmed copy built by ``scripts/build_catalog.py``; a full, newer upstream file 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -164,6 +165,25 @@ def _parse_catalog(raw: Mapping[str, Any]) -> dict[str, CatalogEntry]:
     return entries
 
 
+_DATED = re.compile(r"^(?P<base>.+?)[-@](?P<date>\d{8}|\d{4}-\d{2}-\d{2})$")
+
+
+def _alias_candidates(model: str, entries: Mapping[str, CatalogEntry]) -> list[str]:
+    """Other names the same priced model may go by, best first."""
+    dated = _DATED.match(model)
+    if dated is not None:
+        return [dated.group("base")]
+    if model.endswith("-latest"):
+        base = model[: -len("-latest")]
+        snapshots = sorted(
+            (key for key in entries if (m := _DATED.match(key)) and m.group("base") == base),
+            key=lambda key: _DATED.match(key).group("date").replace("-", ""),  # type: ignore[union-attr]
+            reverse=True,
+        )
+        return [base, *snapshots]
+    return []
+
+
 def _read_json_object(path: Path) -> Mapping[str, Any]:
     try:
         raw = orjson.loads(path.read_bytes())
@@ -189,6 +209,20 @@ class ModelCatalog:
         return cls(_parse_catalog(_read_json_object(Path(path))))
 
     def lookup(self, model: str, provider_kind: str | None = None) -> CatalogEntry | None:
+        """The model's entry; failing that, the entry of the name the provider publishes
+        it under: a dated snapshot (`claude-haiku-4-5-20251001`, `gpt-4o-2024-08-06`)
+        priced as its undated model, a `-latest` alias as the newest dated snapshot of
+        its base name. The entry keeps the name asked for."""
+        entry = self._lookup(model, provider_kind)
+        if entry is not None:
+            return entry
+        for alias in _alias_candidates(model, self._entries):
+            entry = self._lookup(alias, provider_kind)
+            if entry is not None:
+                return replace(entry, model=model)
+        return None
+
+    def _lookup(self, model: str, provider_kind: str | None) -> CatalogEntry | None:
         """Exact key first, then the provider kind's prefixed key.
 
         When both exist, the one actually priced for that provider wins: "gpt-4o" on an

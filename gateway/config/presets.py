@@ -8,12 +8,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from routers import PARAMETER_CAPABILITIES
+
+# What the Anthropic and Gemini APIs have no equivalent for (their translators refuse it).
+_NOT_ANTHROPIC = frozenset({"n", "logprobs", "audio", "prediction", "logit_bias", "seed"})
+_NOT_GEMINI = frozenset({"logprobs", "audio", "prediction", "logit_bias"})
+
 
 @dataclass(frozen=True, slots=True)
 class Preset:
     base_url: str | None
     needs_key: bool
     adapter: str  # which adapter module translates for this kind
+    unsupported: frozenset[str] = frozenset()  # request parameters it cannot honour
+
+    @property
+    def parameters(self) -> frozenset[str]:
+        """The parameter capabilities of this kind's chat deployments."""
+        return PARAMETER_CAPABILITIES - self.unsupported
 
 
 PRESETS: dict[str, Preset] = {
@@ -27,8 +39,10 @@ PRESETS: dict[str, Preset] = {
     "deepseek": Preset("https://api.deepseek.com/v1", True, "openai"),
     "openrouter": Preset("https://openrouter.ai/api/v1", True, "openai"),
     "azure": Preset(None, True, "azure"),
-    "anthropic": Preset("https://api.anthropic.com", True, "anthropic"),
-    "gemini": Preset("https://generativelanguage.googleapis.com/v1beta", True, "gemini"),
+    "anthropic": Preset("https://api.anthropic.com", True, "anthropic", _NOT_ANTHROPIC),
+    "gemini": Preset(
+        "https://generativelanguage.googleapis.com/v1beta", True, "gemini", _NOT_GEMINI
+    ),
     "simulated": Preset("simulated://local", False, "simulated"),
 }
 

@@ -13,9 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -51,6 +52,19 @@ class ProviderConfig(_Model):
     headers: dict[str, str] = Field(default_factory=dict)
     timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
+    # An http:// proxy URL for this provider, or "none" for none; absent: the environment's
+    # (HTTPS_PROXY, HTTP_PROXY, NO_PROXY: see `environment_proxies`).
+    proxy: str | None = None
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy_url(cls, value: str | None) -> str | None:
+        value = (value or "").strip()
+        if not value:
+            return None  # `proxy: ${PROXY:-}` left empty: the environment's
+        if value.lower() == "none":
+            return "none"
+        return proxy_url(value)  # the message never holds the URL's credentials
 
 
 Capability = Literal["tools", "vision", "json_schema", "stream", "embeddings"]
@@ -70,6 +84,9 @@ class ModelConfig(_Model):
     context_window_tokens: int | None = Field(None, gt=0)
     max_output_tokens: int | None = Field(None, gt=0)
     capabilities: list[Capability] | None = None
+    # This deployment costs nothing (a model you host, a free tier), whatever the catalog
+    # says. A deployment priced neither here nor in the catalog is a configuration error.
+    free: bool = False
     quality: float = Field(0.5, ge=0, le=1)
     quality_by_tag: dict[str, float] = Field(default_factory=dict)
     weight: float = Field(1.0, ge=0)
@@ -102,6 +119,9 @@ class KeySpec(_Model):
     budget_usd: float | None = Field(None, ge=0)
     budget_period: Literal["day", "month", "total"] = "month"
     labels: dict[str, str] = Field(default_factory=dict)
+    # Requests of this key in flight at once, per process (body reads included): one
+    # key cannot take every slot of `server.max_concurrent_requests`. None: no bound.
+    max_concurrent: int | None = Field(None, ge=1)
 
 
 class KeyConfig(KeySpec):
@@ -125,8 +145,15 @@ class ServerConfig(_Model):
     max_json_depth: int = Field(100, ge=8, le=200)
     max_header_bytes: int = Field(32 * 1024, ge=1024)  # request line + headers; beyond: 431
     request_timeout_s: float = Field(300.0, gt=0)
+    # A stream still running this long after its request started ends with an in-band
+    # error event (no [DONE]), billed for what it produced.
+    stream_timeout_s: float = Field(600.0, gt=0)
     max_concurrent_requests: int = Field(4096, ge=1)  # beyond: 503 with retry-after
     docs: bool = True  # the management API's /docs and /openapi.json
+    body_timeout_s: float = Field(30.0, gt=0)  # reading a request body; beyond: 408
+    # An idle client connection is closed after this. Longer than clients keep theirs
+    # (httpx and the OpenAI SDKs: 5 s), or a request sent as the gateway closes is lost.
+    keep_alive_s: int = Field(75, ge=1)
     # native (gateway/transport/native.py) is the fast default; the others exist to
     # measure against (bench.run --transport)
     upstream_transport: Literal["native", "aiohttp", "httpx", "httpx-aiohttp"] = "native"
@@ -164,8 +191,12 @@ class RoutingConfig(_Model):
     max_retry_after_s: float = Field(2.0, ge=0)  # sleep in place only for short waits
     retry_budget_ratio: float = Field(0.2, ge=0)  # retries / active requests (Envoy)
     retry_budget_min: int = Field(3, ge=0)
-    cooldown_failures: int = Field(3, ge=1)
+    cooldown_failures: int = Field(3, ge=0)  # 0: the circuit breaker is off
     cooldown_s: float = Field(30.0, gt=0)
+    cooldown_on_retry_after: bool = True  # a 429 with retry-after cools its deployment
+    # After a cooldown, at most this many requests at once probe the deployment (per
+    # process); the others go on to the next candidate until a probe succeeds.
+    half_open_probes: int = Field(1, ge=1)
     expected_output_tokens: int = Field(256, ge=1)
     stats_sync_interval_s: float = Field(1.0, gt=0)  # Redis sharing of stats and cooldowns
 
@@ -282,6 +313,89 @@ def referenced_env_vars(text: str) -> set[str]:
     return {m.group(1) for m in _ENV_PATTERN.finditer(text)}
 
 
+@dataclass(frozen=True, slots=True, repr=False)
+class ProxySettings:
+    """The environment's outbound proxies, read once at start-up (`environment_proxies`):
+    normalised `http://` URLs (credentials included: show them with `describe`)."""
+
+    http: str | None = None  # for http:// upstreams
+    https: str | None = None  # for https:// upstreams (a CONNECT tunnel)
+    no_proxy: str = ""  # hosts, domains, IPs and CIDRs, with optional ports, or "*"
+
+    def describe(self) -> str:
+        """For a log line: credentials shown as `***`."""
+        shown = [
+            f"{scheme} via {redacted_url(url)}"
+            for scheme, url in (("https", self.https), ("http", self.http))
+            if url
+        ]
+        if self.no_proxy:
+            shown.append(f"not for {self.no_proxy}")
+        return ", ".join(shown) or "none"
+
+    def __repr__(self) -> str:  # never the credentials
+        return f"ProxySettings({self.describe()})"
+
+
+def environment_proxies(environ: Mapping[str, str] | None = None) -> ProxySettings:
+    """HTTPS_PROXY, HTTP_PROXY and NO_PROXY, in lower or upper case (the lower-case one
+    first, as curl and urllib read them; empty counts as unset). Raises ConfigError for
+    a proxy the transports cannot use (anything but http://)."""
+    env = os.environ if environ is None else environ
+    urls: dict[str, str | None] = {}
+    problems = []
+    for name in ("http_proxy", "https_proxy"):
+        variable, value = _variable(env, name)
+        try:
+            urls[name] = proxy_url(value) if value else None
+        except ValueError as exc:
+            problems.append(f"{variable}: {exc}")
+    if problems:
+        raise ConfigError(problems)
+    return ProxySettings(urls["http_proxy"], urls["https_proxy"], _variable(env, "no_proxy")[1])
+
+
+def _variable(env: Mapping[str, str], name: str) -> tuple[str, str]:
+    """(the variable set, its value) of `name` in lower case or else upper case."""
+    for variable in (name, name.upper()):
+        value = env.get(variable, "").strip()
+        if value:
+            return variable, value
+    return name, ""
+
+
+def proxy_url(url: str) -> str:
+    """`url` as an http:// proxy URL (`proxy:3128` gains its scheme, as curl reads it);
+    ValueError otherwise, whose message shows the URL redacted."""
+    if "://" not in url:
+        url = f"http://{url}"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not one)
+    except ValueError:
+        raise ValueError(f"not a proxy URL: {redacted_url(url)}") from None
+    if parts.scheme.lower() != "http":
+        raise ValueError(
+            f"unsupported proxy {redacted_url(url)}: only http:// proxies are supported"
+        )
+    if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(
+            f"not a proxy URL (http://[user:password@]host[:port]): {redacted_url(url)}"
+        )
+    return url
+
+
+def redacted_url(url: str) -> str:
+    """`url` with any credentials replaced by `***`: http://***@proxy:3128. All that
+    precedes the last `@` goes, so a password with a `/` or `?` in it goes too."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    if "@" in rest:
+        rest = "***@" + rest.rpartition("@")[2]
+    return f"{scheme}{sep}{rest}"
+
+
 CONFIG_ENV = "GATEWAY_CONFIG"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -310,7 +424,7 @@ DEFAULT_MAX_JSON_DEPTH = 100
 class RequestLimits:
     max_messages: int = 2048
     max_tools: int = 256
-    max_n: int = 16
+    max_n: int = 128  # OpenAI's bound
     # orjson parses up to 1024 levels but serializes only 254: a body between the two
     # would parse, then fail when forwarded (a 500). Bounded well below, adapters nest more.
     max_json_depth: int = DEFAULT_MAX_JSON_DEPTH

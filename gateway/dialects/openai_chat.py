@@ -176,11 +176,36 @@ def _check_message(message: object, where: str) -> None:
             param=f"{where}.content",
         )
     for index, part in enumerate(content):
-        if not isinstance(part.get("type"), str):
+        kind = part.get("type")
+        if not isinstance(kind, str):
             raise InvalidRequestError(
                 f"'{where}.content[{index}].type' is required.",
                 param=f"{where}.content[{index}].type",
             )
+        _check_part(part, kind, f"{where}.content[{index}]")
+
+
+# What each known content part type must carry (unknown types pass through untouched).
+_PART_FIELDS: dict[str, tuple[str, type, str]] = {
+    "text": ("text", str, "a string"),
+    "refusal": ("refusal", str, "a string"),
+    "image_url": ("image_url", dict, "an object with a 'url'"),
+    "input_audio": ("input_audio", dict, "an object"),
+    "file": ("file", dict, "an object"),
+}
+
+
+def _check_part(part: JSONObject, kind: str, where: str) -> None:
+    spec = _PART_FIELDS.get(kind)
+    if spec is None:
+        return
+    name, expected, wording = spec
+    value = part.get(name)
+    ok = isinstance(value, expected)
+    if isinstance(value, dict) and kind == "image_url":
+        ok = isinstance(value.get("url"), str)
+    if not ok:
+        raise InvalidRequestError(f"'{where}.{name}' must be {wording}.", param=f"{where}.{name}")
 
 
 def _check_scalars(body: JSONObject, limits: RequestLimits) -> None:

@@ -71,6 +71,7 @@ class KeyRecord:
     budget_usd: float | None = None
     budget_period: str = "month"
     labels: Mapping[str, str] = field(default_factory=dict)
+    max_concurrent: int | None = None
     created_at: float = 0.0
     revoked_at: float | None = None
     digest: str = ""  # SHA-256 of the current secret
@@ -103,6 +104,7 @@ class KeyRecord:
             "budget_usd": "" if self.budget_usd is None else repr(self.budget_usd),
             "budget_period": self.budget_period,
             "labels": jsonutil.dumps(dict(self.labels)).decode(),
+            "max_concurrent": text(self.max_concurrent),
             "created_at": repr(self.created_at),
             "revoked_at": "" if self.revoked_at is None else repr(self.revoked_at),
             "digest": self.digest,
@@ -123,6 +125,7 @@ class KeyRecord:
             budget_usd=float(f["budget_usd"]) if f.get("budget_usd") else None,
             budget_period=f.get("budget_period") or "month",
             labels=jsonutil.loads(f.get("labels") or "{}"),
+            max_concurrent=int(f["max_concurrent"]) if f.get("max_concurrent") else None,
             created_at=float(f.get("created_at") or 0),
             revoked_at=float(f["revoked_at"]) if f.get("revoked_at") else None,
             digest=f.get("digest", ""),

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gateway.config import AuthConfig, KeyConfig
-from gateway.errors import AuthenticationError, PermissionDeniedError
+from gateway.errors import AuthenticationError, ConcurrencyLimitError, PermissionDeniedError
 
 log = logging.getLogger("gateway")
 
@@ -36,6 +36,7 @@ class Caller:
     budget_usd: float | None = None
     budget_period: str = "month"
     labels: Mapping[str, str] = field(default_factory=dict)
+    max_concurrent: int | None = None
     is_admin: bool = False
 
     @property
@@ -70,6 +71,8 @@ class KeyAttributes(Protocol):
     def budget_period(self) -> str: ...
     @property
     def labels(self) -> Mapping[str, str]: ...
+    @property
+    def max_concurrent(self) -> int | None: ...
 
 
 def key_attributes(spec: KeyAttributes) -> dict[str, Any]:
@@ -83,6 +86,7 @@ def key_attributes(spec: KeyAttributes) -> dict[str, Any]:
         "budget_usd": spec.budget_usd,
         "budget_period": spec.budget_period,
         "labels": dict(spec.labels),
+        "max_concurrent": spec.max_concurrent,
     }
 
 
@@ -124,6 +128,7 @@ class KeyStore:
         self._admin_hashes = {hash_key(k) for k in auth.admin_keys if k}
         self._runtime: Mapping[str, RuntimeSecret] = {}
         self._revoked: frozenset[str] = frozenset()  # digests of revoked config keys
+        self.concurrency = KeyConcurrency()
 
     def config_keys(self) -> list[tuple[str, Caller]]:
         """(digest, caller) of every config key; the digest never leaves the process."""
@@ -186,3 +191,32 @@ def bearer_token(authorization: str | None) -> str | None:
     if scheme.lower() != "bearer" or not token.strip():
         return None
     return token.strip()
+
+
+class KeyConcurrency:
+    """Requests in flight per key with a `max_concurrent` (in this process)."""
+
+    __slots__ = ("_in_flight",)
+
+    def __init__(self) -> None:
+        self._in_flight: dict[str, int] = {}
+
+    def acquire(self, caller: Caller) -> None:
+        """Counts one more request of `caller`; a 429 past its bound."""
+        limit = caller.max_concurrent
+        if limit is None:
+            return
+        now = self._in_flight.get(caller.key_id, 0)
+        if now >= limit:
+            raise ConcurrencyLimitError(
+                f"Key '{caller.name}' has {limit} requests in flight, its limit "
+                "(max_concurrent); retry when one has finished.",
+            )
+        self._in_flight[caller.key_id] = now + 1
+
+    def release(self, key_id: str) -> None:
+        left = self._in_flight.get(key_id, 0) - 1
+        if left > 0:
+            self._in_flight[key_id] = left
+        else:
+            self._in_flight.pop(key_id, None)

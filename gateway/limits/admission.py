@@ -47,6 +47,7 @@ from gateway.limits.scripts import RedisLimitStore
 from gateway.limits.store import (
     Admission,
     Decision,
+    Headroom,
     LimitStore,
     MemoryLimitStore,
     Release,
@@ -68,11 +69,19 @@ class Reservation:
     `release`, which take it once (a release after the settle gives nothing back). Never
     settled (a crash), its store entries expire on their own."""
 
-    __slots__ = ("admission", "reserved", "_taken")
+    __slots__ = ("admission", "reserved", "requests", "tokens", "_taken")
 
-    def __init__(self, admission: Admission, reserved: bool) -> None:
+    def __init__(
+        self,
+        admission: Admission,
+        reserved: bool,
+        requests: Headroom | None = None,
+        tokens: Headroom | None = None,
+    ) -> None:
         self.admission = admission
         self.reserved = reserved  # False: admitted while the store was unreachable
+        self.requests = requests  # what is left of the key's rpm (None: unknown, or none)
+        self.tokens = tokens  # ... and of its tpm
         self._taken = False
 
     def take(self) -> Reservation | None:
@@ -123,8 +132,8 @@ class Limits:
             raise
         if decision.reason is not None:
             self._metrics.rejections.labels(decision.reason).inc()
-            raise refusal(caller, decision)
-        return Reservation(admission, reserved=True)
+            raise refusal(caller, decision, admission.cost_usd)
+        return Reservation(admission, True, decision.requests, decision.tokens)
 
     async def _admit_unchecked(self, caller: Caller, admission: Admission) -> None:
         """The store is unreachable: refuse or serve, per `limits.on_redis_error`."""
@@ -199,18 +208,30 @@ def has_limits(caller: Caller) -> bool:
     return caller.rpm is not None or caller.tpm is not None or caller.budget_usd is not None
 
 
-def refusal(caller: Caller, decision: Decision) -> GatewayError:
+def refusal(caller: Caller, decision: Decision, estimated_usd: float = 0.0) -> GatewayError:
     if decision.reason == "budget":
-        return QuotaExceededError(
-            f"The budget of key '{caller.name}' ({caller.budget_usd} USD per "
-            f"{caller.budget_period}) is used up."
-        )
+        return budget_refusal(caller, decision.budget_used_usd, estimated_usd)
     limit = caller.rpm if decision.reason == "rpm" else caller.tpm
     unit = "requests" if decision.reason == "rpm" else "tokens"
     return RateLimitedError(
         f"Rate limit of key '{caller.name}' reached ({limit} {unit} per window); "
         f"retry in {decision.retry_after_s:.1f}s.",
         retry_after_s=decision.retry_after_s,
+    )
+
+
+def budget_refusal(caller: Caller, used_usd: float | None, estimated_usd: float) -> GatewayError:
+    """Says whether the budget is spent, or what is left against what this request was
+    estimated at (and how to ask for less)."""
+    budget = caller.budget_usd or 0.0
+    what = f"The budget of key '{caller.name}' ({budget:g} USD per {caller.budget_period})"
+    if used_usd is None or used_usd >= budget:
+        spent = f": {used_usd:.4f} USD spent or reserved" if used_usd is not None else ""
+        return QuotaExceededError(f"{what} is used up{spent}.")
+    return QuotaExceededError(
+        f"{what} has {budget - used_usd:.4f} USD left, and this request is estimated at up "
+        f"to {estimated_usd:.4f} USD. Lower max_tokens to lower the estimate, or retry when "
+        "requests in flight have settled."
     )
 
 

@@ -32,7 +32,15 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from gateway import jsonutil
-from gateway.limits.store import Admission, Decision, Release, Settlement, UsageRow, Write
+from gateway.limits.store import (
+    Admission,
+    Decision,
+    Headroom,
+    Release,
+    Settlement,
+    UsageRow,
+    Write,
+)
 from gateway.redis import Command, SharedRedis
 
 log = logging.getLogger("gateway")
@@ -67,7 +75,8 @@ end
 #       6 reservation times, 7 given-up reservations
 # ARGV: 1 rid, 2 window ms, 3 rpm (0 none), 4 tpm (0 none), 5 tokens, 6 budget USD (-1 none),
 #       7 cost USD, 8 reservation ttl ms, 9 period ttl s (0 keep)
-# Returns {0, 0, ''} admitted | {1, wait ms, 'rpm'|'tpm'} | {2, 0, 'budget'}
+# Returns {0, 0, '', requests left, ms until one more frees, tokens left, ms until some
+# free} admitted (-1: no such limit) | {1, wait ms, 'rpm'|'tpm'} | {2, 0, 'budget', used USD}
 ADMIT = (
     _NOW
     + _UNHOLD
@@ -86,7 +95,7 @@ if #stale > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now - 8640000
 if budget >= 0 then
   local used = tonumber(redis.call('HGET', KEYS[4], 'spent') or '0')
     + tonumber(redis.call('HGET', KEYS[4], 'reserved') or '0')
-  if used >= budget or used + cost > budget + 1e-9 then return {2, 0, 'budget'} end
+  if used >= budget or used + cost > budget + 1e-9 then return {2, 0, 'budget', tostring(used)} end
 end
 
 if rpm > 0 then
@@ -138,7 +147,18 @@ local keep = tonumber(ARGV[9])
 if keep > 0 then
   for i = 4, 7 do redis.call('EXPIRE', KEYS[i], keep) end
 end
-return {0, 0, ''}
+local req_left, req_reset, tok_left, tok_reset = -1, -1, -1, -1
+if rpm > 0 then
+  req_left = rpm - redis.call('ZCARD', KEYS[1])
+  local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  req_reset = tonumber(first[2]) + window - now
+end
+if tpm > 0 then
+  tok_left = math.max(0, tpm - tonumber(redis.call('HGET', KEYS[3], '#') or '0'))
+  local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+  tok_reset = tonumber(first[2]) + window - now
+end
+return {0, 0, '', req_left, req_reset, tok_left, tok_reset}
 """
 )
 
@@ -237,6 +257,13 @@ return out
 """
 
 
+def _left(amount: Any, reset_ms: Any) -> Headroom | None:
+    """What the script says is left of one limit (-1: the key has no such limit)."""
+    if int(amount) < 0:
+        return None
+    return Headroom(int(amount), max(0, int(reset_ms)) / 1000)
+
+
 def _no_script(result: Any) -> bool:
     return isinstance(result, ResponseError) and str(result).startswith("NOSCRIPT")
 
@@ -291,12 +318,22 @@ class RedisLimitStore:
             self._reservation_ttl_ms,
             a.period_ttl_s,
         ]
-        result = await self._redis.run_or_raise(
-            "limits", lambda _: self._admit(keys=keys, args=args)
-        )
-        code, wait_ms, reason = int(result[0]), int(result[1]), result[2]
+        command: Command = ("EVALSHA", self._admit.sha, len(keys), *keys, *args)
+        result = await self._redis.run_piped("limits", lambda p: p.execute_many([command]))
+        if _no_script(result[0]):  # Redis lost its scripts (restarted, flushed): load, again
+            load: Command = ("SCRIPT", "LOAD", ADMIT)
+            result = await self._redis.run_piped(
+                "limits", lambda p: p.execute_many([load, command])
+            )
+            result = result[1:]
+        if isinstance(result[0], ResponseError):
+            raise result[0]  # a script error is a bug: a 500 with the error logged
+        reply = result[0]
+        code, wait_ms, reason = int(reply[0]), int(reply[1]), reply[2]
         if code == 0:
-            return Decision(None)
+            return Decision(None, 0.0, _left(reply[3], reply[4]), _left(reply[5], reply[6]))
+        if code == 2:
+            return Decision("budget", budget_used_usd=float(reply[3]))
         return Decision(reason.decode(), max(0, wait_ms) / 1000)
 
     async def apply(self, writes: Sequence[Write]) -> None:

@@ -66,6 +66,17 @@ class Admission:
 class Decision:
     reason: str | None  # None = admitted; rpm | tpm | budget
     retry_after_s: float = 0.0
+    # Admitted: what is left of the key's rpm and tpm limits (None: no such limit), for
+    # the x-ratelimit-* headers of the answer.
+    requests: Headroom | None = None
+    tokens: Headroom | None = None
+    budget_used_usd: float | None = None  # refused for its budget: spent plus reserved
+
+
+@dataclass(frozen=True, slots=True)
+class Headroom:
+    left: int
+    reset_s: float  # until the oldest counted entry leaves the window
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +217,7 @@ class MemoryLimitStore:
         if a.budget_usd is not None:
             used = budget.spent_usd + budget.reserved_usd
             if used >= a.budget_usd or used + a.cost_usd > a.budget_usd + BUDGET_EPSILON_USD:
-                return Decision("budget")
+                return Decision("budget", budget_used_usd=used)
         requests = self._expire_requests(a.key_id, now)
         if a.rpm is not None and len(requests) >= a.rpm:
             oldest = next(iter(requests.values()))
@@ -222,7 +233,26 @@ class MemoryLimitStore:
         held_usd = a.cost_usd if a.budget_usd is not None else 0.0
         budget.reservations[a.request_id] = (now, held_usd)
         budget.reserved_usd += held_usd
-        return Decision(None)
+        return Decision(
+            None, 0.0, self._requests_left(a, requests, now), self._tokens_left(a, tokens, now)
+        )
+
+    def _requests_left(
+        self, a: Admission, requests: dict[str, float], now: float
+    ) -> Headroom | None:
+        if a.rpm is None:
+            return None
+        oldest = next(iter(requests.values()))
+        return Headroom(a.rpm - len(requests), max(0.0, oldest + self._window_s - now))
+
+    def _tokens_left(
+        self, a: Admission, tokens: dict[str, tuple[float, int]], now: float
+    ) -> Headroom | None:
+        if a.tpm is None:
+            return None
+        used = sum(n for _, n in tokens.values())
+        oldest = min(t for t, _ in tokens.values())
+        return Headroom(max(0, a.tpm - used), max(0.0, oldest + self._window_s - now))
 
     def _budget(self, a: Admission, now: float) -> _Budget:
         budget = self._budgets[a.key_id, a.period]

@@ -4,10 +4,15 @@ A stream attempt returns only once the first chunk with real content (text, a to
 call or a finish reason) has arrived and parsed, holding back the role-only preamble
 (rule 2). Until then every failure is an ordinary attempt error the pipeline can
 fail over from; after it, the stream belongs to the client.
+
+An upstream's bad bytes are its fault: bytes that are not UTF-8 (the SSE decoder), JSON
+that does not parse (the translators) and an event of the wrong shape (`SHAPE_ERRORS`
+from a translator, or from reading its chunks) are each an `UpstreamUnavailableError`.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
@@ -34,7 +39,25 @@ async def chat_once(
     response = await upstream.send(provider.chat_request(req, d), within_s)
     if response.status != 200:
         raise provider.classify_error(response.status, response.body, response.headers)
-    return provider.chat_response(response.body, d)
+    try:
+        answer = provider.chat_response(response.body, d)
+    except (TypeError, AttributeError, KeyError, IndexError, ValueError):
+        raise _malformed() from None  # valid JSON of the wrong shape: the upstream's fault
+    if not _well_formed_answer(answer.body):
+        raise _malformed()
+    return answer
+
+
+def _well_formed_answer(body: JSONObject) -> bool:
+    """What the gateway reads of a completion has the shape OpenAI's API gives it."""
+    choices = body.get("choices")
+    if not isinstance(choices, list) or not isinstance(body.get("usage") or {}, dict):
+        return False
+    return all(isinstance(c, dict) and isinstance(c.get("message") or {}, dict) for c in choices)
+
+
+def _malformed() -> UpstreamUnavailableError:
+    return UpstreamUnavailableError("The upstream returned a malformed answer.")
 
 
 async def embeddings_once(
@@ -76,16 +99,22 @@ def is_content(chunk: JSONObject) -> bool:
 
 
 async def open_stream(
-    upstream: Upstream, provider: Provider, req: ChatRequest, d: Deployment
+    upstream: Upstream,
+    provider: Provider,
+    req: ChatRequest,
+    d: Deployment,
+    deadline: float = math.inf,
 ) -> OpenedStream:
-    context = upstream.stream(provider.chat_request(req, d))
+    """`deadline`: when the whole stream must end (`time.perf_counter()`; see EventBatches)."""
+    request = provider.chat_request(req, d)
+    context = upstream.stream(request)
     stream = await context.__aenter__()
     try:
         if stream.status != 200:
             body = await stream.read_all()
             raise provider.classify_error(stream.status, body, stream.headers)
         translator = provider.chat_stream(req, d)
-        events = EventBatches(stream.line_batches())
+        events = EventBatches(stream.line_batches(), request.timeouts.read_s, deadline)
         held = await _peek(events, translator)
         return OpenedStream(held, events, translator, context, time.perf_counter())
     except BaseException:
@@ -93,16 +122,42 @@ async def open_stream(
         raise
 
 
-async def _peek(
-    events: AsyncIterator[list[SSEEvent]], translator: StreamTranslator
-) -> list[JSONObject]:
-    """Held chunks up to the first content, and whatever arrived with it."""
+# What a translator, or reading its chunks, raises on an event of the wrong shape (valid
+# JSON, but e.g. `"choices": 5`): the upstream's protocol error, never a 500.
+SHAPE_ERRORS: tuple[type[Exception], ...] = (AttributeError, TypeError, KeyError, IndexError)
+
+
+def malformed_event() -> UpstreamUnavailableError:
+    return UpstreamUnavailableError("The upstream sent a malformed stream event.")
+
+
+async def _peek(events: EventBatches, translator: StreamTranslator) -> list[JSONObject]:
+    """Held chunks up to the first content (or the end), and whatever arrived with it.
+    Nothing was sent yet: a failure in the same read, or a held chunk of the wrong
+    shape, still falls over."""
     held: list[JSONObject] = []
     async for batch in events:
-        for event in batch:
-            held.extend(translator.feed(event))
-            if translator.done:
-                return held
-        if any(is_content(c) for c in held):
+        try:
+            for event in batch:
+                held.extend(translator.feed(event))
+                if translator.done:
+                    break
+            ready = translator.done or any(is_content(c) for c in held)
+        except SHAPE_ERRORS as exc:
+            raise malformed_event() from exc
+        if ready:
+            if events.failure is not None and not translator.done:
+                raise events.failure
+            if not all(map(_well_formed, held)):
+                raise malformed_event()
             return held
     raise UpstreamUnavailableError("The upstream closed the stream before sending any content.")
+
+
+def _well_formed(chunk: JSONObject) -> bool:
+    """Choices a client (and the relay) can read: a list of objects with object deltas."""
+    choices = chunk.get("choices") or []
+    return isinstance(choices, list) and all(
+        isinstance(choice, dict) and isinstance(choice.get("delta") or {}, dict)
+        for choice in choices
+    )

@@ -2,7 +2,10 @@
 
 After the commit point a failure becomes one OpenAI-shaped `data: {"error": ...}`
 event and the stream closes without `[DONE]` (rule 3): never a clean end, never a
-synthesized `finish_reason`. A client disconnect cancels the upstream at once and
+synthesized `finish_reason`. Such a failure (bytes that are not UTF-8, a malformed
+event, a stall or keep-alive comments only for `read_s`, the stream reaching
+`server.stream_timeout_s`) is logged as `stream_outcome: error` with its error code,
+and billed for what was produced. A client disconnect cancels the upstream at once and
 still bills what was produced, marked estimated if the final usage never came.
 """
 
@@ -19,7 +22,7 @@ from gateway.errors import GatewayError, ProviderError, UpstreamUnavailableError
 from gateway.keys import Caller
 from gateway.limits import Reservation
 from gateway.pipeline.accounting import Accountant
-from gateway.pipeline.attempt import OpenedStream
+from gateway.pipeline.attempt import SHAPE_ERRORS, OpenedStream, malformed_event
 from gateway.routing import FailureRecorder, StatsStore
 from gateway.types import ChatRequest, JSONObject, SSEEvent
 
@@ -63,7 +66,11 @@ class ChatStream:
         translator = self._opened.translator
         try:
             if self._opened.held:
-                yield b"".join(map(self._emit, self._opened.held))
+                piece, failure = self._relay_held()
+                if piece:
+                    yield piece
+                if failure is not None:
+                    raise failure
             if not translator.done:
                 async for batch in self._opened.events:
                     piece, failure = self._relay_batch(batch)
@@ -82,11 +89,26 @@ class ChatStream:
             outcome = "complete"
         except ProviderError as error:
             outcome = "error"
-            self._ctx.error_code = error.error_code
-            self._failures.penalize(self._d, error)
-            yield encode_error(error.to_openai_body())
+            yield self._failed(error)
         finally:
             await self._finish(outcome)
+
+    def _failed(self, error: ProviderError) -> bytes:
+        """The upstream failed past the commit point: its in-band error event (no
+        `[DONE]` follows), counted against the deployment unless it is not its fault."""
+        self._ctx.error_code = error.error_code
+        self._failures.penalize(self._d, error)
+        return encode_error(error.to_openai_body())
+
+    def _relay_held(self) -> tuple[bytes, ProviderError | None]:
+        """The chunks held back until the commit point, as `_relay_batch`'s."""
+        pieces: list[bytes] = []
+        try:
+            for chunk in self._opened.held:
+                pieces.append(self._emit(chunk))
+        except SHAPE_ERRORS:  # a chunk of the wrong shape (see attempt.SHAPE_ERRORS)
+            return b"".join(pieces), malformed_event()
+        return b"".join(pieces), None
 
     def _relay_batch(self, batch: list[SSEEvent]) -> tuple[bytes, ProviderError | None]:
         """What arrived together, encoded for one write, and the failure it ended with:
@@ -100,6 +122,8 @@ class ChatStream:
                     break
         except ProviderError as error:
             return b"".join(pieces), error
+        except SHAPE_ERRORS:
+            return b"".join(pieces), malformed_event()
         return b"".join(pieces), None
 
     def _emit(self, chunk: JSONObject) -> bytes:

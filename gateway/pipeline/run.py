@@ -22,8 +22,12 @@ from gateway.config import Catalog, Deployment, GatewayConfig, Route
 from gateway.context import RequestContext
 from gateway.errors import (
     AllProvidersFailedError,
+    DeploymentsProbingError,
+    GatewayError,
     NoEligibleDeploymentError,
     ProviderError,
+    StreamTimeoutError,
+    UnservableRequestError,
     UpstreamRateLimitedError,
     UpstreamTimeoutError,
     UpstreamUnavailableError,
@@ -73,8 +77,11 @@ class Pipeline:
     def __init__(self, parts: PipelineParts) -> None:
         self.s = parts
         self.accountant = Accountant(parts.metrics, parts.limits)
-        cooldown_s = parts.config.routing.cooldown_s
-        self.failures = FailureRecorder(parts.stats, parts.metrics, cooldown_s)
+        routing = parts.config.routing
+        auth_cooldown_s = routing.cooldown_s if routing.cooldown_failures else None
+        self.failures = FailureRecorder(
+            parts.stats, parts.metrics, auth_cooldown_s, routing.cooldown_on_retry_after
+        )
 
     def plan_chat(self, req: ChatRequest, route: Route, controls: RoutingControls) -> Plan:
         request = route_request(
@@ -115,10 +122,16 @@ class Pipeline:
         ctx: RequestContext,
     ) -> ChatStream:
         upstream = self.s.upstream
+        # The whole stream's deadline (server.stream_timeout_s), from the request's start.
+        stream_deadline = ctx.started + self.s.config.server.stream_timeout_s
 
         async def once(d: Deployment, provider: Provider, within_s: float) -> attempts.OpenedStream:
             # Until its first content arrives, over several reads: a timeout of its own.
-            return await _within(within_s, attempts.open_stream(upstream, provider, req, d))
+            opening = attempts.open_stream(upstream, provider, req, d, stream_deadline)
+            left_s = stream_deadline - time.perf_counter()
+            if left_s < within_s:  # the stream's own limit comes first: no other can help
+                return await _within(left_s, opening, StreamTimeoutError)
+            return await _within(within_s, opening)
 
         opened = await self.run_plan(ctx, route, plan, once)
         d = self.s.catalog.deployments[ctx.deployment_id or ""]
@@ -165,32 +178,53 @@ class Pipeline:
         self, ctx: RequestContext, route: Route, plan: Plan, attempt: Attempt[T]
     ) -> T:
         if not plan.ordered:
-            raise NoEligibleDeploymentError(_why_empty(route, plan))
-        budget = self.s.retry_budget
+            raise no_candidate_error(route, plan)
+        budget, stats = self.s.retry_budget, self.s.stats
         budget.request_started()
         errors: list[ProviderError] = []
         deadline = ctx.started + self.s.config.server.request_timeout_s
         last = len(plan.ordered) - 1
+        tried = 0  # deployments attempted
         try:
             for index, ranked in enumerate(plan.ordered):
                 if ctx.attempts >= self.s.config.routing.max_attempts:
                     break
-                if index and not budget.try_acquire():
-                    break  # too many concurrent retries gateway-wide: don't amplify an outage
                 d = self.s.catalog.deployments[ranked.candidate.deployment_id]
+                probe = stats.try_probe(d.id)
+                if probe is False:
+                    continue  # half-open, its probes in flight: the next candidate serves
+                # The first move to another deployment is free (it is what a gateway is
+                # for); from the second on, moves take from the retry budget, so that an
+                # outage of every candidate does not multiply the load.
+                budgeted = tried >= 2
+                if budgeted and not budget.try_acquire():
+                    if probe:
+                        stats.end_probe(d.id)
+                    break
+                tried += 1
                 try:
                     return await self._attempt(ctx, d, attempt, deadline, index == last)
                 except ProviderError as error:
                     error.deployment_id = d.id
                     errors.append(error)
+                    if ctx.failed_attempts is None:
+                        ctx.failed_attempts = []
+                    ctx.failed_attempts.append(f"{d.id}: {error.outcome}")
                     if not error.retryable:
                         raise
                     if index < last:
                         ctx.fallbacks += 1
                         self.s.metrics.fallbacks.labels(route.name, error.outcome).inc()
                 finally:
-                    if index:
+                    if budgeted:
                         budget.release()
+                    if probe:
+                        stats.end_probe(d.id)
+            if not errors:
+                raise DeploymentsProbingError(
+                    f"Every deployment of '{route.name}' is recovering from a cooldown, its "
+                    "probe in flight; try again shortly."
+                )
             raise AllProvidersFailedError(errors)
         finally:
             budget.request_ended()
@@ -251,12 +285,20 @@ class Pipeline:
         return True
 
 
-async def _within(remaining_s: float, work: Awaitable[T]) -> T:
+def _request_timed_out() -> UpstreamTimeoutError:
+    return UpstreamTimeoutError("The request deadline passed during the attempt.")
+
+
+async def _within(
+    remaining_s: float,
+    work: Awaitable[T],
+    timed_out: Callable[[], UpstreamTimeoutError] = _request_timed_out,
+) -> T:
     try:
         async with asyncio.timeout(remaining_s):
             return await work
     except TimeoutError:
-        raise UpstreamTimeoutError("The request deadline passed during the attempt.") from None
+        raise timed_out() from None
 
 
 def _completion_chars(response: ChatResponse) -> int:
@@ -273,3 +315,30 @@ def _why_empty(route: Route, plan: Plan) -> str:
     return (
         f"No deployment of '{route.name}' can serve this request ({reasons or 'none configured'})."
     )
+
+
+# Exclusions the client can change (what it asks, or the controls it sends): when these
+# alone leave no candidate, the answer is a 400 naming what to change, not a retryable 503.
+_CLIENT_REASONS: dict[str, tuple[str, str]] = {  # reason -> (param, code)
+    "context_window": ("messages", "context_length_exceeded"),
+    "capability": ("messages", "unsupported_capability"),
+    "unsupported_parameter": ("model", "unsupported_parameter"),
+    "provider_not_allowed": ("x-gateway-providers", "no_eligible_deployment"),
+    "provider_excluded": ("x-gateway-exclude-providers", "no_eligible_deployment"),
+    "max_cost": ("x-gateway-max-cost-usd", "no_eligible_deployment"),
+}
+
+
+def no_candidate_error(route: Route, plan: Plan) -> GatewayError:
+    """Why an empty plan is empty: a 400 when every exclusion is the request's own doing,
+    else a 503 (cooling down or over quota: could serve, but not now)."""
+    message = _why_empty(route, plan)
+    if not plan.rejected or any(r.reason not in _CLIENT_REASONS for r in plan.rejected):
+        return NoEligibleDeploymentError(message)
+    first = plan.rejected[0]
+    param, code = _CLIENT_REASONS[first.reason]
+    if first.reason == "context_window" and first.detail.startswith("max_tokens"):
+        param = "max_tokens"
+    elif first.reason == "unsupported_parameter":  # "unsupported parameter: logprobs, n"
+        param = first.detail.split(": ", 1)[1].split(", ")[0]
+    return UnservableRequestError(message, param, code)

@@ -89,10 +89,13 @@ class BaseProvider:
         self.timeouts = Timeouts(
             config.timeouts.connect_s, config.timeouts.read_s, config.timeouts.total_s
         )
+        self.proxy = config.proxy  # None: the environment's (the transport holds them)
 
     def upstream_request(self, url: str, headers: dict[str, str], body: object) -> UpstreamRequest:
         merged = {"content-type": "application/json", **self.config.headers, **headers}
-        return UpstreamRequest(url, merged, jsonutil.dumps(body), timeouts=self.timeouts)
+        return UpstreamRequest(
+            url, merged, jsonutil.dumps(body), timeouts=self.timeouts, proxy=self.proxy
+        )
 
     def parse_json(self, body: bytes) -> JSONObject:
         try:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -31,6 +31,10 @@ T = TypeVar("T")
 # How long a background writer waits for more writes to share its round trip: at low
 # load each request would otherwise cost a Redis round trip of its own per writer.
 WRITE_LINGER_S = 0.005
+
+
+# What BlockingConnectionPool raises when no connection came free within its wait.
+POOL_BUSY = "No connection available."
 
 
 class RedisUnavailableError(Exception):
@@ -55,14 +59,21 @@ async def absorb_foreign_cancel(work: Awaitable[T]) -> T | None:
 
 
 def make_redis(config: RedisConfig) -> Redis:
-    return Redis.from_url(
+    """A pool of at most `redis.max_connections`. A call that finds every connection busy
+    waits for one within the operation deadline (back-pressure, rule 17): a busy pool is
+    not an outage."""
+    pool = BlockingConnectionPool.from_url(
         config.url,
         socket_timeout=config.socket_timeout_s,
         socket_connect_timeout=config.connect_timeout_s,
         retry=Retry(NoBackoff(), 0),  # no hidden retries: a slow Redis must not stall requests
         max_connections=config.max_connections,
+        # Waits a little less than the call's deadline, so that a pool still busy then is
+        # told apart from a Redis that does not answer (see `SharedRedis._failed`).
+        timeout=config.operation_deadline_s * 0.9,
         health_check_interval=0,
     )
+    return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
 
 
 def shared_redis(config: RedisConfig, metrics: Metrics) -> SharedRedis:
@@ -80,9 +91,11 @@ class SharedRedis:
     one pipelined connection (`RedisPipe`): the response cache's reads and writes, and
     the limit writes (settles, releases) that follow every request.
 
-    Admissions stay on the pool: on one connection, a command whose reply never comes
-    holds up every command behind it until the deadline, and a refused admission (a
-    budget failing closed) costs more than a cache miss or a write retried later.
+    Admissions go on the pipelined connection too (measured: the pool's round trip per
+    admission cost three quarters more CPU per request, and a burst ran the pool dry). The
+    price: a command whose reply never comes holds up every command behind it until the
+    deadline, so a frozen Redis refuses (or admits, per `limits.on_redis_error`) every
+    admission of that moment at once.
     """
 
     def __init__(self, client: Redis, metrics: Metrics, deadline_s: float, pipe: RedisPipe) -> None:
@@ -153,6 +166,8 @@ class SharedRedis:
 
     async def _failed(self, operation: str, exc: BaseException, started: float) -> None:
         self._metrics.redis_errors.labels(operation).inc()
+        if isinstance(exc, RedisConnectionError) and str(exc) == POOL_BUSY:
+            return  # every connection busy for the whole wait: load, not an outage
         if self.healthy and started >= self._changed_at:
             self.healthy, self._changed_at = False, time.monotonic()
             log.warning(

@@ -102,13 +102,10 @@ class Planner:
             policy = _override_policy(override)
         candidates = [self._candidate(i) for i in route.deployment_ids]
         plan = policy.plan(request, candidates)
-        if (
-            not plan.ordered
-            and plan.rejected
-            and all(r.reason == "cooldown" for r in plan.rejected)
-        ):
-            # Panic mode (Envoy's panic threshold): when cooldown alone excludes every
-            # deployment, trying them beats failing every request until one recovers.
+        if not plan.ordered and any(r.reason == "cooldown" for r in plan.rejected):
+            # Panic mode (Envoy's panic threshold): when the deployments excluded only by
+            # their cooldown are all that is left, trying them beats failing every
+            # request until one recovers (the others stay excluded for their reasons).
             plan = policy.plan(replace(request, now=math.inf), candidates)
             plan = replace(
                 plan,

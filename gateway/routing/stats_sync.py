@@ -1,14 +1,16 @@
 """Share routing stats across workers and replicas through Redis, off the hot path.
 
 Every `interval_s` a background task, per process:
-1. publishes this process's cooldowns into one hash, keeping the later deadline
-   (a Lua max, so replicas never shorten each other's cooldowns);
+1. publishes the cooldowns this process began into one hash, keeping the later deadline
+   (a Lua max, so replicas never shorten each other's cooldowns), unless an operator
+   cleared the deployment since it began (`gateway.routing.cooldowns`);
 2. publishes its latency and error EWMAs under its own key with a short TTL, so a
    replica that died stops counting, and names itself in the set of replicas;
-3. reads everything back and merges: cooldown = the latest deadline anywhere,
-   EWMAs = the mean over live replicas that have a value. A replica whose key expired
-   leaves the set. The set, not a SCAN: a SCAN walks the whole keyspace, response
-   cache entries included (millions), on every round of every replica.
+3. reads everything back and merges: first the clears it has not applied yet, then
+   cooldown = the latest deadline anywhere, EWMAs = the mean over live replicas that
+   have a value. A replica whose key expired leaves the set. The set, not a SCAN: a
+   SCAN walks the whole keyspace, response cache entries included (millions), on every
+   round of every replica.
 Requests never wait on Redis for routing; a Redis outage just stops the sharing.
 """
 
@@ -16,27 +18,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from typing import Any
 
 from gateway.redis import SharedRedis
+from gateway.routing.cooldowns import PUBLISH_SCRIPT, SHARED_KEYS, SharedCooldowns
 from gateway.routing.stats import StatsStore
 
 log = logging.getLogger("gateway")
 
-COOLDOWN_KEY = "gw:stats:cooldown"
 EWMA_PREFIX = "gw:stats:ewma:"
 REPLICAS_KEY = "gw:stats:replicas"
 _FIELDS = ("ttft_ewma_s", "per_token_ewma_s", "error_rate")
-
-# KEYS[1] = hash; ARGV = deployment, deadline, deployment, deadline, ...
-_MAX_SCRIPT = """
-for i = 1, #ARGV, 2 do
-  local current = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
-  if tonumber(ARGV[i + 1]) > current then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-end
-return 1
-"""
 
 
 class StatsSync:
@@ -68,7 +62,15 @@ class StatsSync:
 
     async def _publish(self, client: Any) -> None:
         items = self._stats.items()
-        cooldowns = [v for d, s in items if s.cooldown_until for v in (d, repr(s.cooldown_until))]
+        now = time.time()
+        # Its own cooldowns only (`cooled_at`): one learnt from Redis is there already,
+        # unless a clear removed it.
+        cooldowns = [
+            v
+            for d, s in items
+            if s.cooled_at and s.cooldown_until > now
+            for v in (d, repr(s.cooldown_until), repr(s.cooled_at), s.reason or "")
+        ]
         ewmas = {
             f"{d}|{f}": getattr(s, f)
             for d, s in items
@@ -77,7 +79,7 @@ class StatsSync:
         }
         async with client.pipeline(transaction=False) as pipe:
             if cooldowns:
-                pipe.eval(_MAX_SCRIPT, 1, COOLDOWN_KEY, *cooldowns)
+                pipe.eval(PUBLISH_SCRIPT, len(SHARED_KEYS), *SHARED_KEYS, *cooldowns)
             if ewmas:
                 key = EWMA_PREFIX + self._replica
                 pipe.hset(key, mapping=ewmas)
@@ -85,11 +87,14 @@ class StatsSync:
                 pipe.sadd(REPLICAS_KEY, self._replica)
             await pipe.execute()
 
-    async def _read(self, client: Any) -> tuple[dict[str, float], list[dict[str, float]]]:
-        async with client.pipeline(transaction=False) as pipe:
-            pipe.hgetall(COOLDOWN_KEY)
+    async def _read(self, client: Any) -> tuple[SharedCooldowns, list[dict[str, float]]]:
+        # One snapshot (MULTI/EXEC): deadlines and clears read apart could pair a deadline
+        # with a clear made after it was read (see `_merge`).
+        async with client.pipeline(transaction=True) as pipe:
+            for key in SHARED_KEYS:
+                pipe.hgetall(key)
             pipe.smembers(REPLICAS_KEY)
-            cooldowns, members = await pipe.execute()
+            deadlines, reasons, cleared, members = await pipe.execute()
         replicas = sorted(members)
         async with client.pipeline(transaction=False) as pipe:
             for replica in replicas:
@@ -100,13 +105,19 @@ class StatsSync:
         gone = [r for r, table in zip(replicas, tables, strict=True) if not table]
         if gone:
             await client.srem(REPLICAS_KEY, *gone)
-        decoded = {k.decode(): float(v) for k, v in cooldowns.items()}
-        return decoded, [{k.decode(): float(v) for k, v in t.items()} for t in tables]
+        shared = SharedCooldowns.decode(deadlines, reasons, cleared)
+        return shared, [{k.decode(): float(v) for k, v in t.items()} for t in tables]
 
-    def _merge(self, cooldowns: dict[str, float], tables: list[dict[str, float]]) -> None:
-        for deployment_id, deadline in cooldowns.items():
+    def _merge(self, shared: SharedCooldowns, tables: list[dict[str, float]]) -> None:
+        for deployment_id, at in shared.cleared.items():
+            self._stats.clear(deployment_id, at)  # nothing unless new to this process
+        for deployment_id, deadline in shared.deadlines.items():
             stats = self._stats.get(deployment_id)
-            stats.cooldown_until = max(stats.cooldown_until, deadline)
+            if stats.cleared_at > shared.cleared.get(deployment_id, 0.0):
+                continue  # read before a clear this process made: the deadline it ended
+            if deadline > stats.cooldown_until:
+                stats.cooldown_until = deadline
+                stats.reason = shared.reasons.get(deployment_id, stats.reason)
         sums: dict[str, list[float]] = {}
         for table in tables:
             for name, value in table.items():

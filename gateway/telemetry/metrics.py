@@ -80,7 +80,7 @@ class Metrics:
         self.pending = PendingMetrics()
         self._request_series: dict[tuple[Any, ...], _RequestSeries] = {}
         self._attempt_series: dict[tuple[str, str, str], _AttemptSeries] = {}
-        self._usage_series: dict[tuple[str, str], _UsageSeries] = {}
+        self._usage_series: dict[tuple[str, str, str], _UsageSeries] = {}
         self._key_costs: dict[tuple[str, str], PendingCount] = {}
         self._declare_requests(registry)
         self._declare_upstream(registry)
@@ -157,10 +157,13 @@ class Metrics:
 
     def _declare_spend(self, r: CollectorRegistry) -> None:
         self.tokens = Counter(
-            "gateway_tokens", "Tokens by kind.", ("provider", "deployment", "kind"), registry=r
+            "gateway_tokens",
+            "Tokens by kind.",
+            ("provider", "deployment", "route", "kind"),
+            registry=r,
         )
         self.cost = Counter(
-            "gateway_cost_usd", "Spend in USD.", ("provider", "deployment"), registry=r
+            "gateway_cost_usd", "Spend in USD.", ("provider", "deployment", "route"), registry=r
         )
         self.key_cost = Counter(
             "gateway_key_cost_usd",
@@ -225,19 +228,22 @@ class Metrics:
             self.rejections.labels(reason)
 
     def initialise(
-        self, deployments: Iterable[tuple[str, str]], keys: Iterable[tuple[str, str]] = ()
+        self,
+        deployments: Iterable[tuple[str, str, Iterable[str]]],
+        keys: Iterable[tuple[str, str]] = (),
     ) -> None:
         """Known label sets start at zero so dashboards show lines before traffic.
 
-        `deployments` are (id, provider) pairs, `keys` (name, team) pairs.
+        `deployments` are (id, provider, its routes), `keys` (name, team) pairs.
         """
         for result in CACHE_RESULTS:
             self.cache_requests.labels(result)
-        for deployment_id, provider in deployments:
+        for deployment_id, provider, routes in deployments:
             self.cooldown_until.labels(deployment_id).set(0)
-            for kind in TOKEN_KINDS:
-                self.tokens.labels(provider, deployment_id, kind)
-            self.cost.labels(provider, deployment_id)
+            for route in routes:
+                for kind in TOKEN_KINDS:
+                    self.tokens.labels(provider, deployment_id, route, kind)
+                self.cost.labels(provider, deployment_id, route)
             self.usage_estimated.labels(provider, deployment_id)
             self.retries.labels(deployment_id)
             self.upstream_requests.labels(provider, deployment_id, "ok")
@@ -333,9 +339,10 @@ class Metrics:
 
     def record_usage(self, ctx: RequestContext, key_label: str, team_label: str) -> None:
         provider, deployment = ctx.provider or "none", ctx.deployment_id or "none"
-        series = self._usage_series.get((provider, deployment))
+        route = ctx.route or "unknown"
+        series = self._usage_series.get((provider, deployment, route))
         if series is None:
-            series = self._new_usage_series(provider, deployment)
+            series = self._new_usage_series(provider, deployment, route)
         usage = ctx.usage
         if usage is not None:
             tokens = series.tokens
@@ -352,17 +359,17 @@ class Metrics:
         if ctx.ttft_s is not None and ctx.stream:
             series.ttft.observe(ctx.ttft_s)
 
-    def _new_usage_series(self, provider: str, deployment: str) -> _UsageSeries:
+    def _new_usage_series(self, provider: str, deployment: str, route: str) -> _UsageSeries:
         series = _UsageSeries(
             tuple(
-                self.pending.count(self._child(self.tokens, provider, deployment, kind))
+                self.pending.count(self._child(self.tokens, provider, deployment, route, kind))
                 for kind in TOKEN_KINDS
             ),
             self.pending.count(self._child(self.usage_estimated, provider, deployment)),
-            self.pending.count(self._child(self.cost, provider, deployment)),
+            self.pending.count(self._child(self.cost, provider, deployment, route)),
             self._histogram(self.ttft, provider, deployment),
         )
-        self._usage_series[(provider, deployment)] = series
+        self._usage_series[(provider, deployment, route)] = series
         return series
 
     def _key_cost(self, key: str, team: str) -> PendingCount:

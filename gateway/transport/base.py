@@ -32,13 +32,17 @@ class Timeouts:
 
 @dataclass(frozen=True, slots=True)
 class UpstreamRequest:
-    """Already provider-shaped. `headers` hold the provider key: never log them."""
+    """Already provider-shaped. `headers` hold the provider key: never log them.
+
+    `proxy`: the provider's `proxy:` setting, an http:// URL or "none"; None for the
+    environment's proxies (which the transport holds: it decides once per origin)."""
 
     url: str
     headers: Mapping[str, str]
     body: bytes | None
     method: str = "POST"
     timeouts: Timeouts = field(default_factory=Timeouts)
+    proxy: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,12 +8,15 @@ from collections.abc import Coroutine, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+from gateway.config import ProxySettings
 from gateway.transport.base import Upstream, UpstreamRequest, UpstreamResponse, UpstreamStream
 
 
-def http_upstream(name: str) -> Upstream:
+def http_upstream(name: str, proxies: ProxySettings | None = None) -> Upstream:
     """The pooled HTTP transport `server.upstream_transport` names (`native` by default:
-    gateway.transport.native, our own HTTP/1.1 client)."""
+    gateway.transport.native, our own HTTP/1.1 client). `proxies`: the environment's
+    outbound proxies (gateway.config.environment_proxies), which native and httpx honour
+    (aiohttp, kept only to measure against, ignores them); None: no proxy."""
     if name == "aiohttp":
         from gateway.transport.aiohttp import AiohttpUpstream
 
@@ -21,10 +24,10 @@ def http_upstream(name: str) -> Upstream:
     if name == "native":
         from gateway.transport.native import NativeUpstream
 
-        return NativeUpstream()
+        return NativeUpstream(proxies)
     from gateway.transport.httpx import httpx_upstream
 
-    return httpx_upstream(name)
+    return httpx_upstream(name, proxies)
 
 
 class DispatchingUpstream:

@@ -6,6 +6,10 @@ semantics are `AiohttpUpstream`'s: no redirects, `Timeouts` per request (a total
 for non-streaming calls only), every transport failure an `UpstreamTimeoutError` or
 `UpstreamUnavailableError` (`during_connect` before the response), the same line batches
 with the same MAX_LINE_BYTES bound, and closing a stream early drops its connection.
+
+Outbound proxies are the native client's (gateway.transport.proxy decides, with the
+same NO_PROXY rules): one client per proxy, each given its transport, so httpx reads no
+proxy variable itself. Through a proxy, httpx-aiohttp sends with httpx's own transport.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from http.cookiejar import CookieJar, DefaultCookiePolicy
 import aiohttp
 import httpx
 
+from gateway.config import ProxySettings
 from gateway.errors import ProviderError
 from gateway.transport.base import (
     LineSplitter,
@@ -30,6 +35,7 @@ from gateway.transport.base import (
     UpstreamStream,
 )
 from gateway.transport.errors import TRANSPORT_ERRORS, mapped
+from gateway.transport.proxy import ProxyChooser, proxy_refused
 
 # What httpx-aiohttp's session may raise underneath (see `_mapped_httpx`).
 _AIOHTTP_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError, *TRANSPORT_ERRORS)
@@ -40,18 +46,19 @@ _LIMITS = httpx.Limits(
     max_connections=POOL_SIZE, max_keepalive_connections=POOL_SIZE, keepalive_expiry=KEEPALIVE_S
 )
 _ERRORS: tuple[type[BaseException], ...] = (httpx.RequestError, *_AIOHTTP_ERRORS)
+MAX_ROUTES = 4096  # (URL, proxy override) pairs: URLs come from config
 
 
-def httpx_upstream(name: str) -> Upstream:
+def httpx_upstream(name: str, proxies: ProxySettings | None = None) -> Upstream:
     """The transport `server.upstream_transport` names, other than aiohttp.
 
     `httpx-aiohttp` must be installed: `reference_problems` reports it otherwise."""
     if name == "httpx":
-        return HttpxUpstream()
+        return HttpxUpstream(proxies=proxies)
     if name == "httpx-aiohttp":
         from httpx_aiohttp import AiohttpTransport
 
-        return HttpxUpstream(AiohttpTransport(client=_aiohttp_session))
+        return HttpxUpstream(AiohttpTransport(client=_aiohttp_session), proxies)
     raise ValueError(f"unknown upstream transport {name!r}")
 
 
@@ -95,26 +102,47 @@ class HttpxStream:
 
 
 class HttpxUpstream:
-    """One pooled `httpx.AsyncClient` per process, shared by every provider."""
+    """One pooled `httpx.AsyncClient` per process and proxy (None: direct), shared by
+    every provider. `proxies`: the environment's; a request's `proxy` overrides them."""
 
-    def __init__(self, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport | None = None,
+        proxies: ProxySettings | None = None,
+    ) -> None:
         self._transport = transport
-        self._http: httpx.AsyncClient | None = None
+        self._clients: dict[str | None, httpx.AsyncClient] = {}
+        self._proxies = ProxyChooser(proxies)
+        self._routes: dict[tuple[str, str | None], str | None] = {}  # -> the proxy's URL
 
-    def _client(self) -> httpx.AsyncClient:
-        # Created lazily, inside the running loop, as AiohttpUpstream's session.
-        if self._http is None:
-            self._http = httpx.AsyncClient(
-                transport=self._transport,
+    def _proxy_url(self, req: UpstreamRequest) -> str | None:
+        """The proxy `req` goes through (None: direct), decided once per URL and override."""
+        key = (req.url, req.proxy)
+        if key not in self._routes:
+            if len(self._routes) >= MAX_ROUTES:
+                self._routes.clear()
+            proxy = self._proxies.choose_for_url(req.url, req.proxy)
+            self._routes[key] = None if proxy is None else proxy.url
+        return self._routes[key]
+
+    def _client(self, proxy_url: str | None) -> httpx.AsyncClient:
+        client = self._clients.get(proxy_url)
+        if client is None:
+            # Created lazily, inside the running loop, as AiohttpUpstream's session. An
+            # explicit transport: httpx then takes no proxy from the environment.
+            transport = self._transport if proxy_url is None else None
+            client = httpx.AsyncClient(
+                transport=transport or httpx.AsyncHTTPTransport(limits=_LIMITS, proxy=proxy_url),
                 limits=_LIMITS,
                 follow_redirects=False,
                 cookies=_no_cookies(),
             )
-            del self._http.headers["user-agent"]  # as aiohttp's skip_auto_headers
-        return self._http
+            del client.headers["user-agent"]  # as aiohttp's skip_auto_headers
+            self._clients[proxy_url] = client
+        return client
 
-    def _request(self, req: UpstreamRequest) -> httpx.Request:
-        return self._client().build_request(
+    def _request(self, client: httpx.AsyncClient, req: UpstreamRequest) -> httpx.Request:
+        return client.build_request(
             req.method,
             req.url,
             content=req.body,
@@ -123,12 +151,15 @@ class HttpxUpstream:
         )
 
     async def send(self, req: UpstreamRequest, within_s: float = math.inf) -> UpstreamResponse:
-        client = self._client()
-        request = self._request(req)
+        proxy_url = self._proxy_url(req)
+        client = self._client(proxy_url)
+        request = self._request(client, req)
         with _mapped_errors():  # the deadline's TimeoutError, raised on leaving its block
             async with asyncio.timeout(min(req.timeouts.total_s, within_s)):
                 with _mapped_errors(connecting=True):
                     response = await client.send(request, stream=True)
+                if proxy_url is not None:
+                    await _refused_by_proxy(response)
                 try:
                     with _mapped_errors():
                         body = await response.aread()
@@ -138,10 +169,13 @@ class HttpxUpstream:
 
     @asynccontextmanager
     async def stream(self, req: UpstreamRequest) -> AsyncIterator[UpstreamStream]:
-        client = self._client()
-        request = self._request(req)
+        proxy_url = self._proxy_url(req)
+        client = self._client(proxy_url)
+        request = self._request(client, req)
         with _mapped_errors(connecting=True):
             response = await client.send(request, stream=True)
+            if proxy_url is not None:
+                await _refused_by_proxy(response)
         try:
             yield HttpxStream(response)
         finally:
@@ -151,9 +185,18 @@ class HttpxUpstream:
                 await response.aclose()
 
     async def aclose(self) -> None:
-        if self._http is not None:
-            await self._http.aclose()
-            self._http = None
+        clients, self._clients = self._clients, {}
+        for client in clients.values():
+            await client.aclose()
+
+
+async def _refused_by_proxy(response: httpx.Response) -> None:
+    """Through a proxy, a 407 is the proxy's (an http:// upstream's request went to it in
+    absolute form; a refused CONNECT is httpx's ProxyError): an upstream error, never
+    relayed."""
+    if response.status_code == 407:
+        await response.aclose()
+        raise proxy_refused(407)
 
 
 @functools.lru_cache(maxsize=256)

@@ -14,6 +14,12 @@ decoded, a stream closed early drops its connection (which is what stops the ups
 generating), reading pauses while a stream's consumer is behind, and every failure is
 an `UpstreamTimeoutError` or `UpstreamUnavailableError` (`during_connect` when no byte
 of an answer came: a refused connect, or a pooled connection the upstream had closed).
+
+Outbound proxies (gateway.transport.proxy): an https:// upstream through a CONNECT
+tunnel, TLS inside it with the origin's name; an http:// one in absolute form to the
+proxy. The route (origin and proxy) is decided once per URL and provider override, and
+connections are pooled per route, so keep-alive holds through a proxy. A proxy that
+refuses (a non-2xx to CONNECT, a 407) is an `UpstreamUnavailableError` `during_connect`.
 """
 
 from __future__ import annotations
@@ -26,12 +32,13 @@ import zlib
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
-from typing import NamedTuple
+from typing import NamedTuple, TypeAlias
 from urllib.parse import urlsplit
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from gateway.config import ProxySettings
 from gateway.errors import ProviderError, UpstreamUnavailableError
 from gateway.transport.base import (
     LineBatches,
@@ -40,10 +47,12 @@ from gateway.transport.base import (
     UpstreamStream,
 )
 from gateway.transport.errors import TRANSPORT_ERRORS, mapped
+from gateway.transport.proxy import Proxy, ProxyChooser, TunnelAnswer, connect_head, proxy_refused
 
 KEEPALIVE_S = 15.0  # as aiohttp's default: idle connections live as long under both
 MAX_IDLE_PER_ORIGIN = 1024
 PAUSE_AT_BYTES = 256 * 1024  # a stream's unread body past this: stop reading the socket
+MAX_ROUTES = 4096  # (URL, proxy override) pairs: URLs come from config
 
 
 class Origin(NamedTuple):
@@ -53,13 +62,19 @@ class Origin(NamedTuple):
     host_header: str
 
 
+PoolKey: TypeAlias = Origin | tuple[Proxy, Origin]
+
+
 class Target(NamedTuple):
     origin: Origin
-    path: str  # with the query
+    path: str  # with the query; through a proxy to an http:// upstream, the whole URL
+    key: PoolKey  # its connections' pool: the origin, or (proxy, origin)
+    proxy: Proxy | None = None
 
 
 @functools.lru_cache(maxsize=1024)  # URLs come from config: a few per deployment
 def parse_target(url: str) -> Target:
+    """Direct: with no proxy (`NativeUpstream._route` adds one)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UpstreamUnavailableError(f"Unsupported upstream URL scheme {parts.scheme!r}.")
@@ -69,7 +84,8 @@ def parse_target(url: str) -> Target:
     shown = f"[{host}]" if ":" in host else host
     host_header = shown if port == default_port else f"{shown}:{port}"
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return Target(Origin(parts.scheme, host, port, host_header), path)
+    origin = Origin(parts.scheme, host, port, host_header)
+    return Target(origin, path, origin)
 
 
 class Reply:
@@ -166,9 +182,11 @@ def _decoder(encoding: str) -> zlib._Decompress | None:
 class _Exchange(asyncio.Protocol):
     """One kept-alive connection: one request at a time, its answer parsed by httptools."""
 
-    def __init__(self, pool: ConnectionPool, origin: Origin) -> None:
+    def __init__(self, pool: ConnectionPool, target: Target) -> None:
         self._pool = pool
-        self.origin = origin
+        self.key = target.key
+        # Through a proxy in absolute form: a 407 is the proxy's, not the upstream's.
+        self._via_proxy = target.proxy is not None and target.origin.scheme == "http"
         # Made in the loop's connect: kept, as asyncio.get_running_loop() costs a
         # getpid() system call on each call in Python 3.11 (its fork check).
         self.loop = asyncio.get_running_loop()
@@ -231,8 +249,12 @@ class _Exchange(asyncio.Protocol):
         names = {name.lower() for name, _ in self._headers}
         self._sized = "content-length" in names or "transfer-encoding" in names
         assert self._reply is not None
+        status = self._parser.get_status_code()
+        if status == 407 and self._via_proxy:
+            self._fail(proxy_refused(status))
+            return
         try:
-            self._reply.headers_done(self._parser.get_status_code(), self._headers)
+            self._reply.headers_done(status, self._headers)
         except ProviderError as error:  # an encoding we cannot decode
             self._fail(error)
 
@@ -317,15 +339,16 @@ class ConnectionPool:
     """Idle kept-alive connections per origin, oldest first: reused newest first (the
     likeliest still open), dropped oldest first once idle for `KEEPALIVE_S`. One timer
     for the whole pool, due when the oldest idle connection expires, instead of one
-    per connection returned (a timer is a few microseconds on every request)."""
+    per connection returned (a timer is a few microseconds on every request). Through a
+    proxy, connections are pooled per (proxy, origin)."""
 
     def __init__(self) -> None:
-        self._idle: defaultdict[Origin, deque[_Exchange]] = defaultdict(deque)
+        self._idle: defaultdict[PoolKey, deque[_Exchange]] = defaultdict(deque)
         self._tls: ssl.SSLContext | None = None
         self._sweep: asyncio.TimerHandle | None = None
 
-    def idle(self, origin: Origin) -> _Exchange | None:
-        connections = self._idle.get(origin)
+    def idle(self, key: PoolKey) -> _Exchange | None:
+        connections = self._idle.get(key)
         while connections:
             exchange = connections.pop()
             if not exchange.closed:
@@ -333,7 +356,7 @@ class ConnectionPool:
         return None
 
     def release(self, exchange: _Exchange) -> None:
-        connections = self._idle[exchange.origin]  # not setdefault: a deque per call
+        connections = self._idle[exchange.key]  # not setdefault: a deque per call
         if len(connections) >= MAX_IDLE_PER_ORIGIN:
             exchange._close()
             return
@@ -357,18 +380,44 @@ class ConnectionPool:
         if next_since < math.inf:
             self._sweep = loop.call_at(next_since + KEEPALIVE_S, self._expire)
 
-    async def connect(self, origin: Origin, connect_s: float) -> _Exchange:
+    async def connect(self, target: Target, connect_s: float) -> _Exchange:
+        """To the origin, or its proxy; `connect_s` bounds it all (a tunnel's CONNECT and
+        TLS handshake included)."""
         loop = asyncio.get_running_loop()
+        origin, proxy = target.origin, target.proxy
         tls = self._tls_context() if origin.scheme == "https" else None
         with _mapped_errors(connecting=True):
             async with asyncio.timeout(connect_s):
+                if proxy is not None and tls is not None:
+                    return await self._tunnel(target, proxy, tls)
                 _, exchange = await loop.create_connection(
-                    lambda: _Exchange(self, origin),
-                    origin.host,
-                    origin.port,
+                    lambda: _Exchange(self, target),
+                    origin.host if proxy is None else proxy.host,
+                    origin.port if proxy is None else proxy.port,
                     ssl=tls,
                     server_hostname=origin.host if tls is not None else None,
                 )
+        return exchange
+
+    async def _tunnel(self, target: Target, proxy: Proxy, tls: ssl.SSLContext) -> _Exchange:
+        """A CONNECT tunnel through `proxy`, then TLS inside it with the origin's name
+        (its SNI, and the name its certificate must carry)."""
+        loop = asyncio.get_running_loop()
+        origin = target.origin
+        raw, answer = await loop.create_connection(
+            lambda: TunnelAnswer(loop), proxy.host, proxy.port
+        )
+        try:
+            raw.write(connect_head(origin.host, origin.port, proxy))
+            await answer.done
+            exchange = _Exchange(self, target)
+            transport = await loop.start_tls(raw, exchange, tls, server_hostname=origin.host)
+            if transport is None:  # the tunnel closed meanwhile
+                raise ConnectionResetError()
+        except BaseException:
+            raw.close()
+            raise
+        exchange.connection_made(transport)
         return exchange
 
     def _tls_context(self) -> ssl.SSLContext:
@@ -402,8 +451,12 @@ class NativeStream:
 
 
 class NativeUpstream:
-    def __init__(self) -> None:
+    """`proxies`: the environment's (gateway.config.environment_proxies); none if None."""
+
+    def __init__(self, proxies: ProxySettings | None = None) -> None:
         self._pool = ConnectionPool()
+        self._proxies = ProxyChooser(proxies)
+        self._routes: dict[tuple[str, str | None], Target] = {}
 
     async def send(self, req: UpstreamRequest, within_s: float = math.inf) -> UpstreamResponse:
         exchange, reply = await self._start(req, req.timeouts.total_s, within_s)
@@ -426,16 +479,32 @@ class NativeUpstream:
     ) -> tuple[_Exchange, Reply]:
         """`total_s` counts from the send; `within_s`, the caller's deadline, from now:
         a connect spends from it. The exchange's one timer enforces both."""
-        target = parse_target(req.url)
+        target = self._routes.get((req.url, req.proxy)) or self._route(req.url, req.proxy)
         head = _head(req, target)
         t = req.timeouts
-        exchange = self._pool.idle(target.origin)
+        exchange = self._pool.idle(target.key)
         if exchange is None:
             loop = asyncio.get_running_loop()
             started = loop.time()
-            exchange = await self._pool.connect(target.origin, min(t.connect_s, within_s))
+            exchange = await self._pool.connect(target, min(t.connect_s, within_s))
             within_s -= loop.time() - started
         return exchange, exchange.start(head, req.body, t.read_s, min(total_s, within_s))
+
+    def _route(self, url: str, override: str | None) -> Target:
+        """The target of `url`, through the proxy the environment or the provider's
+        `override` gives its origin (if any): decided once, then looked up."""
+        target = parse_target(url)
+        origin = target.origin
+        proxy = self._proxies.choose(origin.scheme, origin.host, origin.port, override)
+        if proxy is not None:
+            path = target.path
+            if origin.scheme == "http":  # absolute form: the proxy forwards it
+                path = f"http://{origin.host_header}{path}"
+            target = Target(origin, path, (proxy, origin), proxy)
+        if len(self._routes) >= MAX_ROUTES:
+            self._routes.clear()
+        self._routes[(url, override)] = target
+        return target
 
     async def aclose(self) -> None:
         self._pool.close()
@@ -482,6 +551,9 @@ def _head(req: UpstreamRequest, target: Target) -> bytes:
 @functools.lru_cache(maxsize=256)
 def _head_lines(method: str, target: Target, headers: tuple[tuple[str, str], ...]) -> bytes:
     lines = [f"{method} {target.path} HTTP/1.1", f"host: {target.origin.host_header}"]
+    proxy = target.proxy
+    if proxy is not None and proxy.authorization and target.origin.scheme == "http":
+        lines.append(f"proxy-authorization: {proxy.authorization}")  # absolute form
     for name, value in headers:
         if "\n" in value or "\r" in value or "\n" in name or "\r" in name:
             raise UpstreamUnavailableError("A header for the upstream holds a line break.")

@@ -37,6 +37,12 @@ class Behaviour:
     first_content_delay_s: float = 0.0  # streams: wait after the role preamble (slow TTFT)
     replace_event: tuple[int, bytes] | None = None  # streams: raw bytes in place of event N
     stall_after_chunks: tuple[int, float] | None = None  # streams: (N, s) stall before event N
+    # streams: (N, s) from event N on, only `: keep-alive` comments every s seconds (no
+    # event), until the caller hangs up (or KEEPALIVE_ONLY_MAX_S pass: then the end)
+    keepalive_only_from: tuple[int, float] | None = None
+    # streams: each event in two writes this long apart, cut inside its first multi-byte
+    # UTF-8 character (valid UTF-8 that arrives split over reads)
+    split_writes_s: float = 0.0
     stalled: bool = False  # set by the fake once it hangs or stalls: a test can wait for it
 
 
@@ -222,6 +228,10 @@ async def write_sse(
         if behaviour.stall_after_chunks is not None and index == behaviour.stall_after_chunks[0]:
             behaviour.stalled = True
             await _sleep_while_connected(request, behaviour.stall_after_chunks[1])
+        if behaviour.keepalive_only_from is not None and index == behaviour.keepalive_only_from[0]:
+            behaviour.stalled = True
+            await _keep_alive_only(request, response, behaviour.keepalive_only_from[1])
+            break
         if behaviour.drop_after_chunks is not None and index >= behaviour.drop_after_chunks:
             assert request.transport is not None
             request.transport.close()  # an abrupt end: no terminator, no clean close
@@ -230,9 +240,31 @@ async def write_sse(
             await asyncio.sleep(behaviour.chunk_delay_s)
         if request.transport is None or request.transport.is_closing():
             raise ConnectionResetError("the caller closed the stream")
+        if behaviour.split_writes_s:
+            cut = next((i + 1 for i, byte in enumerate(event) if byte >= 0x80), len(event) // 2)
+            await response.write(event[:cut])
+            await asyncio.sleep(behaviour.split_writes_s)
+            event = event[cut:]
         await response.write(event)
     await response.write_eof()
     return response
+
+
+KEEPALIVE_ONLY_MAX_S = 60.0
+
+
+async def _keep_alive_only(
+    request: web.Request, response: web.StreamResponse, every_s: float
+) -> None:
+    """SSE comments only (what proxies and some servers send to keep a stream open),
+    until the caller hangs up: ConnectionResetError (counted as abandoned) then."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + KEEPALIVE_ONLY_MAX_S
+    while loop.time() < deadline:
+        if request.transport is None or request.transport.is_closing():
+            raise ConnectionResetError("the caller closed the stream")
+        await response.write(b": keep-alive\n\n")
+        await _sleep_while_connected(request, every_s)
 
 
 async def _sleep_while_connected(request: web.Request, seconds: float) -> None:

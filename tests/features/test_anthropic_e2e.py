@@ -159,7 +159,6 @@ def test_chat(client: openai.OpenAI, fake_anthropic: FakeAnthropic) -> None:
         max_tokens=100,
         stop=["END"],
         user="user-1",
-        seed=3,
     )
     completion = raw.parse()
     validate(json.loads(raw.http_response.content), "CreateChatCompletionResponse")
@@ -176,7 +175,7 @@ def test_chat(client: openai.OpenAI, fake_anthropic: FakeAnthropic) -> None:
     assert "authorization" not in {name.lower() for name in sent.headers}
     assert sent.json["system"] == "Be brief." and sent.json["temperature"] == 1
     assert sent.json["max_tokens"] == 100 and sent.json["stop_sequences"] == ["END"]
-    assert sent.json["metadata"] == {"user_id": "user-1"} and "seed" not in sent.json
+    assert sent.json["metadata"] == {"user_id": "user-1"}
 
 
 def test_max_tokens_default_and_length_finish(

@@ -47,9 +47,21 @@ def e2e_config(fake: FakeAzure) -> dict[str, Any]:
                 "input_price_per_mtok_usd": IN_USD,
                 "output_price_per_mtok_usd": OUT_USD,
             },
-            {"name": "gpt-4o-v1", "provider": "az-v1", "model": "chat-prod"},
-            {"name": "gpt-4o-preview", "provider": "az-preview", "model": "chat-prod"},
-            {"name": "embed", "provider": "az", "model": "embed-prod", "mode": "embedding"},
+            # Azure deployment names are the operator's: priced in the config, or free.
+            {"name": "gpt-4o-v1", "provider": "az-v1", "model": "chat-prod", "free": True},
+            {
+                "name": "gpt-4o-preview",
+                "provider": "az-preview",
+                "model": "chat-prod",
+                "free": True,
+            },
+            {
+                "name": "embed",
+                "provider": "az",
+                "model": "embed-prod",
+                "mode": "embedding",
+                "free": True,
+            },
         ],
     }
 

@@ -39,6 +39,8 @@ MANAGEMENT_PATHS = {
     "/admin/keys/{key_id}/rotate",
     "/admin/usage",
     "/admin/cache/purge",
+    "/admin/cooldowns",
+    "/admin/cooldowns/{deployment_id}",
 }
 
 

@@ -55,10 +55,16 @@ def metrics_config(fake: FakeOpenAI, **metrics: Any) -> dict[str, Any]:
             "dead": provider(f"http://127.0.0.1:{free_port()}/v1"),
         },
         "models": [
-            {"name": "m-ok", "provider": "main", "model": "model-ok"},
-            {"name": "m-dead", "provider": "dead", "model": "model-dead"},
-            {"name": "m-dead2", "provider": "dead", "model": "model-dead2"},  # one test's own
-            {"name": "emb", "provider": "main", "model": "embed", "mode": "embedding"},
+            {"name": "m-ok", "provider": "main", "model": "model-ok", "free": True},
+            {"name": "m-dead", "provider": "dead", "model": "model-dead", "free": True},
+            {"name": "m-dead2", "provider": "dead", "model": "model-dead2", "free": True},
+            {
+                "name": "emb",
+                "provider": "main",
+                "model": "embed",
+                "mode": "embedding",
+                "free": True,
+            },
         ],
         "routes": [
             {"name": "chain", "policy": "fallback", "models": ["m-ok", "m-ok"]},
@@ -155,7 +161,8 @@ def test_client_input_never_becomes_a_label(
         assert labels["deployment"] in DEPLOYMENTS, labels
         assert labels["provider"] in PROVIDERS, labels
     unused = after.series("gateway_cost_usd_total")
-    assert {"provider": "dead", "deployment": "dead/model-dead"} in unused  # zero from start
+    zero = {"provider": "dead", "deployment": "dead/model-dead", "route": "m-dead"}
+    assert zero in unused  # zero from the start
 
 
 def test_metrics_need_the_token(gateway: GatewayProcess) -> None:

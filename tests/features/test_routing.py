@@ -227,11 +227,12 @@ def test_context_window_skip(
 
 
 def test_no_eligible_deployment_names_why(client: openai.OpenAI) -> None:
+    """A capability no candidate has is the request's to change: a 400, not a 503."""
     tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
-    with pytest.raises(openai.InternalServerError) as info:
+    with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model="tools-only", messages=ASK, tools=[tool])
-    assert info.value.status_code == 503
-    assert info.value.code == "no_eligible_deployment" and "tools" in info.value.message
+    assert info.value.status_code == 400
+    assert info.value.code == "unsupported_capability" and "tools" in info.value.message
 
 
 def test_all_failing_gives_last_error(
@@ -271,9 +272,11 @@ def test_per_request_controls(client: openai.OpenAI, fake_premium: FakeOpenAI) -
     assert raw.headers["x-gateway-deployment"] == "premium/premium-model"
     raw = chat(client, "cheapest", extra_headers={"x-gateway-policy": "best_score"})
     assert raw.headers["x-gateway-policy"] == "best_score"
-    with pytest.raises(openai.InternalServerError) as info:  # nothing is that cheap
+    with pytest.raises(openai.BadRequestError) as info:  # nothing is that cheap: a 400
         chat(client, "best", extra_headers={"x-gateway-max-cost-usd": "0.0000000001"})
     assert "exceeds max" in info.value.message
+    body = info.value.body
+    assert isinstance(body, dict) and body["param"] == "x-gateway-max-cost-usd"
     with pytest.raises(openai.BadRequestError):
         chat(client, "chain", extra_headers={"x-gateway-policy": "no-such-policy"})
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -39,11 +40,11 @@ def test_env_substitution_and_defaults() -> None:
     assert config.providers["main"].base_url == "http://h/v1"
 
 
-def test_provider_without_key_is_skipped_with_its_routes(caplog: pytest.LogCaptureFixture) -> None:
+def test_provider_without_key_is_skipped_with_its_routes() -> None:
     config = parse_config(GOOD, "g.yaml", {})
     catalog = build_catalog(config, ModelCatalog.load(default_catalog_path()))
     assert catalog.routes == {} and catalog.deployments == {}
-    assert "provider main (openai) skipped: no API key configured" in caplog.text
+    assert "provider main (openai) skipped: no API key configured" in catalog.notes
 
 
 def test_catalog_fills_prices_and_config_overrides() -> None:
@@ -121,3 +122,48 @@ def test_default_config_loads() -> None:
     config = load_config(default_config_path())
     assert config.auth.mode == "open" and config.server.host == "127.0.0.1"
     assert reference_problems(config) == []
+
+
+def test_a_key_whose_variable_is_unset_stops_the_start(tmp_path: Path) -> None:
+    """Accepted, it would refuse every request with a 401 while the gateway looks fine."""
+    path = tmp_path / "keys.yaml"
+    path.write_text(
+        "auth:\n  mode: keys\n  keys:\n    - {name: svc, key: '${SURELY_UNSET_KEY_VAR:-}'}\n"
+        "  admin_keys: ['${SURELY_UNSET_ADMIN_VAR:-}']\n"
+    )
+    for command in (["check-config", str(path)], ["serve", "--config", str(path), "--port", "0"]):
+        result = run_cli(*command)
+        assert result.returncode != 0
+        assert "auth.keys[0].key: the key of 'svc' is empty" in result.stderr
+        assert "auth.admin_keys[0]: empty" in result.stderr
+
+
+def test_ready_is_logged_with_the_listen_url_only_once_bound(tmp_path: Path) -> None:
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    try:  # the port is taken: the bind fails, and nothing says ready
+        result = run_cli("serve", "--port", str(port))
+        assert result.returncode != 0
+        assert "address already in use" in result.stderr
+        assert "gateway ready" not in result.stderr
+    finally:
+        holder.close()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--port", str(port)],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "gateway ready" in line:
+                assert f"listening on http://127.0.0.1:{port}" in line
+                break
+        else:
+            raise AssertionError("no ready line")
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)  # drains and closes the pipe

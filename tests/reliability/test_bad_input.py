@@ -179,7 +179,7 @@ CHAT_WRONG_TYPES: list[tuple[str, Any, str]] = [
     ("top_logprobs", -1, "top_logprobs"),
     ("seed", "7", "seed"),
     ("n", 2.5, "n"),
-    ("n", 17, "n"),  # above the gateway's max_n: a fan-out bound
+    ("n", 129, "n"),  # above max_n (OpenAI's 128): a fan-out bound
     ("stop", 5, "stop"),
     ("stop", ["a", 1], "stop"),
     ("stream_options", "yes", "stream_options"),

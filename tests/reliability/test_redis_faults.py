@@ -484,7 +484,9 @@ class ReplyLossProxy:
     """A TCP hop to Redis that, when armed, loses the replies to script calls.
 
     Every command still reaches Redis and runs; only on a connection that carried an
-    EVALSHA while armed, Redis' answers are dropped. The gateway sees a timeout for a
+    EVALSHA while armed, Redis' answers are dropped. `disarm` resets those connections,
+    as a network that lost replies does in the end: a pipelined client must not read a
+    later reply as the answer to the lost one. The gateway sees a timeout for a
     write that was applied: the ambiguous case of rule 7 (a SIGSTOP cannot produce it for
     settlements: redis-py asks SCRIPT EXISTS first, so a frozen Redis gets no EVALSHA)."""
 
@@ -495,6 +497,16 @@ class ReplyLossProxy:
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self._lossy: list[asyncio.StreamWriter] = []
+
+    def disarm(self) -> None:
+        self.armed.clear()
+        asyncio.run_coroutine_threadsafe(self._reset_lossy(), self._loop).result(5)
+
+    async def _reset_lossy(self) -> None:
+        for writer in self._lossy:
+            writer.transport.abort()
+        self._lossy.clear()
 
     def start(self) -> ReplyLossProxy:
         self._thread.start()
@@ -532,7 +544,9 @@ class ReplyLossProxy:
             nonlocal lossy
             with suppress(OSError):
                 while data := await client_r.read(65536):
-                    lossy = lossy or (self.armed.is_set() and b"EVALSHA" in data)
+                    if not lossy and self.armed.is_set() and b"EVALSHA" in data:
+                        lossy = True
+                        self._lossy.append(client_w)
                     redis_w.write(data)
                     await redis_w.drain()
 
@@ -604,7 +618,7 @@ def test_settlement_applied_but_unanswered_is_billed_once(
             assert time.monotonic() < deadline, "the settlement was not retried"
             time.sleep(0.05)
     finally:
-        proxy.armed.clear()
+        proxy.disarm()
     assert metric(metrics_of(gateway), REDIS_LIMIT_ERRORS) > errors
 
     assert chat(gateway, api_key).status_code == 200  # written after the retried settlement

@@ -139,14 +139,17 @@ def canary_config(fakes: Fakes, redis_url: str) -> dict[str, Any]:
     chat_models |= {"gemini": "gemini-2.5-flash", "azure": "chat-prod"}
     models: list[dict[str, Any]] = []
     for (name, model), prov in zip(chat_models.items(), kinds, strict=True):
-        models.append({"name": name, "provider": prov, "model": model})
-        models.append({"name": f"{name}-auth", "provider": f"{prov}-auth", "model": model})
+        free = model == "chat-prod"  # an Azure deployment name: no catalog price
+        models.append({"name": name, "provider": prov, "model": model, "free": free})
+        models.append(
+            {"name": f"{name}-auth", "provider": f"{prov}-auth", "model": model, "free": free}
+        )
     models += [
         {"name": "gpt-403", "provider": "oai-403", "model": "gpt-4o-mini"},
         {"name": "dead", "provider": "dead", "model": "gpt-4o-mini"},
         {"name": "gpt-embed", "provider": "oai", "model": "text-embedding-3-small"},
         {"name": "gemini-embed", "provider": "gem", "model": "gemini-embedding-001"},
-        {"name": "azure-embed", "provider": "az", "model": "embed-prod"},
+        {"name": "azure-embed", "provider": "az", "model": "embed-prod", "free": True},
     ]
     for embed in models[-3:]:
         embed["mode"] = "embedding"

@@ -178,7 +178,10 @@ UNSUPPORTED = {
     "allowed-tools": ({"tool_choice": {"type": "allowed_tools"}, "tools": TOOLS}, "tool_choice"),
     "custom-tool": ({"tools": [{"type": "custom", "function": {"name": "f"}}]}, "tools[0]"),
     "function-role": ({"messages": [{"role": "function", "content": "x"}]}, "messages[0]"),
-    "audio-part": (user({"type": "input_audio"}), "messages[0].content[0]"),
+    "audio-part": (
+        user({"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}),
+        "messages[0].content[0]",
+    ),
     "ftp-image": (user(image("ftp://x/y.png")), "messages[0].content[0].image_url.url"),
     "not-base64": (user(image("data:image/png,abc")), "messages[0].content[0].image_url.url"),
     "file-id": (user({"type": "file", "file": {"file_id": "f1"}}), "messages[0].content[0]"),
