@@ -92,7 +92,7 @@ class ChatRequest:
         needs = _CAPABILITY_SETS[
             (self.has_tools, self.has_images, self.wants_json_schema, self.stream)
         ]
-        if self.body.keys() & _PARAMETER_KEYS:  # rarely: one set operation otherwise
+        if not _PARAMETER_KEYS.isdisjoint(self.body):  # rarely: no allocation otherwise
             needs = needs | _parameters_needed(self.body)
         return needs
 

@@ -28,7 +28,7 @@ class Addressed(Protocol):
 R = TypeVar("R", bound=Addressed)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass sets each field by a call
 class Prologue(Generic[R]):
     services: Services
     ctx: RequestContext

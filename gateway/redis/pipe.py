@@ -47,6 +47,24 @@ class _ReplyProtocol(asyncio.Protocol):
         self._reader = hiredis.Reader(replyError=ResponseError)
         self._deadline_s = reply_deadline_s
         self._timer: asyncio.TimerHandle | None = None
+        self._out: list[bytes] = []  # commands of this event-loop turn, not yet written
+
+    def send(self, data: bytes) -> None:
+        """Writes `data` at the end of this event-loop turn, with every other command of
+        the turn: one system call for all the admissions, cache reads and writes that
+        concurrent requests send together."""
+        if not self._out:
+            self.loop.call_soon(self._flush)
+        self._out.append(data)
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if self.transport is None or self.transport.is_closing():
+            return  # connection_lost has failed (or will fail) their waiting replies
+        if len(out) == 1:
+            self.transport.write(out[0])
+        else:
+            self.transport.writelines(out)
 
     @property
     def open(self) -> bool:
@@ -162,8 +180,7 @@ class RedisPipe:
             protocol.fail(RedisConnectionError("Redis stopped answering."))
             raise RedisConnectionError("Too many Redis commands waiting for replies.")
         protocol.expect(sinks)
-        assert protocol.transport is not None
-        protocol.transport.write(b"".join([_pack(c) for c in commands]))
+        protocol.send(b"".join([_pack(c) for c in commands]))
 
     def _open_protocol(self) -> _ReplyProtocol | None:
         """The open connection; None once the last was lost or dropped (connect again)."""
