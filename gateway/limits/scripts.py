@@ -24,6 +24,7 @@ Keys (one Redis, not a Cluster: scripts touch keys of several slots):
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -282,6 +283,7 @@ def _rate_keys(a: Admission) -> list[str]:
     return [f"{base}:req", f"{base}:tok", f"{base}:tokn"]
 
 
+@functools.lru_cache(maxsize=4096)  # a few per key: no JSON encoding per settle
 def usage_field_prefix(key_id: str, team: str | None, route: str) -> str:
     return jsonutil.dumps([key_id, team, route]).decode() + "|"
 

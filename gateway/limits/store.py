@@ -45,7 +45,7 @@ BUDGET_EPSILON_USD = 1e-9
 _LOST_KEEP_S = 86_400.0  # how long a late settle of a given-up reservation still bills
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass sets each field by a call
 class Admission:
     """One request's claim on its key's limits. Built by `gateway.limits.admission`."""
 
@@ -62,7 +62,7 @@ class Admission:
     cost_usd: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass sets each field by a call
 class Decision:
     reason: str | None  # None = admitted; rpm | tpm | budget
     retry_after_s: float = 0.0
@@ -73,13 +73,13 @@ class Decision:
     budget_used_usd: float | None = None  # refused for its budget: spent plus reserved
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass sets each field by a call
 class Headroom:
     left: int
     reset_s: float  # until the oldest counted entry leaves the window
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass sets each field by a call
 class Settlement:
     admission: Admission
     reserved: bool  # False: nothing reserved (no limits, or admitted during an outage)
@@ -92,7 +92,7 @@ class Settlement:
     requests: int = 1  # more than one: a tally of requests that reserved nothing
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass sets each field by a call
 class Release:
     admission: Admission
 

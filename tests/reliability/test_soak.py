@@ -17,6 +17,7 @@ import asyncio
 import gc
 import os
 import random
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -235,6 +236,7 @@ def unexpected(outcomes: Counter[tuple[str, str]]) -> dict[tuple[str, str], int]
 # raw-body generator to the garbage collector, which reports it as unraisable. That is
 # client-side cleanup, not the gateway: what this test measures is the gateway's footprint.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.timeout(SOAK_S + 120)  # a long soak (SOAK_SECONDS) outlives the default 120 s
 def test_soak_leaves_the_footprint_flat(gateway: GatewayProcess, soak_fake: TaggedFake) -> None:
     warmup = asyncio.run(drive(gateway, WARMUP_S, seed=1))
     gc.collect()
@@ -252,6 +254,7 @@ def test_soak_leaves_the_footprint_flat(gateway: GatewayProcess, soak_fake: Tagg
     assert total >= 10 * SOAK_S, total  # a soak, not a trickle: thousands at the default
     assert soak_fake.abandoned > 0  # hang-ups cancelled their upstream streams (rule 6)
     report = f"{total} requests; before {before}; after {after}"
+    sys.stderr.write(f"soak: {SOAK_S:g} s, {report}; outcomes {dict(outcomes)}\n")  # with -s
     assert after.in_flight == 0, report
     assert after.tasks <= before.tasks + TASK_SLACK, report
     assert after.fds <= before.fds + FD_GROWTH, report
