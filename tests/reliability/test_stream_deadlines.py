@@ -14,7 +14,6 @@ Timings are bounded generously (a deadline plus a few seconds), never tightly.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import time
 import uuid
@@ -33,6 +32,7 @@ from tests.fakes.server import Behaviour
 from tests.gatewayproc import GatewayProcess
 from tests.openai_schema import validate
 from tests.promtext import Scrape, eventually, scrape, scrape_until
+from tests.reliability.helpers import delta, own_fake, wait_access_line
 
 AUTH = {"authorization": f"Bearer {GATEWAY_KEY}"}
 ASK = [{"role": "user", "content": "Take your time."}]
@@ -51,13 +51,6 @@ COOLDOWN_METRIC = "gateway_deployment_cooldown_until_timestamp_seconds"
 
 
 # --- the gateways -------------------------------------------------------------------------
-
-
-def own_fake(reply: str) -> Iterator[FakeOpenAI]:
-    fake = FakeOpenAI(api_key=OPENAI_KEY).start()
-    fake.reply = reply
-    yield fake
-    fake.stop()
 
 
 @pytest.fixture(scope="module")
@@ -138,10 +131,6 @@ def client(gateway: GatewayProcess) -> Iterator[openai.OpenAI]:
 # --- helpers ------------------------------------------------------------------------------
 
 
-def delta(after: Scrape, before: Scrape, name: str, **labels: str) -> float:
-    return after.value(name, **labels) - before.value(name, **labels)
-
-
 def settled(gateway: GatewayProcess, before: Scrape, route: str) -> Scrape:
     def done(s: Scrape) -> bool:
         return delta(s, before, "gateway_requests_total", route=route) == 1
@@ -158,20 +147,6 @@ def explain(gateway: GatewayProcess, route: str) -> dict[str, Any]:
 
 def rejected(gateway: GatewayProcess, route: str) -> list[tuple[str, str]]:
     return [(r["deployment_id"], r["reason"]) for r in explain(gateway, route)["rejected"]]
-
-
-def access_line(gateway: GatewayProcess, request_id: str) -> dict[str, Any] | None:
-    for line in gateway.log_text().splitlines():
-        if request_id in line and '"access"' in line:
-            return dict(json.loads(line))
-    return None
-
-
-def wait_access_line(gateway: GatewayProcess, request_id: str) -> dict[str, Any]:
-    assert eventually(lambda: access_line(gateway, request_id) is not None)
-    line = access_line(gateway, request_id)
-    assert line is not None
-    return line
 
 
 def stream_until_error(

@@ -36,7 +36,8 @@ from tests.fakes.openai_fake import FakeOpenAI
 from tests.fakes.server import Behaviour, FakeServer
 from tests.gatewayproc import GatewayProcess
 from tests.openai_schema import validate
-from tests.promtext import Scrape, eventually, scrape, scrape_until
+from tests.promtext import scrape
+from tests.reliability.helpers import delta, requests_settled, wait_access_line
 
 AUTH = {"authorization": f"Bearer {GATEWAY_KEY}"}
 ASK = [{"role": "user", "content": "Send me some bytes."}]
@@ -184,19 +185,6 @@ def chat(client: openai.OpenAI, route: str, stream: bool) -> tuple[str, httpx.He
     return text, raw.headers
 
 
-def delta(after: Scrape, before: Scrape, name: str, **labels: str) -> float:
-    return after.value(name, **labels) - before.value(name, **labels)
-
-
-def requests_settled(gateway: GatewayProcess, before: Scrape, routes: list[str]) -> Scrape:
-    """The scrape once every one of `routes` counted one more request (after the last byte)."""
-
-    def done(s: Scrape) -> bool:
-        return all(delta(s, before, "gateway_requests_total", route=r) == 1 for r in routes)
-
-    return scrape_until(gateway.url, done)
-
-
 def explain(gateway: GatewayProcess, route: str) -> dict[str, Any]:
     body = {"model": route, "messages": ASK, "stream": True}
     response = httpx.post(f"{gateway.base_url}/route/explain", headers=AUTH, json=body)
@@ -209,20 +197,6 @@ def assert_cooled_down(gateway: GatewayProcess, route: str, dep: str) -> None:
     plan = explain(gateway, route)
     assert dep not in [c["deployment_id"] for c in plan["ordered"]]
     assert (dep, "cooldown") in [(r["deployment_id"], r["reason"]) for r in plan["rejected"]]
-
-
-def access_line(gateway: GatewayProcess, request_id: str) -> dict[str, Any] | None:
-    for line in gateway.log_text().splitlines():
-        if request_id in line and '"access"' in line:
-            return dict(json.loads(line))
-    return None
-
-
-def wait_access_line(gateway: GatewayProcess, request_id: str) -> dict[str, Any]:
-    assert eventually(lambda: access_line(gateway, request_id) is not None)
-    line = access_line(gateway, request_id)
-    assert line is not None
-    return line
 
 
 def no_tracebacks(gateway: GatewayProcess) -> None:

@@ -29,7 +29,13 @@ from tests.fakes.openai_fake import FakeOpenAI
 from tests.fakes.server import Behaviour, FakeServer, free_port
 from tests.gatewayproc import GatewayProcess
 from tests.openai_schema import validate
-from tests.promtext import Scrape, eventually, scrape, scrape_until
+from tests.promtext import Scrape, eventually, scrape
+from tests.reliability.helpers import (
+    delta,
+    own_fake,
+    requests_settled,
+    wait_access_line,
+)
 
 AUTH = {"authorization": f"Bearer {GATEWAY_KEY}"}
 ASK = [{"role": "user", "content": "Fault me."}]
@@ -227,13 +233,6 @@ def faults_config(f: Fakes) -> dict[str, Any]:
     }
 
 
-def own_fake(reply: str) -> Iterator[FakeOpenAI]:
-    fake = FakeOpenAI(api_key=OPENAI_KEY).start()
-    fake.reply = reply
-    yield fake
-    fake.stop()
-
-
 @pytest.fixture(scope="module")
 def fake_a() -> Iterator[FakeOpenAI]:
     yield from own_fake(LONG_REPLY)
@@ -282,10 +281,6 @@ def cost(prompt: int, completion: int, in_usd: float, out_usd: float) -> float:
     return (prompt * in_usd + completion * out_usd) / 1e6
 
 
-def delta(after: Scrape, before: Scrape, name: str, **labels: str) -> float:
-    return after.value(name, **labels) - before.value(name, **labels)
-
-
 def attempts(after: Scrape, before: Scrape, dep: str, outcome: str | None = None) -> float:
     """Upstream attempts on `dep` between two scrapes, of one outcome or all."""
     labels = {"deployment": dep} | ({"outcome": outcome} if outcome else {})
@@ -305,15 +300,6 @@ def chat(client: openai.OpenAI, route: str, stream: bool) -> tuple[str, httpx.He
     return text, raw.headers
 
 
-def requests_settled(gateway: GatewayProcess, before: Scrape, routes: list[str]) -> Scrape:
-    """The scrape once every one of `routes` counted one more request (after the last byte)."""
-
-    def done(s: Scrape) -> bool:
-        return all(delta(s, before, "gateway_requests_total", route=r) == 1 for r in routes)
-
-    return scrape_until(gateway.url, done)
-
-
 def assert_cooling_down(s: Scrape, deployment_id: str, started_s: float, cooldown_s: float) -> None:
     until = s.value(COOLDOWN_METRIC, deployment=deployment_id)
     assert started_s + cooldown_s - 1 <= until <= time.time() + cooldown_s + 1, (
@@ -327,20 +313,6 @@ def explain(gateway: GatewayProcess, route: str) -> dict[str, Any]:
     response = httpx.post(f"{gateway.base_url}/route/explain", headers=AUTH, json=body)
     assert response.status_code == 200, response.text
     return dict(response.json())
-
-
-def access_line(gateway: GatewayProcess, request_id: str) -> dict[str, Any] | None:
-    for line in gateway.log_text().splitlines():
-        if request_id in line and '"access"' in line:
-            return dict(json.loads(line))
-    return None
-
-
-def wait_access_line(gateway: GatewayProcess, request_id: str) -> dict[str, Any]:
-    assert eventually(lambda: access_line(gateway, request_id) is not None)
-    line = access_line(gateway, request_id)
-    assert line is not None
-    return line
 
 
 # --- faults before the commit point -------------------------------------------------------
