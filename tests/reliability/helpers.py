@@ -7,6 +7,9 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import openai
+import pytest
+
 from tests.conftest import OPENAI_KEY
 from tests.fakes.openai_fake import FakeOpenAI
 from tests.gatewayproc import GatewayProcess
@@ -46,3 +49,21 @@ def wait_access_line(gateway: GatewayProcess, request_id: str) -> dict[str, Any]
     line = access_line(gateway, request_id)
     assert line is not None
     return line
+
+
+def stream_until_error(
+    client: openai.OpenAI, route: str, messages: Any, request_id: str | None = None
+) -> tuple[list[Any], openai.APIError]:
+    """The chunks of a stream the gateway ends with an in-band error, and the error the
+    SDK raised for it (a test then checks it is no cut connection)."""
+    received: list[Any] = []
+    headers = {"x-request-id": request_id} if request_id is not None else None
+    with (
+        client.chat.completions.create(
+            model=route, messages=messages, stream=True, extra_headers=headers
+        ) as stream,
+        pytest.raises(openai.APIError) as info,
+    ):
+        for chunk in stream:
+            received.append(chunk)
+    return received, info.value

@@ -37,7 +37,7 @@ from tests.fakes.server import Behaviour, FakeServer
 from tests.gatewayproc import GatewayProcess
 from tests.openai_schema import validate
 from tests.promtext import scrape
-from tests.reliability.helpers import delta, requests_settled, wait_access_line
+from tests.reliability.helpers import delta, requests_settled, stream_until_error, wait_access_line
 
 AUTH = {"authorization": f"Bearer {GATEWAY_KEY}"}
 ASK = [{"role": "user", "content": "Send me some bytes."}]
@@ -273,18 +273,10 @@ def test_invalid_utf8_after_content_fails_in_band(
     route, dep = f"r-{provider}-after-pair", deployment_id(provider, "after-pair")
     request_id = f"bytes-{uuid.uuid4().hex}"
     bad.script(Behaviour(replace_event=(AFTER_CONTENT[provider], BAD_EVENT), chunk_delay_s=0.05))
-    received: list[Any] = []
-    with (
-        client.chat.completions.create(
-            model=route, messages=ASK, stream=True, extra_headers={"x-request-id": request_id}
-        ) as stream,
-        pytest.raises(openai.APIError) as info,
-    ):
-        for chunk in stream:
-            received.append(chunk)
+    received, error = stream_until_error(client, route, ASK, request_id)
     # An in-band error event (the SDK stops there: no [DONE] was read), not a cut connection.
-    assert not isinstance(info.value, openai.APIConnectionError)
-    assert info.value.code == "upstream_unavailable" and "UTF-8" in info.value.message
+    assert not isinstance(error, openai.APIConnectionError)
+    assert error.code == "upstream_unavailable" and "UTF-8" in error.message
     text = "".join(c.choices[0].delta.content or "" for c in received if c.choices)
     reply = bad.reply  # type: ignore[attr-defined]
     assert text and reply.startswith(text.strip()) and text.strip() != reply
@@ -344,17 +336,9 @@ def test_malformed_event_is_an_upstream_error(
     text, headers = chat(client, f"r-{provider}-shape-pair", stream=True)
     assert text.strip() == BACKUP_REPLY and headers["x-gateway-deployment"] == BACKUP
 
-    received: list[Any] = []
-    with (
-        client.chat.completions.create(
-            model=f"r-{provider}-shape-solo", messages=ASK, stream=True
-        ) as stream,
-        pytest.raises(openai.APIError) as info,
-    ):
-        for chunk in stream:
-            received.append(chunk)
-    assert not isinstance(info.value, openai.APIConnectionError)
-    assert info.value.code == "upstream_unavailable" and "malformed" in info.value.message
+    received, error = stream_until_error(client, f"r-{provider}-shape-solo", ASK)
+    assert not isinstance(error, openai.APIConnectionError)
+    assert error.code == "upstream_unavailable" and "malformed" in error.message
     assert "".join(c.choices[0].delta.content or "" for c in received if c.choices)
     no_tracebacks(gateway)
 

@@ -34,6 +34,7 @@ from tests.reliability.helpers import (
     delta,
     own_fake,
     requests_settled,
+    stream_until_error,
     wait_access_line,
 )
 
@@ -417,17 +418,9 @@ def test_stream_fault_after_commit_fails_in_band_and_bills(
     failing.script(fault.script())
     before = scrape(gateway.url)
     started_s = time.time()
-    received: list[Any] = []
-    with (
-        client.chat.completions.create(
-            model=route, messages=ASK, stream=True, extra_headers={"x-request-id": request_id}
-        ) as stream,
-        pytest.raises(openai.APIError) as info,
-    ):
-        for chunk in stream:
-            received.append(chunk)
+    received, error = stream_until_error(client, route, ASK, request_id)
     # An in-band error event, not a dropped connection, and never a clean or synthesized end.
-    assert not isinstance(info.value, openai.APIConnectionError)
+    assert not isinstance(error, openai.APIConnectionError)
     text = "".join(c.choices[0].delta.content or "" for c in received if c.choices)
     reply = failing.reply  # type: ignore[attr-defined]
     assert text and reply.startswith(text.strip()) and text.strip() != reply
