@@ -8,10 +8,10 @@ from starlette.routing import Route as HTTPRoute
 
 from gateway.api.deps import (
     BytesResponse,
+    admit,
     context_of,
     json_response,
     pipeline_of,
-    rate_limit_headers,
     services_of,
 )
 from gateway.api.disconnect import ClientDisconnectedError, until_disconnect
@@ -73,8 +73,7 @@ async def complete(
     ctx.policy = plan.policy
     reservation = None  # a caller without limits: nothing to check or reserve
     if has_limits(caller):
-        reservation = await services.limits.admit(caller, *estimate(plan, req))
-        ctx.rate_headers = rate_limit_headers(caller, reservation)
+        reservation = await admit(services, ctx, caller, *estimate(plan, req))
     try:
         if req.stream:
             stream = await until_disconnect(
@@ -104,8 +103,7 @@ async def serve_hit(
     services, ctx = services_of(request), context_of(request)
     reservation = None
     if caller.rpm is not None:  # a hit counts as a request, but uses no tokens and no budget
-        reservation = await services.limits.admit(caller, 0, 0.0)
-        ctx.rate_headers = rate_limit_headers(caller, reservation)
+        reservation = await admit(services, ctx, caller, 0, 0.0)
     assert services.cache is not None
     services.cache.account_hit(entry, ctx)
     await services.limits.settle(ctx, caller, reservation)

@@ -125,6 +125,16 @@ class BytesResponse(Response):
             self.raw_headers += headers
 
 
+async def admit(
+    services: Services, ctx: RequestContext, caller: Caller, tokens: int, cost_usd: float
+) -> Reservation:
+    """The caller's admission (for a caller with limits), its x-ratelimit-* headers set
+    on the request's answer."""
+    reservation = await services.limits.admit(caller, tokens, cost_usd)
+    ctx.rate_headers = rate_limit_headers(caller, reservation)
+    return reservation
+
+
 def rate_limit_headers(caller: Caller, reservation: Reservation | None) -> list[Header] | None:
     """OpenAI's x-ratelimit-* headers from the admission that just ran (no Redis call of
     their own): what is left of the key's rpm and tpm limits, and when more frees up."""

@@ -7,9 +7,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.api.deps import (
+    admit,
     json_response,
     pipeline_of,
-    rate_limit_headers,
 )
 from gateway.api.prologue import prologue
 from gateway.config import estimate_tokens
@@ -35,8 +35,7 @@ async def create_embeddings(request: Request) -> Response:
     ctx.policy = plan.policy
     reservation = None  # a caller without limits: nothing to check or reserve
     if has_limits(caller):
-        reservation = await services.limits.admit(caller, *estimate(plan, chars))
-        ctx.rate_headers = rate_limit_headers(caller, reservation)
+        reservation = await admit(services, ctx, caller, *estimate(plan, chars))
     try:
         response = await pipeline.embeddings(req, route, plan, caller, reservation, ctx)
     except BaseException:
