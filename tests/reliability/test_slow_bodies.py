@@ -74,7 +74,8 @@ def test_a_body_that_stops_arriving_gets_a_408_and_the_connection_closed(
     assert head.startswith(b"HTTP/1.1 408")
     assert b"connection: close" in head.lower()
     assert json.loads(body)["error"]["code"] == "request_timeout"
-    assert BODY_TIMEOUT_S <= took < BODY_TIMEOUT_S + 5
+    # asyncio may run a timer up to its clock resolution early: allow 0.1 s of slack below
+    assert BODY_TIMEOUT_S - 0.1 <= took < BODY_TIMEOUT_S + 5
 
 
 def test_slow_clients_free_their_slots_at_the_body_deadline(gateway: GatewayProcess) -> None:
