@@ -15,6 +15,7 @@ from tests.fakes.azure_fake import FakeAzure
 from tests.fakes.gemini_fake import FakeGemini
 from tests.fakes.openai_fake import FakeOpenAI
 from tests.gatewayproc import GatewayProcess, RedisServer
+from tests.pgserver import PostgresServer
 
 GATEWAY_KEY = "gw-test-key-0123456789"
 OPENAI_KEY = "sk-fake-openai-key-CANARY-7d1f"
@@ -101,6 +102,16 @@ def redis_server(session_dir: Path) -> Iterator[RedisServer]:
     server = RedisServer(session_dir).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A private PostgreSQL cluster, started the first time a test asks for it. Each test
+    module makes its own database (`create_database`); a test that stops the server
+    starts it again (in a `finally`), on the same port."""
+    server = PostgresServer().start()
+    yield server
+    server.close()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -15,12 +15,13 @@ from gateway.config.catalog import (
 )
 from gateway.config.catalog_data import ModelCatalog, default_catalog_path
 from gateway.config.presets import PRESETS, preset
-from gateway.config.pricing import cost_usd, estimate_tokens
+from gateway.config.pricing import cost_usd, estimate_tokens, exact_cost_usd
 from gateway.config.schema import (
     DEFAULT_MAX_JSON_DEPTH,
     AuthConfig,
     CacheConfig,
     ConfigError,
+    DatabaseConfig,
     GatewayConfig,
     KeyConfig,
     KeySpec,
@@ -47,7 +48,9 @@ __all__ = [
     "CacheConfig",
     "Catalog",
     "ConfigError",
+    "DatabaseConfig",
     "Deployment",
+    "exact_cost_usd",
     "GatewayConfig",
     "KeyConfig",
     "KeySpec",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from decimal import Decimal
 
 _TOKENS_PER_MTOK = 1_000_000
 # Rough chars-per-token ratio for English text with BPE tokenizers; only used when the
@@ -45,6 +46,33 @@ def cost_usd(
         )
     )
     return total / _TOKENS_PER_MTOK
+
+
+def exact_cost_usd(
+    input_tokens: int,
+    output_tokens: int,
+    cached_tokens: int,
+    cache_write_tokens: int,
+    prices: Prices,
+) -> Decimal:
+    """`cost_usd` in exact decimal arithmetic, for the spend ledger: each price is taken
+    as the decimal it is written as (repr of the float), so sums are exact to the digit."""
+    cached = max(cached_tokens, 0)
+    cache_write = max(cache_write_tokens, 0)
+    uncached = max(input_tokens - cached - cache_write, 0)
+    cached_rate = _or_default(prices.cached_input_per_mtok_usd, prices.input_per_mtok_usd)
+    write_rate = _or_default(prices.cache_write_per_mtok_usd, prices.input_per_mtok_usd)
+    total = (
+        uncached * _decimal(prices.input_per_mtok_usd)
+        + cached * _decimal(cached_rate)
+        + cache_write * _decimal(write_rate)
+        + max(output_tokens, 0) * _decimal(prices.output_per_mtok_usd)
+    )
+    return total / _TOKENS_PER_MTOK
+
+
+def _decimal(price: float) -> Decimal:
+    return Decimal(repr(price))
 
 
 def estimate_tokens(text_chars: int) -> int:

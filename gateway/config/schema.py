@@ -218,6 +218,31 @@ class LimitsConfig(_Model):
     pending_writes_max: int = Field(10_000, ge=1)  # settlements held while Redis is down
 
 
+class DatabaseConfig(_Model):
+    """The system of record (gateway/records): keys, the spend ledger, the request log."""
+
+    # SQLAlchemy URL: postgresql+asyncpg://user:pass@host/db in production. None: the
+    # embedded default, SQLite in `data_dir`/gateway.db (nothing to install).
+    url: str | None = None
+    data_dir: str = "data"  # relative to the working directory
+    migrate: Literal["auto", "off"] = "auto"  # auto: `gateway db upgrade` at start-up
+    # The request log (one row per request, no prompts or answers) and the spend ledger
+    # it sums (per key, team, route, deployment and day). Keys live in SQL either way.
+    records: bool = True
+    request_log_retention_days: int = Field(30, ge=1)
+    flush_interval_s: float = Field(0.5, gt=0)  # rows go out in batches this often
+    batch_rows: int = Field(2000, ge=1)
+    # Rows held while SQL is unreachable; past it the oldest request-log rows are dropped
+    # (counted in gateway_records_dropped_total); ledger sums are kept, merged per day.
+    buffer_max_rows: int = Field(100_000, ge=1)
+    connect_timeout_s: float = Field(2.0, gt=0)
+
+    def sqlalchemy_url(self) -> str:
+        if self.url:
+            return self.url
+        return f"sqlite+aiosqlite:///{Path(self.data_dir).resolve() / 'gateway.db'}"
+
+
 class MetricsConfig(_Model):
     enabled: bool = True
     token: str | None = None  # when set, /metrics needs `Authorization: Bearer <token>`
@@ -234,6 +259,7 @@ class GatewayConfig(_Model):
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     catalog_path: str | None = None
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     models: list[ModelConfig] = Field(default_factory=list)

@@ -87,6 +87,7 @@ class Metrics:
         self._declare_spend(registry)
         self._declare_health(registry)
         self._declare_limits(registry)
+        self._declare_records(registry)
         self.build_info.labels(__version__).set(1)
 
     def _declare_requests(self, r: CollectorRegistry) -> None:
@@ -204,6 +205,26 @@ class Metrics:
             ("version",),
             registry=r,
             multiprocess_mode="max",
+        )
+
+    def _declare_records(self, r: CollectorRegistry) -> None:
+        """The system of record's writer (gateway/records): rows waiting, written, lost."""
+        self.records_pending = Gauge(
+            "gateway_records_pending",
+            "Request-log and ledger rows waiting to be written to SQL.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.records_written = Counter(
+            "gateway_records_written", "Request rows written to SQL (ledger included).", registry=r
+        )
+        self.records_dropped = Counter(
+            "gateway_records_dropped",
+            "Request rows dropped because too many waited for SQL (buffer full).",
+            registry=r,
+        )
+        self.records_errors = Counter(
+            "gateway_records_errors", "Failed SQL operations.", ("operation",), registry=r
         )
 
     def _declare_limits(self, r: CollectorRegistry) -> None:

@@ -1,0 +1,190 @@
+"""The request-log and ledger writer against real databases (an SQLite file and a real
+PostgreSQL): exact decimal sums, idempotent batches, and an outage that loses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+
+import pytest
+from prometheus_client import CollectorRegistry
+from sqlalchemy import func, select
+
+from gateway.config import DatabaseConfig, Deployment
+from gateway.config.pricing import Prices
+from gateway.context import RequestContext
+from gateway.records import Ledger, RequestLog, RequestRecords, create_engine, tables
+from gateway.records.migrate import upgrade
+from gateway.telemetry import Metrics
+from gateway.types import Usage
+from tests.pgserver import PostgresServer
+
+PRICES = Prices(0.15, 0.6, cached_input_per_mtok_usd=0.075)
+DEPLOYMENT = Deployment(
+    id="openai/gpt-4o-mini",
+    name="gpt-4o-mini",
+    provider="openai",
+    kind="openai",
+    model="gpt-4o-mini",
+    mode="chat",
+    prices=PRICES,
+    context_window_tokens=128_000,
+    max_output_tokens=None,
+    capabilities=frozenset(),
+)
+
+
+def finished(
+    request_id: str,
+    usage: Usage | None,
+    *,
+    key: str = "k1",
+    status: int = 200,
+    cache: str | None = None,
+) -> RequestContext:
+    ctx = RequestContext(request_id=request_id, endpoint="chat")
+    ctx.route, ctx.policy, ctx.deployment_id = "gpt-4o-mini", "fallback", DEPLOYMENT.id
+    ctx.provider, ctx.model, ctx.status, ctx.attempts = "openai", "gpt-4o-mini", status, 1
+    ctx.key_id, ctx.key_name, ctx.team, ctx.cache = key, f"name-{key}", "blue", cache
+    ctx.usage = usage
+    if usage is not None:
+        ctx.cost_usd = 0.0 if cache == "HIT" else 1.0  # the float is not what the ledger uses
+    ctx.failed_attempts = ["openai/x: 503"] if status == 200 else None
+    return ctx
+
+
+def writer(config: DatabaseConfig) -> RequestRecords:
+    metrics = Metrics(CollectorRegistry())
+    return RequestRecords(create_engine(config), config, {DEPLOYMENT.id: DEPLOYMENT}, metrics)
+
+
+async def ledger_totals(records: RequestRecords) -> tuple[int, int, int, int, Decimal]:
+    c = tables.spend.c
+    async with records._engine.connect() as conn:
+        row = (
+            await conn.execute(
+                select(
+                    func.sum(c.requests),
+                    func.sum(c.input_tokens),
+                    func.sum(c.cached_tokens),
+                    func.sum(c.output_tokens),
+                    func.sum(c.cost_usd),
+                )
+            )
+        ).one()
+    return (
+        int(row[0] or 0),
+        int(row[1] or 0),
+        int(row[2] or 0),
+        int(row[3] or 0),
+        Decimal(row[4] or 0),
+    )
+
+
+async def logged(records: RequestRecords) -> int:
+    async with records._engine.connect() as conn:
+        return int(await conn.scalar(select(func.count()).select_from(tables.requests)) or 0)
+
+
+def test_rows_and_ledger_sums_are_exact(database: DatabaseConfig) -> None:
+    async def main() -> None:
+        await upgrade(database)
+        records = writer(database)
+        usages = [Usage(1000 + i, 37 * i, cached_tokens=3 * i) for i in range(200)]
+        for i, usage in enumerate(usages):
+            records.add(finished(f"r{i}", usage, key=f"k{i % 3}"))
+        records.add(finished("hit", Usage(5, 5), cache="HIT"))  # logged, costs nothing
+        records.add(finished("refused", None, status=429))  # logged, not in the ledger
+        while records.pending():
+            assert await records.flush()
+        n, inp, cached, out, cost = await ledger_totals(records)
+        assert n == 201  # the cache hit is a request, with no tokens paid for
+        assert (inp, cached, out) == (
+            sum(u.prompt_tokens for u in usages),
+            sum(u.cached_tokens for u in usages),
+            sum(u.completion_tokens for u in usages),
+        )
+        mtok = Decimal(1_000_000)
+        expected = sum(
+            (
+                (u.prompt_tokens - u.cached_tokens) * Decimal("0.15")
+                + u.cached_tokens * Decimal("0.075")
+                + u.completion_tokens * Decimal("0.6")
+            )
+            / mtok
+            for u in usages
+        )
+        assert cost == expected  # exact: no float anywhere in the sum
+        assert await logged(records) == 202
+        rows = await RequestLog(records._engine).get("r7")
+        assert rows[0]["failed_attempts"] == ["openai/x: 503"]
+        assert rows[0]["input_tokens"] == 1007 and rows[0]["key_name"] == "name-k1"
+        assert Decimal(rows[0]["cost_usd"]) > 0
+        usage = await Ledger(records._engine).usage([rows[0]["day"]])
+        assert sum(r.requests for r in usage) == 201
+        await records.aclose()
+        await records._engine.dispose()
+
+    asyncio.run(main())
+
+
+def test_a_batch_written_twice_bills_once(database: DatabaseConfig) -> None:
+    """The commit went through but its answer was lost: the writer sends the same rows
+    again, and neither the log nor the ledger counts them twice."""
+
+    async def main() -> None:
+        await upgrade(database)
+        records = writer(database)
+        for i in range(50):
+            records.add(finished(f"r{i}", Usage(100, 10)))
+        records._batch = [records._row(records._buffer.popleft()) for _ in range(50)]
+        records._batch_id = "batch-1"
+        batch = list(records._batch)
+        assert await records.flush()
+        first = await ledger_totals(records)
+        records._batch, records._batch_id = batch, "batch-1"  # the retry of a committed batch
+        assert await records.flush()
+        assert await ledger_totals(records) == first
+        assert first[0] == 50 and await logged(records) == 50
+        await records.aclose()
+        await records._engine.dispose()
+
+    asyncio.run(main())
+
+
+def test_the_buffer_is_bounded(tmp_path: pytest.TempPathFactory) -> None:
+    config = DatabaseConfig(url=f"sqlite+aiosqlite:///{tmp_path}/g.db", buffer_max_rows=10)
+    records = writer(config)
+    for i in range(25):
+        records.add(finished(f"r{i}", Usage(1, 1)))
+    assert records.pending() == 10
+    assert records._metrics.records_dropped._value.get() == 15
+
+
+def test_postgres_down_then_back_loses_and_doubles_nothing(
+    postgres_server: PostgresServer,
+) -> None:
+    config = DatabaseConfig(url=postgres_server.create_database("records_outage"))
+
+    async def main() -> None:
+        await upgrade(config)
+        records = writer(config)
+        for i in range(20):
+            records.add(finished(f"a{i}", Usage(10, 1)))
+        assert await records.flush()
+        postgres_server.stop()
+        try:
+            for i in range(30):
+                records.add(finished(f"b{i}", Usage(10, 1)))
+            assert not await records.flush()  # kept, to be retried
+            assert records.pending() == 30
+        finally:
+            postgres_server.start()
+        while records.pending():
+            assert await records.flush()
+        assert (await ledger_totals(records))[:2] == (50, 500)
+        assert await logged(records) == 50
+        await records.aclose()
+        await records._engine.dispose()
+
+    asyncio.run(main())
