@@ -29,6 +29,15 @@ from gateway.keys import KeyStore, build_key_admin
 from gateway.limits import build_limits
 from gateway.pipeline import Pipeline
 from gateway.providers import SimulatedTransport, build_providers
+from gateway.records import (
+    LEDGER_REFRESH_S,
+    Database,
+    Ledger,
+    LedgerSpend,
+    RequestLog,
+    RequestRecords,
+    create_engine,
+)
 from gateway.redis import shared_redis
 from gateway.routing import Planner, RetryBudget, StatsStore, StatsSync
 from gateway.services import Services
@@ -78,8 +87,14 @@ def build_services(config: GatewayConfig, registry: CollectorRegistry | None = N
     redis = None
     if config.redis is not None:
         redis = shared_redis(config.redis, metrics)
-    limits = build_limits(config, redis, metrics, catalog.deployments)
+    engine = create_engine(config.database)
+    ledger = Ledger(engine)
+    ledger_spend = LedgerSpend(ledger, LEDGER_REFRESH_S)
+    limits = build_limits(config, redis, metrics, catalog.deployments, ledger_spend.floor)
     keys = KeyStore(config.auth)
+    records = None
+    if config.database.records:
+        records = RequestRecords(engine, config.database, catalog.deployments, metrics)
     return Services(
         config=config,
         catalog=catalog,
@@ -93,11 +108,12 @@ def build_services(config: GatewayConfig, registry: CollectorRegistry | None = N
         metrics=metrics,
         keys=keys,
         limits=limits,
-        key_admin=build_key_admin(config, keys, redis, metrics),
+        key_admin=build_key_admin(config, keys, engine, metrics),
         request_limits=RequestLimits.from_server(config.server),
         access_log=AccessLog() if config.server.access_log else None,
         redis=redis,
         cache=build_response_cache(config, redis, metrics, catalog.deployments),
+        database=Database(engine, ledger, ledger_spend, RequestLog(engine), records),
     )
 
 
@@ -119,6 +135,8 @@ def create_app(config: GatewayConfig) -> RequestContextMiddleware:
     async def lifespan(app: Any) -> AsyncIterator[dict[str, Any]]:
         services = build_services(config)
         _announce(services)
+        database = services.database
+        await database.start(config.database)
         sync = None
         if services.redis is not None:
             interval_s = config.routing.stats_sync_interval_s
@@ -126,7 +144,7 @@ def create_app(config: GatewayConfig) -> RequestContextMiddleware:
             sync.start()
         services.limits.start()
         services.metrics.start()
-        await services.key_admin.start()
+        await services.key_admin.start(services.redis)
         listener = start_in_process(services)  # only with `metrics.port`
         in_flight = services.metrics.in_flight_now
         trimmer = build_trimmer(config.server.idle_memory_trim_s, lambda: sum(in_flight.values()))
@@ -146,6 +164,7 @@ def create_app(config: GatewayConfig) -> RequestContextMiddleware:
                 await sync.stop()
             await services.key_admin.aclose()
             await services.limits.aclose()
+            await database.aclose()
             if services.cache is not None:
                 await services.cache.aclose()
             await services.upstream.aclose()

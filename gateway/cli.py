@@ -1,4 +1,4 @@
-"""`gateway serve | check-config | explain | usage | cooldowns`: the console script."""
+"""`gateway serve | check-config | explain | usage | cooldowns | db`: the console script."""
 
 from __future__ import annotations
 
@@ -32,11 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     explain = commands.add_parser("explain", help="print the routing plan for a chat body")
     explain.add_argument("--config", type=Path, default=default_config_path())
     explain.add_argument("body", nargs="?", default="-", help="JSON file, or - for stdin")
-    usage = commands.add_parser("usage", help="spend per key, team, route and day (Redis)")
+    usage = commands.add_parser("usage", help="spend per key, team, route and day (the ledger)")
     usage.add_argument("--config", type=Path, default=default_config_path())
     usage.add_argument("--day", help="one UTC day, YYYY-MM-DD (default: today)")
     usage.add_argument("--since", help="first UTC day of a range")
     usage.add_argument("--until", help="last UTC day of a range (default: today)")
+    usage.add_argument("--month", help="YYYY-MM, or current (month to date)")
     usage.add_argument("--by", choices=["key", "team", "route", "day"], help="totals per ...")
     usage.add_argument("--json", action="store_true", help="the admin endpoint's JSON")
     cooldowns = commands.add_parser(
@@ -47,6 +48,15 @@ def main(argv: list[str] | None = None) -> int:
     clearing.add_argument("--clear", metavar="DEPLOYMENT", help="end this deployment's cooldown")
     clearing.add_argument("--clear-all", action="store_true", help="end every cooldown")
     cooldowns.add_argument("--json", action="store_true", help="the admin endpoint's JSON")
+    db = commands.add_parser("db", help="the SQL schema's migrations (database.url)")
+    db_actions = db.add_subparsers(dest="db_action", required=True)
+    db_upgrade = db_actions.add_parser("upgrade", help="migrate to a revision (default: head)")
+    db_upgrade.add_argument("--revision", default="head")
+    db_downgrade = db_actions.add_parser("downgrade", help="migrate back to a revision")
+    db_downgrade.add_argument("--revision", required=True, help="a revision, or base")
+    db_current = db_actions.add_parser("current", help="print the database's revision")
+    for action in (db_upgrade, db_downgrade, db_current):
+        action.add_argument("--config", type=Path, default=default_config_path())
     args = parser.parse_args(argv)
     handlers = {
         "serve": _serve,
@@ -54,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         "explain": _explain,
         "usage": _usage,
         "cooldowns": _cooldowns,
+        "db": _db,
     }
     return handlers[args.command](args)
 
@@ -182,7 +193,8 @@ def _usage(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 2
-    return run_usage(config, args.day, args.since, args.until, args.by, args.json)
+    days = (args.day, args.since, args.until, args.month)
+    return run_usage(config, days, args.by, args.json)
 
 
 def _cooldowns(args: argparse.Namespace) -> int:
@@ -194,6 +206,15 @@ def _cooldowns(args: argparse.Namespace) -> int:
         return 2
     deployments = load_catalog(config).deployments
     return run_cooldowns(config, deployments, args.clear, args.clear_all, args.json)
+
+
+def _db(args: argparse.Namespace) -> int:
+    from gateway.records import run_db
+
+    config = _load(args.config)
+    if config is None:
+        return 2
+    return run_db(config.database, args.db_action, getattr(args, "revision", None))
 
 
 if __name__ == "__main__":

@@ -181,6 +181,13 @@ class LimitsUnavailableError(GatewayError):
         return {"retry-after": str(self.retry_after_s)}
 
 
+class DatabaseUnavailableError(LimitsUnavailableError):
+    """The system of record (SQL) is unreachable: an admin read or write cannot be done
+    now (requests are still served)."""
+
+    code = "database_unavailable"
+
+
 class GatewayOverloadedError(GatewayError):
     status_code = 503
     type = "server_error"

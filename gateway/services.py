@@ -11,6 +11,7 @@ from gateway.cache import ResponseCache
 from gateway.config import RequestLimits
 from gateway.keys import KeyAdmin, KeyStore
 from gateway.pipeline import PipelineParts
+from gateway.records import Database
 from gateway.redis import SharedRedis
 from gateway.telemetry import AccessLog
 
@@ -21,5 +22,6 @@ class Services(PipelineParts):
     key_admin: KeyAdmin
     request_limits: RequestLimits
     access_log: AccessLog | None  # None: access logging off
+    database: Database  # the system of record: keys, ledger, request log (SQL)
     redis: SharedRedis | None = None
     cache: ResponseCache | None = None  # None: no route caches

@@ -31,6 +31,13 @@ class GatewayProcess:
     ) -> None:
         self.port = free_port()
         config = {**config, "server": {**config.get("server", {}), "port": self.port}}
+        if "url" not in config.get("database", {}):
+            # Gateways that share a Redis are replicas: they share a database too (an
+            # SQLite file here); any other gateway gets its own.
+            redis_url = config.get("redis", {}).get("url")
+            name = f"redis-{redis_url.rsplit(':', 1)[-1]}" if redis_url else str(self.port)
+            database = {"url": f"sqlite+aiosqlite:///{workdir}/gateway-{name.replace('/', '-')}.db"}
+            config["database"] = {**config.get("database", {}), **database}
         self.config_path = workdir / f"gateway-{self.port}.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.log_path = workdir / f"gateway-{self.port}.log"

@@ -84,7 +84,7 @@ LAYERS: list[set[str]] = [
     {"transport"},
     {"limits"},
     {"keys"},
-    {"redis"},
+    {"redis", "records"},  # Redis: what can be rebuilt; SQL: the system of record
     {"telemetry"},
     {"config"},
     {"context"},  # the shared vocabulary, ground floor

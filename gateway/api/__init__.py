@@ -22,6 +22,7 @@ from gateway.api import (
     admin_cache,
     admin_cooldowns,
     admin_keys,
+    admin_requests,
     chat,
     embeddings,
     explain,
@@ -59,6 +60,7 @@ def asgi_app(server: ServerConfig, lifespan: Lifespan) -> RequestContextMiddlewa
     for router in (models.router, explain.router, health.router):
         app.include_router(router)
     app.include_router(admin_keys.router)
+    app.include_router(admin_requests.router)
     app.include_router(admin_cache.router)
     app.include_router(admin_cooldowns.router)
     # Starlette's router keeps the hot paths too, for their 405s (never reached for POST).

@@ -5,7 +5,8 @@
     GET  /admin/keys/{id}             one key, with its spend in the current budget period
     POST /admin/keys/{id}/revoke      stops working on every replica within the sync interval
     POST /admin/keys/{id}/rotate      new secret, once; {"grace_s": N} keeps the old one N s
-    GET  /admin/usage                 ?day=YYYY-MM-DD or ?since=...&until=... (UTC days)
+    GET  /admin/usage                 ?day=YYYY-MM-DD, ?since=...&until=..., ?month=YYYY-MM|current
+                                      (UTC days; from the spend ledger in SQL)
 
 A missing or wrong key is a 401, a valid non-admin key a 403 (OpenAI-shaped).
 """
@@ -19,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.api.deps import json_response, read_body, services_of
+from gateway.api.deps import json_response, read_body, records_unavailable, services_of
 from gateway.api.schemas import (
     ERRORS,
     KeyList,
@@ -34,7 +35,8 @@ from gateway.api.schemas import (
 from gateway.dialects import decode_object
 from gateway.errors import InvalidRequestError
 from gateway.keys import KeyRecord, key_attributes
-from gateway.limits import ReportRangeError, report_days, summarize
+from gateway.limits import ReportRangeError, report_days, summarize, usage_rows
+from gateway.records import SQL_ERRORS
 from gateway.services import Services
 
 _MAX_ADMIN_BODY_BYTES = 64 * 1024
@@ -115,14 +117,23 @@ async def rotate_key(request: Request, key_id: str) -> Response:
 
 @router.get("/admin/usage", response_model=UsageReport)
 async def usage(
-    request: Request, day: str | None = None, since: str | None = None, until: str | None = None
+    request: Request,
+    day: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    month: str | None = None,
 ) -> Response:
-    """Spend per key, team, route and UTC day: `day=YYYY-MM-DD` (default: today), or
-    `since` (and `until`)."""
+    """Spend per key, team, route and UTC day, from the ledger: `day=YYYY-MM-DD` (default:
+    today), `since` (and `until`), or `month=YYYY-MM` (`current`: month to date)."""
     services = _admin(request)
     try:
-        days = report_days(day, since, until)
+        days = report_days(day, since, until, month=month)
     except ReportRangeError as exc:
         raise InvalidRequestError(str(exc), param=exc.param) from None
-    rows = await services.limits.usage(days)
+    database = services.database
+    await database.written()
+    try:
+        rows = usage_rows(await database.ledger.usage(days))
+    except SQL_ERRORS:
+        raise records_unavailable() from None
     return json_response(summarize(rows, days))

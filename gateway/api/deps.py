@@ -11,7 +11,13 @@ from starlette.types import Scope
 from gateway import jsonutil
 from gateway.api.http_protocol import Header, body_buffered
 from gateway.context import RequestContext
-from gateway.errors import IncompleteBodyError, PayloadTooLargeError, RequestTimeoutError
+from gateway.errors import (
+    DatabaseUnavailableError,
+    GatewayError,
+    IncompleteBodyError,
+    PayloadTooLargeError,
+    RequestTimeoutError,
+)
 from gateway.keys import Caller
 from gateway.limits import Reservation
 from gateway.pipeline import Pipeline
@@ -163,3 +169,11 @@ def _duration(seconds: float) -> bytes:
         return (b"%.3f" % seconds).rstrip(b"0").rstrip(b".") + b"s"
     minutes, rest = divmod(round(seconds), 60)
     return b"%dm%ds" % (minutes, rest)
+
+
+def records_unavailable() -> GatewayError:
+    """The 503 an admin endpoint answers while SQL is unreachable (retryable)."""
+    return DatabaseUnavailableError(
+        "The database (the system of record) is unreachable; try again shortly.",
+        retry_after_s=2,
+    )

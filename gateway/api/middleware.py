@@ -164,6 +164,9 @@ def _finished(state: dict[str, Any], ctx: RequestContext) -> None:
     services.metrics.record_request(ctx)
     if services.access_log is not None:
         services.access_log.write(access_fields(ctx))
+    records = services.database.records
+    if records is not None:
+        records.add(ctx)
 
 
 def access_fields(ctx: RequestContext) -> dict[str, object]:

@@ -124,6 +124,44 @@ class KeyList(BaseModel):
     data: list[KeyView]
 
 
+class RequestRecord(BaseModel):
+    """One request-log row (no prompt or answer)."""
+
+    object: Literal["gateway.request"] = "gateway.request"
+    id: str  # the row's own id
+    request_id: str  # the x-request-id the client saw
+    ts: float  # when it started, Unix seconds
+    day: str
+    endpoint: str
+    key_id: str | None
+    key_name: str | None
+    team: str | None
+    route: str | None
+    policy: str | None
+    deployment: str | None
+    provider: str | None
+    model: str | None
+    status: int
+    error_code: str | None
+    attempts: int
+    failed_attempts: list[str]  # "deployment: outcome" of each failed attempt
+    stream: bool
+    stream_outcome: str | None
+    cache: str | None
+    input_tokens: int | None
+    cached_tokens: int | None
+    output_tokens: int | None
+    usage_estimated: bool | None
+    cost_usd: str | None  # an exact decimal, as text
+    latency_ms: float
+    ttft_ms: float | None
+
+
+class RequestList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[RequestRecord]
+
+
 class UsageReport(BaseModel):
     model_config = ConfigDict(extra="allow")  # by_key, by_team, by_route, by_day
 

@@ -5,7 +5,7 @@ This module is the wing's front door: other parts of the gateway import from her
 from __future__ import annotations
 
 from gateway.keys.admin import KeyAdmin, build_key_admin
-from gateway.keys.redis_store import KeyRecord
+from gateway.keys.record import KeyRecord
 from gateway.keys.store import Caller, KeyStore, bearer_token, key_attributes
 
 __all__ = [

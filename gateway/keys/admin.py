@@ -1,26 +1,32 @@
 """Create, list, revoke and rotate gateway keys at run time; keep every replica's mirror fresh.
 
 The secret is generated here, returned once, and only its SHA-256 digest is stored.
-Every `interval_s` a background task reads the records' version counter (one small
-Redis GET) and reloads the records only when it changed, then swaps the new mirror
-into the `KeyStore` at once. So a key created or revoked on one replica works or
-stops working on every replica within `limits.key_sync_interval_s` (the replica
-that made the change applies it before answering). While Redis is down the last
-mirror stays in force.
+The records live in SQL (`gateway.keys.sql_store`). Every `interval_s` a background
+task reads their version counter (one small SELECT) and reloads the records only when
+it changed, then swaps the new mirror into the `KeyStore` at once. So a key created or
+revoked on one replica works or stops working on every replica within
+`limits.key_sync_interval_s` (the replica that made the change applies it before
+answering). While SQL is down the last mirror stays in force: requests never wait for
+it. Redis plays no part, so a Redis restart, flush or eviction changes nothing here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from collections.abc import Awaitable, Iterable
 from dataclasses import replace
 from typing import TypeVar
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from gateway.config import GatewayConfig
-from gateway.errors import InvalidRequestError, LimitsUnavailableError, NotFoundError
-from gateway.keys.redis_store import KeyRecord, KeyRecords, MemoryKeyRecords, RedisKeyRecords
+from gateway.errors import DatabaseUnavailableError, InvalidRequestError, NotFoundError
+from gateway.keys.legacy import load_redis_keys
+from gateway.keys.record import KeyRecord, KeyRecords
+from gateway.keys.sql_store import SqlKeyRecords
 from gateway.keys.store import (
     Caller,
     KeyAttributes,
@@ -29,8 +35,11 @@ from gateway.keys.store import (
     hash_key,
     key_attributes,
 )
+from gateway.records import RecordsUnavailableError
 from gateway.redis import RedisUnavailableError, SharedRedis
 from gateway.telemetry import Metrics
+
+log = logging.getLogger("gateway")
 
 SECRET_PREFIX = "gw-"
 T = TypeVar("T")
@@ -90,12 +99,15 @@ class KeyAdmin:
         self._labelled: set[str] = set()
         self._label(caller for _, caller in keys.config_keys())
 
-    async def start(self) -> None:
-        """Load the runtime keys before serving, then keep them fresh in the background."""
+    async def start(self, redis: SharedRedis | None = None) -> None:
+        """Load the runtime keys before serving, then keep them fresh in the background.
+        `redis`: where an earlier version kept runtime keys, imported once."""
         try:
+            if redis is not None and await self._records.version() is None:
+                await self._adopt_legacy(redis)
             await self.refresh()
-        except RedisUnavailableError:
-            pass  # served with config keys only until Redis answers (logged once)
+        except RecordsUnavailableError as exc:
+            log.warning("key store (sql) unavailable at start (%s): config keys only", exc)
         self._task = asyncio.create_task(self._run(), name="key-sync")
 
     async def aclose(self) -> None:
@@ -108,8 +120,8 @@ class KeyAdmin:
             await asyncio.sleep(self._interval_s)
             try:
                 await self.refresh()
-            except RedisUnavailableError:
-                pass  # logged once per outage by SharedRedis; the last mirror stays
+            except RecordsUnavailableError:
+                pass  # the last mirror stays; the request writer logs SQL outages
 
     async def refresh(self, force: bool = False) -> None:
         version = await self._records.version()  # read first: a change meanwhile reloads again
@@ -186,20 +198,28 @@ class KeyAdmin:
     async def _refresh_now(self) -> None:
         try:
             await self.refresh(force=True)
-        except RedisUnavailableError:
+        except RecordsUnavailableError:
             pass  # the background sync catches up
 
     async def _write(self, work: Awaitable[T]) -> T:
         try:
             return await work
-        except RedisUnavailableError:
-            raise LimitsUnavailableError(
-                "The key store (Redis) is unreachable; try again shortly.", retry_after_s=2
+        except RecordsUnavailableError:
+            raise DatabaseUnavailableError(
+                "The key store (SQL) is unreachable; try again shortly.", retry_after_s=2
             ) from None
+
+    async def _adopt_legacy(self, redis: SharedRedis) -> None:
+        try:
+            records, revoked = await load_redis_keys(redis)
+        except RedisUnavailableError:
+            return  # nothing to import from a Redis that is not there
+        if (records or revoked) and await self._records.adopt(records, revoked):
+            log.warning("imported %d runtime keys from redis into sql (once)", len(records))
 
 
 def build_key_admin(
-    config: GatewayConfig, keys: KeyStore, redis: SharedRedis | None, metrics: Metrics
+    config: GatewayConfig, keys: KeyStore, engine: AsyncEngine, metrics: Metrics
 ) -> KeyAdmin:
-    records: KeyRecords = RedisKeyRecords(redis) if redis is not None else MemoryKeyRecords()
+    records: KeyRecords = SqlKeyRecords(engine)
     return KeyAdmin(keys, records, metrics, config.limits.key_sync_interval_s)

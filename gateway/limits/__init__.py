@@ -6,7 +6,13 @@ This module is the wing's front door: other parts of the gateway import from her
 from __future__ import annotations
 
 from gateway.limits.admission import Limits, Reservation, build_limits, has_limits
-from gateway.limits.usage_report import ReportRangeError, report_days, run_usage, summarize
+from gateway.limits.usage_report import (
+    ReportRangeError,
+    report_days,
+    run_usage,
+    summarize,
+    usage_rows,
+)
 
 __all__ = [
     "Limits",
@@ -17,4 +23,5 @@ __all__ = [
     "report_days",
     "run_usage",
     "summarize",
+    "usage_rows",
 ]

@@ -32,7 +32,7 @@ several.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from gateway.config import Deployment, GatewayConfig
 from gateway.context import RequestContext
@@ -99,8 +99,10 @@ class Limits:
         store: LimitStore,
         quotas: DeploymentQuotas,
         metrics: Metrics,
+        floor: Callable[[str, str], float] | None = None,
     ) -> None:
         self._rules = config.limits.on_redis_error
+        self._floor = floor  # the ledger's spend per (key id, period): a new counter's start
         self.store = store
         self._writes = PendingWrites(store, config.limits.pending_writes_max, metrics)
         self._quotas = quotas
@@ -120,7 +122,7 @@ class Limits:
         """For a caller with limits (`has_limits`); callers skip it for one without:
         nothing to check or reserve, and its settle (with no reservation) bills it in a
         tally."""
-        admission = new_admission(caller, estimated_tokens, estimated_cost_usd)
+        admission = new_admission(caller, estimated_tokens, estimated_cost_usd, floor=self._floor)
         try:
             decision = await self.store.admit(admission)
         except RedisUnavailableError:
@@ -245,6 +247,7 @@ def build_limits(
     redis: SharedRedis | None,
     metrics: Metrics,
     deployments: Mapping[str, Deployment],
+    floor: Callable[[str, str], float] | None = None,
 ) -> Limits:
     window_s = config.limits.window_s
     redis_store = None
@@ -261,4 +264,4 @@ def build_limits(
         redis_store,
         config.limits.deployment_sync_interval_s,
     )
-    return Limits(config, store, quotas, metrics)
+    return Limits(config, store, quotas, metrics, floor)

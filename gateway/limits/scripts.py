@@ -75,7 +75,9 @@ end
 # KEYS: 1 request log, 2 token log, 3 token amounts, 4 budget, 5 reservations,
 #       6 reservation times, 7 given-up reservations
 # ARGV: 1 rid, 2 window ms, 3 rpm (0 none), 4 tpm (0 none), 5 tokens, 6 budget USD (-1 none),
-#       7 cost USD, 8 reservation ttl ms, 9 period ttl s (0 keep)
+#       7 cost USD, 8 reservation ttl ms, 9 period ttl s (0 keep), 10 the ledger's spend
+#       of this key and period (USD), added to a budget counter this Redis has not seen
+#       before (new, flushed, restarted, evicted): the 'seeded' field marks it
 # Returns {0, 0, '', requests left, ms until one more frees, tokens left, ms until some
 # free} admitted (-1: no such limit) | {1, wait ms, 'rpm'|'tpm'} | {2, 0, 'budget', used USD}
 ADMIT = (
@@ -93,6 +95,9 @@ for _, old in ipairs(stale) do
 end
 if #stale > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now - 86400000) end
 
+if budget >= 0 and redis.call('HSETNX', KEYS[4], 'seeded', 1) == 1 then
+  redis.call('HINCRBYFLOAT', KEYS[4], 'spent', ARGV[10])
+end
 if budget >= 0 then
   local used = tonumber(redis.call('HGET', KEYS[4], 'spent') or '0')
     + tonumber(redis.call('HGET', KEYS[4], 'reserved') or '0')
@@ -319,6 +324,7 @@ class RedisLimitStore:
             repr(a.cost_usd),
             self._reservation_ttl_ms,
             a.period_ttl_s,
+            repr(a.floor_usd),
         ]
         command: Command = ("EVALSHA", self._admit.sha, len(keys), *keys, *args)
         result = await self._redis.run_piped("limits", lambda p: p.execute_many([command]))

@@ -60,6 +60,9 @@ class Admission:
     period_ttl_s: int  # 0 = keep (period "total")
     tokens: int
     cost_usd: float
+    # What the ledger (SQL) says the key spent in this period: the stores start a budget
+    # counter they have not seen before from it (see `gateway.records.LedgerSpend`).
+    floor_usd: float = 0.0
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass sets each field by a call
@@ -128,7 +131,11 @@ class LimitStore(Protocol):
 
 
 def new_admission(
-    caller: Caller, tokens: int, cost_usd: float, period: tuple[str, int] | None = None
+    caller: Caller,
+    tokens: int,
+    cost_usd: float,
+    period: tuple[str, int] | None = None,
+    floor: Callable[[str, str], float] | None = None,
 ) -> Admission:
     """`period`: (id, ttl) of the budget period billed; None = the current one."""
     period_id, period_ttl_s = period or budget_period(caller.budget_period)
@@ -144,6 +151,7 @@ def new_admission(
         period_ttl_s=period_ttl_s,
         tokens=max(0, tokens),
         cost_usd=max(0.0, cost_usd),
+        floor_usd=floor(caller.key_id, period_id) if floor and caller.budget_usd else 0.0,
     )
 
 
@@ -175,6 +183,7 @@ def _day_strings(day_index: int) -> tuple[str, str]:
 
 @dataclass(slots=True)
 class _Budget:
+    seeded: bool = False
     spent_usd: float = 0.0
     reserved_usd: float = 0.0
     reservations: dict[str, tuple[float, float]] = field(default_factory=dict)  # rid -> (t, usd)
@@ -214,6 +223,9 @@ class MemoryLimitStore:
     async def admit(self, a: Admission) -> Decision:
         now = self._clock()
         budget = self._budget(a, now)
+        if a.budget_usd is not None and not budget.seeded:
+            budget.seeded = True
+            budget.spent_usd += a.floor_usd
         if a.budget_usd is not None:
             used = budget.spent_usd + budget.reserved_usd
             if used >= a.budget_usd or used + a.cost_usd > a.budget_usd + BUDGET_EPSILON_USD:

@@ -1,8 +1,9 @@
 """The spend report: requests, tokens and cost per key, team, route and UTC day.
 
-Rows come from the limit store (`gw:usage:<day>` in Redis, written by each request's
-settlement). Choosing the days, grouping and rendering are pure; `run_usage` is the
-`gateway usage` command, which reads Redis directly.
+Rows come from the spend ledger in SQL (`gateway.records`), the system of record:
+Redis may be restarted, flushed or evicting without changing the report. Choosing the
+days, grouping and rendering are pure; `run_usage` is the `gateway usage` command,
+which reads the database directly (no gateway needed).
 """
 
 from __future__ import annotations
@@ -13,11 +14,10 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import UTC, date, datetime, timedelta
 
-from redis.exceptions import RedisError
-
 from gateway import jsonutil
-from gateway.config import GatewayConfig, RedisConfig
+from gateway.config import DatabaseConfig, GatewayConfig
 from gateway.limits.store import UsageRow
+from gateway.records import SQL_ERRORS, Ledger, LedgerRow, create_engine
 
 MAX_DAYS = 400
 GROUPS = ("key", "team", "route", "day")
@@ -37,10 +37,24 @@ def parse_day(text: str, param: str) -> date:
 
 
 def report_days(
-    day: str | None, since: str | None, until: str | None, today: date | None = None
+    day: str | None,
+    since: str | None,
+    until: str | None,
+    today: date | None = None,
+    month: str | None = None,
 ) -> list[str]:
-    """The UTC days to report: one `day`, or `since`..`until` (default today), oldest first."""
+    """The UTC days to report: one `day`, `since`..`until` (default today), or a `month`
+    (YYYY-MM, or "current": month to date), oldest first."""
     today = today or datetime.now(UTC).date()
+    if month is not None:
+        if day is not None or since is not None or until is not None:
+            raise ReportRangeError("Give either month, day or since/until.", "month")
+        first = today.replace(day=1) if month == "current" else _month_start(month)
+        following = (first.replace(day=28) + timedelta(days=4)).replace(day=1)
+        last = min(today, following - timedelta(days=1))
+        if first > last:
+            raise ReportRangeError("month is in the future.", "month")
+        return [(first + timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
     if day is not None:
         if since is not None or until is not None:
             raise ReportRangeError("Give either day or since/until, not both.", "day")
@@ -53,6 +67,31 @@ def report_days(
     if count > MAX_DAYS:
         raise ReportRangeError(f"At most {MAX_DAYS} days per report.", "since")
     return [(first + timedelta(days=i)).isoformat() for i in range(count)]
+
+
+def _month_start(text: str) -> date:
+    try:
+        return date.fromisoformat(f"{text}-01")
+    except ValueError:
+        raise ReportRangeError("month must be like 2025-01, or current.", "month") from None
+
+
+def usage_rows(rows: Sequence[LedgerRow]) -> list[UsageRow]:
+    """Ledger rows as the report shows them (cost in float USD, summed exactly in SQL)."""
+    return [
+        UsageRow(
+            r.day,
+            r.key_id,
+            r.key_name,
+            r.team,
+            r.route,
+            r.requests,
+            r.input_tokens,
+            r.output_tokens,
+            float(r.cost_usd),
+        )
+        for r in rows
+    ]
 
 
 def _label(row: UsageRow, by: str) -> tuple[str, ...]:
@@ -141,25 +180,22 @@ def _cell(value: object) -> str:
 
 def run_usage(
     config: GatewayConfig,
-    day: str | None,
-    since: str | None,
-    until: str | None,
+    days_asked: tuple[str | None, str | None, str | None, str | None],
     by: str | None,
     as_json: bool,
 ) -> int:
-    """`gateway usage`: read the report straight from Redis (no gateway needed)."""
-    if config.redis is None:
-        sys.stderr.write("gateway usage reads Redis: this config has no `redis:` section\n")
-        return 2
+    """`gateway usage`: read the ledger straight from the database. `days_asked`: (day,
+    since, until, month) as `report_days` takes them."""
+    day, since, until, month = days_asked
     try:
-        days = report_days(day, since, until)
+        days = report_days(day, since, until, month=month)
     except ReportRangeError as exc:
         sys.stderr.write(f"{exc}\n")
         return 2
     try:
-        rows = asyncio.run(_read(config.redis, days))
-    except (RedisError, OSError) as exc:
-        sys.stderr.write(f"cannot read Redis: {type(exc).__name__}\n")
+        rows = asyncio.run(_read(config.database, days))
+    except SQL_ERRORS as exc:
+        sys.stderr.write(f"cannot read the database: {type(exc).__name__}\n")
         return 1
     if as_json:
         sys.stdout.write(jsonutil.dumps(summarize(rows, days)).decode() + "\n")
@@ -168,12 +204,9 @@ def run_usage(
     return 0
 
 
-async def _read(config: RedisConfig, days: Sequence[str]) -> list[UsageRow]:
-    from gateway.limits.scripts import read_usage
-    from gateway.redis import make_redis
-
-    client = make_redis(config)
+async def _read(config: DatabaseConfig, days: Sequence[str]) -> list[UsageRow]:
+    engine = create_engine(config)
     try:
-        return await read_usage(client, days)
+        return usage_rows(await Ledger(engine).usage(days))
     finally:
-        await client.aclose()
+        await engine.dispose()

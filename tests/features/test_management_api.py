@@ -38,6 +38,8 @@ MANAGEMENT_PATHS = {
     "/admin/keys/{key_id}/revoke",
     "/admin/keys/{key_id}/rotate",
     "/admin/usage",
+    "/admin/requests",
+    "/admin/requests/{request_id}",
     "/admin/cache/purge",
     "/admin/cooldowns",
     "/admin/cooldowns/{deployment_id}",
@@ -105,6 +107,11 @@ def test_answers_fit_the_published_schemas(gateway: GatewayProcess, spec: dict[s
         not_admin = http.get("/admin/usage", headers=user)
         assert not_admin.status_code == 403
         _check(spec, "/admin/usage", "get", not_admin)
+        request_id = plan.headers["x-request-id"]
+        _check(spec, "/admin/requests", "get", http.get("/admin/requests", headers=_admin()))
+        logged = http.get(f"/admin/requests/{request_id}", headers=_admin())
+        assert logged.status_code == 200
+        _check(spec, "/admin/requests/{request_id}", "get", logged)
         purge = http.post("/admin/cache/purge", json={}, headers=_admin())
         _check(spec, "/admin/cache/purge", "post", purge)
 

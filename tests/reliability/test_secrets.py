@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -404,13 +407,30 @@ class Artefacts:
     log: str
     metrics: str
     redis: list[bytes]
+    database: list[bytes]  # every value of every table of the system of record
+
+
+def sql_dump(path: Path) -> list[bytes]:
+    out: list[bytes] = []
+    with closing(sqlite3.connect(path)) as db:
+        tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        for table in tables:
+            for row in db.execute(f'SELECT * FROM "{table}"'):
+                out += [str(value).encode() for value in row if value is not None]
+    return out
 
 
 @pytest.fixture(scope="module")
 def artefacts(
-    start_gateway: Callable[..., GatewayProcess], canary_fakes: Fakes, canary_redis: RedisServer
+    start_gateway: Callable[..., GatewayProcess],
+    canary_fakes: Fakes,
+    canary_redis: RedisServer,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Artefacts:
-    gateway = start_gateway(canary_config(canary_fakes, canary_redis.url))
+    database = tmp_path_factory.mktemp("canary-db") / "gateway.db"
+    config = canary_config(canary_fakes, canary_redis.url)
+    config["database"] = {"url": f"sqlite+aiosqlite:///{database}"}
+    gateway = start_gateway(config)
     battery = Battery()
     happy_paths(battery, gateway)
     upstream_faults(battery, gateway, canary_fakes)
@@ -418,7 +438,18 @@ def artefacts(
     admin_paths(battery, gateway)
     scrape = drained_scrape(gateway)  # every access line and settlement is written by now
     battery.record("metrics", scrape)
-    return Artefacts(battery, gateway.log_text(), scrape.text, redis_dump(canary_redis.url))
+    # An admin read of the request log writes every buffered row first.
+    logged = httpx.get(
+        f"{gateway.url}/admin/requests", headers={"authorization": f"Bearer {ADMIN_CANARY}"}
+    )
+    assert logged.status_code == 200 and logged.json()["data"]
+    return Artefacts(
+        battery,
+        gateway.log_text(),
+        scrape.text,
+        redis_dump(canary_redis.url),
+        sql_dump(database),
+    )
 
 
 def drained_scrape(gateway: GatewayProcess) -> httpx.Response:
@@ -482,12 +513,13 @@ def test_the_battery_reached_every_path(artefacts: Artefacts, canary_fakes: Fake
 
 
 def test_grep_finds_what_is_there(artefacts: Artefacts) -> None:
-    """Positive control: the runtime key's one-time display and its digest in Redis."""
+    """Positive control: the runtime key's one-time display and its digest in SQL."""
     b = artefacts.battery
     created = next(r for r in b.responses if r.label == "create key")
     assert hits(created.text, output_secrets(b)) == ["runtime key 0"]
     digest = hashlib.sha256(b.runtime_keys[1].encode()).hexdigest().encode()
-    assert any(digest in value for value in artefacts.redis)
+    assert any(digest in value for value in artefacts.database)
+    assert artefacts.redis  # something was dumped from Redis too (the cache, limits)
     assert "gateway_requests_total" in artefacts.metrics and '"access"' in artefacts.log
 
 
@@ -513,10 +545,9 @@ def test_no_secret_in_metrics(artefacts: Artefacts) -> None:
     assert hits(artefacts.metrics, output_secrets(artefacts.battery)) == []
 
 
-def test_no_raw_secret_in_redis(artefacts: Artefacts) -> None:
+def test_no_raw_secret_in_redis_or_sql(artefacts: Artefacts) -> None:
     raw = {**PROVIDER_CANARIES, **GATEWAY_SIDE}
     raw |= {f"runtime key {i}": key for i, key in enumerate(artefacts.battery.runtime_keys)}
-    leaks = sorted(
-        {name for value in artefacts.redis for name in hits(value.decode(errors="replace"), raw)}
-    )
+    stored = artefacts.redis + artefacts.database
+    leaks = sorted({name for value in stored for name in hits(value.decode(errors="replace"), raw)})
     assert leaks == []
