@@ -14,8 +14,10 @@ from typing import Any
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry
+from sqlalchemy import make_url
 
 from gateway.config.schema import GatewayConfig, load_config, referenced_env_vars
+from gateway.records.tables import metadata
 from gateway.telemetry.metrics import Metrics
 from gateway.validate_config import reference_problems
 from tests.gatewayproc import REPO
@@ -26,7 +28,9 @@ DOCKER_CONFIG = REPO / "config" / "gateway.docker.yaml"
 PROMETHEUS = REPO / "docker" / "prometheus" / "prometheus.yml"
 GRAFANA = REPO / "docker" / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "gateway.json"
-_COMPOSE_VAR = re.compile(r"^\$\{(\w+)(?::-(.*))?\}$")
+SPEND_DASHBOARD = GRAFANA / "dashboards" / "spend.json"
+POSTGRES_DATASOURCE = GRAFANA / "provisioning" / "datasources" / "postgres.yml"
+_COMPOSE_VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
 
 
 def load_yaml(path: Path) -> Any:
@@ -40,13 +44,15 @@ def compose() -> dict[str, Any]:
 
 
 def compose_value(value: str) -> str:
-    """What compose substitutes when the variable is unset: the `:-` default."""
-    match = _COMPOSE_VAR.match(value)
-    if match is None:
-        return value
-    default = match.group(2)
-    assert default is not None, f"{value} has no default: `docker compose up` would need setup"
-    return default
+    """What compose substitutes when the variables are unset: their `:-` defaults."""
+
+    def default(match: re.Match[str]) -> str:
+        assert match.group(2) is not None, (
+            f"{value} has no default: `docker compose up` would need setup"
+        )
+        return match.group(2)
+
+    return _COMPOSE_VAR.sub(default, value)
 
 
 def mounts(service: dict[str, Any]) -> dict[str, str]:
@@ -59,9 +65,33 @@ def mounts(service: dict[str, Any]) -> dict[str, str]:
     return found
 
 
+def named_volumes(compose: dict[str, Any], service: dict[str, Any]) -> dict[str, str]:
+    """Named volume -> container path; each volume declared at the top level."""
+    found = {}
+    for volume in service.get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if not source.startswith(("./", "/")):
+            assert source in compose["volumes"], f"volume {source} is not declared"
+            found[source] = target
+    return found
+
+
+def service_env(compose: dict[str, Any], name: str) -> dict[str, str]:
+    env = compose["services"][name]["environment"]
+    return {key: compose_value(str(value)) for key, value in env.items()}
+
+
 def gateway_env(compose: dict[str, Any]) -> dict[str, str]:
-    env = compose["services"]["gateway"]["environment"]
-    return {name: compose_value(str(value)) for name, value in env.items()}
+    return service_env(compose, "gateway")
+
+
+def grafana_reader_sql(compose: dict[str, Any]) -> str:
+    """The SQL the postgres image runs at its first start (docker-entrypoint-initdb.d)."""
+    postgres = compose["services"]["postgres"]
+    (init,) = [c for c in postgres["configs"] if c["target"].startswith("/docker-entrypoint-")]
+    assert init["target"].startswith("/docker-entrypoint-initdb.d/")
+    assert init["target"].endswith(".sql")
+    return compose_value(compose["configs"][init["source"]]["content"])
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +109,8 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     ]
 
 
-def test_compose_has_the_four_services(compose: dict[str, Any]) -> None:
-    assert set(compose["services"]) >= {"gateway", "redis", "prometheus", "grafana"}
+def test_compose_has_the_five_services(compose: dict[str, Any]) -> None:
+    assert set(compose["services"]) >= {"gateway", "postgres", "redis", "prometheus", "grafana"}
     build = compose["services"]["gateway"]["build"]
     assert (REPO / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
 
@@ -108,6 +138,46 @@ def test_docker_config_needs_keys_off_localhost(docker_config: GatewayConfig) ->
     assert [k.key for k in docker_config.auth.keys if k.key]
     assert docker_config.metrics.token
     assert docker_config.redis is not None and "//redis:" in docker_config.redis.url
+
+
+def test_postgres_is_persistent_healthchecked_and_the_gateways_database(
+    compose: dict[str, Any], docker_config: GatewayConfig
+) -> None:
+    postgres = compose["services"]["postgres"]
+    assert re.fullmatch(r"postgres:16\.\d+", postgres["image"]), postgres["image"]  # pinned
+    assert "/var/lib/postgresql/data" in named_volumes(compose, postgres).values()
+    assert "ports" not in postgres  # reachable on the compose network only
+    env = service_env(compose, "postgres")
+    password = postgres["environment"]["POSTGRES_PASSWORD"]
+    assert password.startswith("${POSTGRES_PASSWORD:-") and env["POSTGRES_PASSWORD"]
+    check = postgres["healthcheck"]["test"]
+    assert check[:2] == ["CMD", "pg_isready"]
+    # over TCP: the first-run server that runs the init scripts listens on the socket only
+    assert check[check.index("-h") + 1] == "127.0.0.1"
+    assert check[check.index("-U") + 1] == env["POSTGRES_USER"]
+    assert check[check.index("-d") + 1] == env["POSTGRES_DB"]
+
+    gateway = compose["services"]["gateway"]
+    assert gateway["depends_on"]["postgres"] == {"condition": "service_healthy"}
+    assert "DATABASE_URL" in gateway["environment"]
+    database = docker_config.database
+    assert database.migrate == "auto" and database.records
+    url = make_url(database.sqlalchemy_url())
+    assert url.drivername == "postgresql+asyncpg"
+    assert (url.host, url.port) == ("postgres", 5432)
+    assert (url.username, url.password) == (env["POSTGRES_USER"], env["POSTGRES_PASSWORD"])
+    assert url.database == env["POSTGRES_DB"]
+    # The config's own default (gateway run without DATABASE_URL) is the same database.
+    without = {k: v for k, v in gateway_env(compose).items() if k != "DATABASE_URL"}
+    assert load_config(DOCKER_CONFIG, without).database.url == database.url
+
+
+def test_redis_is_persistent(compose: dict[str, Any]) -> None:
+    redis = compose["services"]["redis"]
+    command = redis["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert "/data" in named_volumes(compose, redis).values()
+    assert redis["healthcheck"]["test"][-1] == "ping"
 
 
 def test_prometheus_scrapes_the_gateway_with_its_token(
@@ -164,9 +234,8 @@ def test_grafana_is_provisioned_with_datasource_and_dashboard(compose: dict[str,
     assert uids == {datasource["uid"]}
 
 
-def test_dashboard_panels_are_well_formed() -> None:
-    dashboard = json.loads(DASHBOARD.read_text())
-    panels = dashboard["panels"]
+def check_layout(panels: list[dict[str, Any]]) -> None:
+    """Unique ids, within the 24 columns, no overlaps."""
     assert len({p["id"] for p in panels}) == len(panels)
     cells: set[tuple[int, int]] = set()
     for panel in panels:
@@ -179,6 +248,13 @@ def test_dashboard_panels_are_well_formed() -> None:
         }
         assert not cells & area, f"{panel['title']} overlaps another panel"
         cells |= area
+
+
+def test_dashboard_panels_are_well_formed() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    panels = dashboard["panels"]
+    check_layout(panels)
+    for panel in panels:
         if panel["type"] != "row":
             assert panel["targets"] and all(t["expr"] for t in panel["targets"]), panel["title"]
 
@@ -192,6 +268,60 @@ def test_dashboard_uses_only_metrics_the_gateway_exports() -> None:
     }
     used = set(re.findall(r"gateway_[a-z_]+", DASHBOARD.read_text()))
     assert used and used <= exported, used - exported
+
+
+def test_grafana_reads_postgres_as_a_read_only_role(compose: dict[str, Any]) -> None:
+    grafana = compose["services"]["grafana"]
+    assert "postgres" in grafana["depends_on"]
+    (datasource,) = load_yaml(POSTGRES_DATASOURCE)["datasources"]
+    assert datasource["uid"] == "gateway-postgres"
+    assert datasource["type"] == "grafana-postgresql-datasource"
+    assert datasource["url"] == "postgres:5432"
+    postgres_env = service_env(compose, "postgres")
+    assert datasource["jsonData"]["database"] == postgres_env["POSTGRES_DB"]
+    # The user is the role the postgres container creates at its first start, with the
+    # password the grafana service passes to provisioning (`${VAR}`, Grafana's syntax).
+    init_sql = grafana_reader_sql(compose)
+    role = re.search(r"CREATE ROLE (\w+) LOGIN PASSWORD '([^']*)'", init_sql)
+    assert role is not None and datasource["user"] == role.group(1)
+    password_var = re.fullmatch(r"\$\{(\w+)\}", datasource["secureJsonData"]["password"])
+    assert password_var is not None
+    assert service_env(compose, "grafana")[password_var.group(1)] == role.group(2)
+    assert role.group(2) != postgres_env["POSTGRES_PASSWORD"]  # not the owner's password
+    # It reads the tables the gateway creates later; no other privilege.
+    grants = re.findall(r"^GRANT .*$", init_sql, re.MULTILINE)
+    assert grants == [
+        f"GRANT USAGE ON SCHEMA public TO {role.group(1)};",
+    ]
+    assert (
+        f"ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {role.group(1)};"
+        in init_sql
+    )
+
+
+def test_spend_dashboard_is_provisioned_and_queries_the_gateways_tables(
+    compose: dict[str, Any],
+) -> None:
+    # The provider loads every JSON of the mounted folder: this one too.
+    (provider,) = load_yaml(GRAFANA / "provisioning" / "dashboards" / "gateway.yml")["providers"]
+    dashboards_dir = mounts(compose["services"]["grafana"])["docker/grafana/dashboards"]
+    assert provider["type"] == "file" and provider["options"]["path"] == dashboards_dir
+    assert SPEND_DASHBOARD.parent == DASHBOARD.parent
+    spend = json.loads(SPEND_DASHBOARD.read_text())
+    assert spend["title"] == "Spend"
+    assert spend["uid"] != json.loads(DASHBOARD.read_text())["uid"]
+    check_layout(spend["panels"])
+    (datasource,) = load_yaml(POSTGRES_DATASOURCE)["datasources"]
+    expected = {"type": datasource["type"], "uid": datasource["uid"]}
+    for panel in spend["panels"]:
+        assert panel["datasource"] == expected, panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"] == expected, panel["title"]
+            assert target["rawQuery"] is True and target["editorMode"] == "code"
+            assert target["format"] in ("table", "time_series"), panel["title"]
+            used = set(re.findall(r"\bgateway_\w+", target["rawSql"]))
+            assert used and used <= set(metadata.tables), (panel["title"], used)
 
 
 def test_dockerfile_is_slim_unprivileged_healthchecked_and_installs_like_the_readme(
