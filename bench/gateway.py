@@ -63,14 +63,15 @@ def minimal_config(upstream: Upstream) -> dict[str, Any]:
 
 
 # What `realistic` switches on; the `feature-*` scenarios switch them on one at a time.
-FEATURES = frozenset({"key", "routing", "cache", "metrics"})
+FEATURES = frozenset({"key", "routing", "cache", "metrics", "records"})
 
 
 def realistic_config(
     upstream: Upstream, redis_url: str | None, features: frozenset[str] = FEATURES
 ) -> dict[str, Any]:
     """A gateway key, `cheapest` over three deployments, metrics (and the access log),
-    Redis with the cache on (missed): each of those only when in `features`. Without
+    Redis with the cache on (missed), the request log and spend ledger in SQL (the
+    embedded SQLite): each of those only when in `features`. Without
     `routing` the route has one deployment; without `key`, auth is open. `limits` (not
     in FEATURES: the `realistic-limits` scenario) gives the key rpm and tpm limits too
     high to refuse anything, checked and settled in Redis like any other."""
@@ -95,6 +96,7 @@ def realistic_config(
         "routes": [{"name": ROUTE, "policy": "cheapest", "models": routed}],
         "metrics": {"enabled": metrics},
         "cache": {"enabled": "cache" in features},
+        "database": {"records": "records" in features},
     }
     if "key" in features:
         key: dict[str, Any] = {"name": "bench", "key": BENCH_KEY, "team": "bench"}
@@ -145,6 +147,11 @@ def start_gateway(
     `python_args` go before `-m gateway` (a profiler's); such a gateway is stopped with
     SIGINT, on which both uvicorn and the profiler finish cleanly.
     """
+    if (src / "gateway" / "records").is_dir():  # a gateway with a system of record
+        database = {"url": f"sqlite+aiosqlite:///{workdir / f'gateway-{name}.db'}"}
+        config = {**config, "database": {**config.get("database", {}), **database}}
+    else:
+        config = {k: v for k, v in config.items() if k != "database"}  # an older revision
     config_path = workdir / f"gateway-{name}.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     port = free_port()

@@ -50,9 +50,17 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario(
             "realistic",
             "non-streaming chat; gateway key, `cheapest` over 3 deployments, metrics, "
-            "Redis, cache on (every request a miss)",
+            "Redis, cache on (every request a miss), request log and ledger in SQLite",
             "realistic",
             unique_bodies=True,
+        ),
+        Scenario(
+            "realistic-no-records",
+            "`realistic` without the request log and spend ledger (database.records: "
+            "false): what writing them costs",
+            "realistic",
+            unique_bodies=True,
+            features=frozenset({"key", "routing", "cache", "metrics"}),
         ),
         Scenario(
             "realistic-limits",
@@ -60,7 +68,7 @@ SCENARIOS: dict[str, Scenario] = {
             "request admitted and settled in Redis",
             "realistic",
             unique_bodies=True,
-            features=frozenset({"key", "routing", "cache", "metrics", "limits"}),
+            features=frozenset({"key", "routing", "cache", "metrics", "records", "limits"}),
         ),
         Scenario(
             "cache-hits",
@@ -89,7 +97,7 @@ SCENARIOS: dict[str, Scenario] = {
 }
 
 # The cost of each feature of `realistic` alone, at c=1: its +p50 minus `feature-none`'s.
-for _feature in ("none", "key", "routing", "cache", "metrics"):
+for _feature in ("none", "key", "routing", "cache", "metrics", "records"):
     SCENARIOS[f"feature-{_feature}"] = Scenario(
         f"feature-{_feature}",
         f"realistic config with only `{_feature}` on; at c=1",

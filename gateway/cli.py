@@ -1,4 +1,5 @@
-"""`gateway serve | check-config | explain | usage | cooldowns | db`: the console script."""
+"""`gateway serve | check-config | explain | usage | requests | cooldowns | db`: the console
+script."""
 
 from __future__ import annotations
 
@@ -40,6 +41,15 @@ def main(argv: list[str] | None = None) -> int:
     usage.add_argument("--month", help="YYYY-MM, or current (month to date)")
     usage.add_argument("--by", choices=["key", "team", "route", "day"], help="totals per ...")
     usage.add_argument("--json", action="store_true", help="the admin endpoint's JSON")
+    logged = commands.add_parser("requests", help="the request log (one request, or a search)")
+    logged.add_argument("--config", type=Path, default=default_config_path())
+    logged.add_argument("request_id", nargs="?", help="an x-request-id: every row with it")
+    logged.add_argument("--key", help="a key id or name")
+    logged.add_argument("--since", help="Unix seconds or ISO 8601 (UTC unless it says)")
+    logged.add_argument("--until", help="Unix seconds or ISO 8601")
+    logged.add_argument("--status", type=int, help="a status, or its class (4, 5)")
+    logged.add_argument("--limit", type=int, default=100)
+    logged.add_argument("--json", action="store_true", help="the admin endpoint's JSON")
     cooldowns = commands.add_parser(
         "cooldowns", help="deployments cooling down on the replicas sharing Redis; end them"
     )
@@ -65,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         "usage": _usage,
         "cooldowns": _cooldowns,
         "db": _db,
+        "requests": _requests,
     }
     return handlers[args.command](args)
 
@@ -215,6 +226,16 @@ def _db(args: argparse.Namespace) -> int:
     if config is None:
         return 2
     return run_db(config.database, args.db_action, getattr(args, "revision", None))
+
+
+def _requests(args: argparse.Namespace) -> int:
+    from gateway.records import run_requests
+
+    config = _load(args.config)
+    if config is None:
+        return 2
+    search = {k: getattr(args, k) for k in ("key", "since", "until", "status", "limit")}
+    return run_requests(config.database, args.request_id, search, args.json)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,6 @@ tokens, exact cost, latency, time to first token and the cache result.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from fastapi import APIRouter, Query
 from starlette.requests import Request
 from starlette.responses import Response
@@ -21,7 +19,7 @@ from starlette.responses import Response
 from gateway.api.deps import json_response, records_unavailable, services_of
 from gateway.api.schemas import ERRORS, RequestList
 from gateway.errors import InvalidRequestError, NotFoundError
-from gateway.records import SQL_ERRORS
+from gateway.records import SQL_ERRORS, parse_moment
 from gateway.services import Services
 
 router = APIRouter(tags=["admin"], responses=ERRORS)
@@ -67,20 +65,12 @@ async def list_requests(
 
 
 def parse_time(text: str | None, param: str) -> float | None:
-    """Unix seconds, or an ISO 8601 date or time (UTC unless it says otherwise)."""
     if text is None:
         return None
     try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(text)
+        return parse_moment(text)
     except ValueError:
         raise InvalidRequestError(
             f"{param} must be Unix seconds or an ISO 8601 time like 2025-01-31T12:00:00Z.",
             param=param,
         ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()

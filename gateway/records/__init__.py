@@ -5,10 +5,10 @@ module is the wing's front door: other parts of the gateway import from here onl
 
 from __future__ import annotations
 
-from gateway.records.commands import run_db
+from gateway.records.commands import run_db, run_requests
 from gateway.records.database import LEDGER_REFRESH_S, Database
 from gateway.records.db import create_engine, is_sqlite, safe_url
-from gateway.records.ledger import Ledger, LedgerRow, LedgerSpend, RequestLog
+from gateway.records.ledger import Ledger, LedgerRow, LedgerSpend, RequestLog, parse_moment
 from gateway.records.tables import keys as KEY_TABLE
 from gateway.records.tables import revoked_config_keys as REVOKED_CONFIG_TABLE
 from gateway.records.tables import state as STATE_TABLE
@@ -35,7 +35,9 @@ __all__ = [
     "create_engine",
     "is_sqlite",
     "ledger_sums",
+    "parse_moment",
     "run_db",
+    "run_requests",
     "safe_url",
     "utc_day",
 ]

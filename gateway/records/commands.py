@@ -1,7 +1,8 @@
 """`gateway db upgrade | downgrade | current`: the schema's migrations from the command line.
+`gateway requests`: the request log, read straight from the database.
 
-Each prints what it found and did on one line, naming the database by its URL with the
-password hidden (`safe_url`): the output ends up in deploy logs.
+Each db action prints what it found and did on one line, naming the database by its URL
+with the password hidden (`safe_url`): the output ends up in deploy logs.
 """
 
 from __future__ import annotations
@@ -12,9 +13,14 @@ import sys
 from alembic.util import CommandError
 from sqlalchemy.exc import SQLAlchemyError
 
+from gateway import jsonutil
 from gateway.config import DatabaseConfig
 from gateway.records import migrate
-from gateway.records.db import safe_url
+from gateway.records.db import create_engine, safe_url
+from gateway.records.ledger import RequestLog, parse_moment
+from gateway.records.writer import SQL_ERRORS
+
+_COLUMNS = ("ts", "request_id", "key_name", "route", "deployment", "status", "cost_usd")
 
 
 def run_db(config: DatabaseConfig, action: str, revision: str | None) -> int:
@@ -55,3 +61,54 @@ def _describe(revision: str | None) -> str:
     if revision == head:
         return f"{revision} (head)"
     return f"{revision} (head is {head})"
+
+
+def run_requests(
+    config: DatabaseConfig,
+    request_id: str | None,
+    search: dict[str, str | int | None],
+    as_json: bool,
+) -> int:
+    """`gateway requests [ID] [--key K --since T --until T --status N --limit N]`."""
+    try:
+        since = parse_moment(str(search["since"])) if search.get("since") else None
+        until = parse_moment(str(search["until"])) if search.get("until") else None
+    except ValueError:
+        sys.stderr.write("--since/--until: Unix seconds or an ISO 8601 time\n")
+        return 2
+    try:
+        rows = asyncio.run(_requests(config, request_id, search, since, until))
+    except SQL_ERRORS as exc:
+        sys.stderr.write(f"cannot read the database: {type(exc).__name__}\n")
+        return 1
+    if as_json:
+        sys.stdout.write(jsonutil.dumps({"object": "list", "data": rows}).decode() + "\n")
+    else:
+        lines = ["  ".join(_COLUMNS)]
+        lines += ["  ".join("-" if r[c] is None else str(r[c]) for c in _COLUMNS) for r in rows]
+        sys.stdout.write("\n".join(lines) + "\n")
+    return 0 if rows or request_id is None else 1
+
+
+async def _requests(
+    config: DatabaseConfig,
+    request_id: str | None,
+    search: dict[str, str | int | None],
+    since: float | None,
+    until: float | None,
+) -> list[dict[str, object]]:
+    engine = create_engine(config)
+    try:
+        log = RequestLog(engine)
+        if request_id is not None:
+            return await log.get(request_id)
+        key, status, limit = search.get("key"), search.get("status"), search.get("limit")
+        return await log.search(
+            str(key) if key else None,
+            since,
+            until,
+            int(status) if status is not None else None,
+            int(limit) if limit is not None else 100,
+        )
+    finally:
+        await engine.dispose()

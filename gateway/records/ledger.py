@@ -137,6 +137,19 @@ class RequestLog:
             return [public_request({str(k): v for k, v in row._mapping.items()}) for row in result]
 
 
+def parse_moment(text: str) -> float:
+    """Unix seconds, or an ISO 8601 date or time (UTC unless it says otherwise);
+    ValueError for anything else."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
 def public_request(row: dict[str, Any]) -> dict[str, Any]:
     """A request-log row as the admin API shows it."""
     failed = row.pop("failed_attempts")

@@ -6,11 +6,15 @@ One redis-server private to this module (the tests flush and restart it)."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 
@@ -23,7 +27,7 @@ from tests.features.governance import (
     error_of,
     governance_config,
 )
-from tests.gatewayproc import GatewayProcess, RedisServer
+from tests.gatewayproc import REPO, GatewayProcess, RedisServer
 
 REVOKED = {"name": "sor-revoked", "key": "gw-sor-revoked-CANARY-71c2"}
 BUDGETED = {
@@ -143,11 +147,9 @@ def test_the_request_log_answers_what_happened(gateway: GatewayProcess) -> None:
 
 def test_admin_reads_need_an_admin_key(gateway: GatewayProcess) -> None:
     for path in ("/admin/requests", "/admin/requests/x", "/admin/usage?month=current"):
-        import httpx
-
         assert httpx.get(f"{gateway.url}{path}").status_code == 401
         assert httpx.get(f"{gateway.url}{path}", headers=bearer(PLAIN["key"])).status_code == 403
-    assert ADMIN_KEY
+        assert httpx.get(f"{gateway.url}{path}", headers=bearer(ADMIN_KEY)).status_code != 403
 
 
 def test_the_usage_report_is_the_ledger_month_to_date(
@@ -193,3 +195,28 @@ def test_without_redis_keys_and_budgets_survive_a_gateway_restart(
         assert chat(second, BUDGETED["key"]).status_code == 429
     finally:
         second.stop()
+
+
+def test_the_cli_reads_the_request_log_and_the_ledger(gateway: GatewayProcess) -> None:
+    """`gateway requests` and `gateway usage` read SQL straight (no gateway involved)."""
+    response = chat(gateway, PLAIN["key"])
+    request_id = response.headers["x-request-id"]
+    admin(gateway, "GET", "/admin/requests?limit=1")  # the gateway writes what it buffered
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "gateway", *args, "--config", str(gateway.config_path)]
+        return subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=60)
+
+    found = cli("requests", request_id, "--json")
+    assert found.returncode == 0, found.stderr
+    (row,) = json.loads(found.stdout)["data"]
+    assert row["key_name"] == PLAIN["name"] and row["status"] == 200
+    table = cli("requests", "--key", PLAIN["name"], "--limit", "1")
+    assert table.returncode == 0 and request_id in table.stdout
+    assert cli("requests", "no-such-id").returncode == 1
+    bad = cli("requests", "--since", "yesterday")
+    assert bad.returncode == 2 and "--since" in bad.stderr
+    usage = cli("usage", "--month", "current", "--json")
+    assert usage.returncode == 0, usage.stderr
+    by_key = {g["key"]: g for g in json.loads(usage.stdout)["by_key"]}
+    assert by_key[PLAIN["name"]]["requests"] >= 1
