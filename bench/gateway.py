@@ -148,7 +148,11 @@ def start_gateway(
     SIGINT, on which both uvicorn and the profiler finish cleanly.
     """
     if (src / "gateway" / "records").is_dir():  # a gateway with a system of record
-        database = {"url": f"sqlite+aiosqlite:///{workdir / f'gateway-{name}.db'}"}
+        # The embedded SQLite by default; BENCH_DATABASE_URL (a PostgreSQL) to measure that.
+        url = os.environ.get("BENCH_DATABASE_URL") or (
+            f"sqlite+aiosqlite:///{workdir / f'gateway-{name}.db'}"
+        )
+        database = {"url": url}
         config = {**config, "database": {**config.get("database", {}), **database}}
     else:
         config = {k: v for k, v in config.items() if k != "database"}  # an older revision

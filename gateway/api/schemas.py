@@ -128,7 +128,7 @@ class RequestRecord(BaseModel):
     """One request-log row (no prompt or answer)."""
 
     object: Literal["gateway.request"] = "gateway.request"
-    id: str  # the row's own id
+    id: int  # the row's own id (the database's)
     request_id: str  # the x-request-id the client saw
     ts: float  # when it started, Unix seconds
     day: str
@@ -152,7 +152,7 @@ class RequestRecord(BaseModel):
     cached_tokens: int | None
     output_tokens: int | None
     usage_estimated: bool | None
-    cost_usd: str | None  # an exact decimal, as text
+    cost_usd: float | None  # as the headers said it; the ledger sums exact decimals
     latency_ms: float
     ttft_ms: float | None
 

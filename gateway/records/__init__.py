@@ -12,7 +12,7 @@ from gateway.records.ledger import Ledger, LedgerRow, LedgerSpend, RequestLog, p
 from gateway.records.tables import keys as KEY_TABLE
 from gateway.records.tables import revoked_config_keys as REVOKED_CONFIG_TABLE
 from gateway.records.tables import state as STATE_TABLE
-from gateway.records.writer import SQL_ERRORS, RequestRecords, ledger_sums, utc_day
+from gateway.records.writer import SQL_ERRORS, RequestRecords, utc_day
 
 
 class RecordsUnavailableError(Exception):
@@ -34,7 +34,6 @@ __all__ = [
     "RequestRecords",
     "create_engine",
     "is_sqlite",
-    "ledger_sums",
     "parse_moment",
     "run_db",
     "run_requests",

@@ -153,9 +153,7 @@ def parse_moment(text: str) -> float:
 def public_request(row: dict[str, Any]) -> dict[str, Any]:
     """A request-log row as the admin API shows it."""
     failed = row.pop("failed_attempts")
-    cost = row["cost_usd"]
     row["failed_attempts"] = jsonutil.loads(failed) if failed else []
-    row["cost_usd"] = str(cost) if cost is not None else None
     row["object"] = "gateway.request"
     return row
 

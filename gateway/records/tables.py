@@ -102,12 +102,14 @@ spend = Table(
 Index("gateway_spend_daily_key", spend.c.key_id, spend.c.day)
 
 # The request log: one row per request the gateway answered (or failed to). `id` is
-# the gateway's own unique id for the row (the idempotency key of the writers);
-# `request_id` is what the client saw in x-request-id (a client may reuse one).
+# the database's own (SQLite's rowid: no index of its own to write); `request_id` is
+# what the client saw in x-request-id (a client may reuse one). Batches, not rows, are
+# what makes writing idempotent (`record_batches`).
+ROW_ID = BigInteger().with_variant(Integer, "sqlite")
 requests = Table(
     "gateway_requests",
     metadata,
-    Column("id", String(64), primary_key=True),
+    Column("id", ROW_ID, primary_key=True, autoincrement=True),
     Column("request_id", String(128), nullable=False),
     Column("ts", Double, nullable=False),  # when it started, Unix seconds
     Column("day", String(10), nullable=False),
@@ -131,13 +133,13 @@ requests = Table(
     Column("cached_tokens", BigInteger, nullable=True),
     Column("output_tokens", BigInteger, nullable=True),
     Column("usage_estimated", Boolean, nullable=True),
-    Column("cost_usd", MONEY, nullable=True),
+    # What the headers and metrics said (a float); the ledger holds the exact decimal sums.
+    Column("cost_usd", Double, nullable=True),
     Column("latency_ms", Double, nullable=False),
     Column("ttft_ms", Double, nullable=True),
 )
 Index("gateway_requests_request_id", requests.c.request_id)
 Index("gateway_requests_ts", requests.c.ts)
-Index("gateway_requests_key_ts", requests.c.key_id, requests.c.ts)
 
 # Batches of request rows written (by the writers, gateway.records.writer): a batch's id
 # is drawn once and inserted in the same transaction as its rows and ledger sums, so a

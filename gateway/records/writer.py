@@ -1,8 +1,11 @@
 """The request log and the spend ledger, written in batches off the request path.
 
-`RequestRecords.add` is all a request does: it appends its finished context to a
-bounded buffer. A background task, every `database.flush_interval_s`, turns up to
-`batch_rows` of them into rows and writes them in one transaction:
+`RequestRecords.add` is all a request does, after its answer has gone out: it makes
+its request-log row (a tuple of plain values: the context and everything it holds can
+be freed at once, and the garbage collector never walks the row) and adds its tokens
+to its ledger group, in the open segment of a bounded buffer. Segments close at
+`batch_rows` rows. A background task, every `database.flush_interval_s`, writes each
+closed segment (and the open one) as a batch, in one transaction:
 
 1. the batch's id (`gateway_record_batches`, `INSERT ... ON CONFLICT DO NOTHING`): when
    it is there already, the batch was written before and nothing else is done;
@@ -30,16 +33,18 @@ the headers and metrics show.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from time import perf_counter
 from typing import Any
 
-from sqlalchemy import delete, insert
+from sqlalchemy import delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -61,10 +66,34 @@ SQL_ERRORS = (SQLAlchemyError, OSError, asyncio.TimeoutError)
 
 
 @dataclass(slots=True)
-class _Finished:
-    ctx: RequestContext
-    ended_at: float  # wall clock, Unix seconds
-    latency_s: float
+class _Spend:
+    """One ledger row's sums within a batch (costs are priced per group, not per row)."""
+
+    key_name: str
+    requests: int = 0
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    uncached_tokens: int = 0  # max(input - cached - cache write, 0), summed row by row
+    output_tokens: int = 0
+    unpriced_usd: float = 0.0  # rows whose deployment this replica does not know
+
+
+@dataclass(slots=True)
+class _Segment:
+    """Rows not written yet, with the ledger sums of exactly those rows."""
+
+    rows: list[tuple[Any, ...]] = field(default_factory=list)  # in `_COLUMNS` order
+    spend: dict[tuple[Any, ...], _Spend] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Made once from a segment, then retried as it is until it commits."""
+
+    id: str
+    rows: list[tuple[Any, ...]]  # request-log rows, in `_COLUMNS` order
+    spend: list[dict[str, Any]]  # ledger rows
 
 
 class RequestRecords:
@@ -80,9 +109,10 @@ class RequestRecords:
         self._deployments = deployments
         self._metrics = metrics
         self._insert = _dialect_insert(engine)
-        self._buffer: deque[_Finished] = deque()
-        self._batch: list[dict[str, Any]] = []  # rows made, not committed yet
-        self._batch_id = ""
+        self._insert_rows = _insert_rows_sql(engine)
+        self._segments: deque[_Segment] = deque([_Segment()])  # the last one is open
+        self._buffered = 0  # rows in the segments
+        self._batch: _Batch | None = None  # made, not committed yet
         self._task: asyncio.Task[None] | None = None
         self._healthy = True
         self._pruned_at = 0.0
@@ -90,11 +120,51 @@ class RequestRecords:
     # -- the request path ---------------------------------------------------------------
 
     def add(self, ctx: RequestContext) -> None:
-        """Called once per finished request: an append, nothing else."""
-        if len(self._buffer) >= self._config.buffer_max_rows:
+        """Called once per finished request: a row made and appended, nothing waited for."""
+        if self._buffered >= self._config.buffer_max_rows:
             self._metrics.records_dropped.inc()
             return
-        self._buffer.append(_Finished(ctx, time.time(), ctx.elapsed_s()))
+        segment = self._segments[-1]
+        if len(segment.rows) >= self._config.batch_rows:
+            segment = _Segment()
+            self._segments.append(segment)
+        latency_s = perf_counter() - ctx.started
+        started = time.time() - latency_s
+        day = utc_day(started)
+        usage, failed, ttft_s = ctx.usage, ctx.failed_attempts, ctx.ttft_s
+        segment.rows.append(
+            (  # in _COLUMNS order
+                ctx.request_id,
+                started,
+                day,
+                ctx.endpoint,
+                ctx.key_id,
+                ctx.key_name,
+                ctx.team,
+                ctx.route,
+                ctx.policy,
+                ctx.deployment_id,
+                ctx.provider,
+                ctx.model,
+                ctx.status,
+                ctx.error_code,
+                ctx.attempts,
+                jsonutil.dumps(failed).decode() if failed else None,
+                ctx.stream,
+                ctx.stream_outcome,
+                ctx.cache,
+                usage.prompt_tokens if usage else None,
+                usage.cached_tokens if usage else None,
+                usage.completion_tokens if usage else None,
+                usage.estimated if usage else None,
+                ctx.cost_usd,
+                latency_s * 1000,
+                ttft_s * 1000 if ttft_s is not None else None,
+            )
+        )
+        self._buffered += 1
+        if ctx.route is not None and (usage is not None or ctx.cache == "HIT"):
+            self._add_spend(segment.spend, ctx, day)
 
     # -- the background writer ----------------------------------------------------------
 
@@ -116,7 +186,7 @@ class RequestRecords:
             log.warning("request records: %d rows not written at shutdown", self.pending())
 
     def pending(self) -> int:
-        return len(self._buffer) + len(self._batch)
+        return self._buffered + (len(self._batch.rows) if self._batch else 0)
 
     async def _run(self) -> None:
         delay_s = self._config.flush_interval_s
@@ -131,89 +201,101 @@ class RequestRecords:
 
     async def flush(self) -> bool:
         """Writes one batch; False when SQL failed (the batch is kept for the retry)."""
-        if not self._batch:
-            self._batch = [self._row(self._buffer.popleft()) for _ in self._take()]
-            self._batch_id = new_id()
-        if not self._batch:
+        if self._batch is None and self._buffered:
+            self._batch = self._make_batch()
+        batch = self._batch
+        if batch is None:
             return True
         try:
             async with self._engine.begin() as conn:
-                await self._write(conn, self._batch_id, self._batch)
+                await self._write(conn, batch)
         except SQL_ERRORS as exc:
             self._failed("write", exc)
             self._metrics.records_pending.set(self.pending())
             return False
-        self._metrics.records_written.inc(len(self._batch))
-        self._batch = []
+        self._metrics.records_written.inc(len(batch.rows))
+        self._batch = None
         self._metrics.records_pending.set(self.pending())
         self._recovered()
         return True
 
-    def _take(self) -> range:
-        return range(min(len(self._buffer), self._config.batch_rows))
+    def _make_batch(self) -> _Batch:
+        segment = self._segments.popleft()
+        if not self._segments:
+            self._segments.append(_Segment())
+        self._buffered -= len(segment.rows)
+        spend = [self._ledger_row(key, group) for key, group in segment.spend.items()]
+        return _Batch(new_id(), segment.rows, spend)
 
-    async def _write(
-        self, conn: AsyncConnection, batch_id: str, rows: Sequence[dict[str, Any]]
-    ) -> None:
+    async def _write(self, conn: AsyncConnection, batch: _Batch) -> None:
         mark = self._insert(record_batches).on_conflict_do_nothing(index_elements=["id"])
-        marked = await conn.execute(mark, {"id": batch_id, "written_at": time.time()})
+        marked = await conn.execute(mark, {"id": batch.id, "written_at": time.time()})
         if marked.rowcount == 0:
             return  # this batch committed before; its answer was lost
-        await conn.execute(insert(requests), list(rows))
-        sums = ledger_sums(rows)
-        if not sums:
+        # The driver's own executemany: no per-row work in SQLAlchemy.
+        await conn.exec_driver_sql(self._insert_rows, batch.rows)
+        if not batch.spend:
             return
         upsert = self._insert(spend)
         keys = [c.name for c in spend.primary_key.columns]
         added = {name: spend.c[name] + upsert.excluded[name] for name in _SUMMED}
         added["key_name"] = upsert.excluded.key_name
-        await conn.execute(upsert.on_conflict_do_update(index_elements=keys, set_=added), sums)
+        statement = upsert.on_conflict_do_update(index_elements=keys, set_=added)
+        await conn.execute(statement, batch.spend)
 
-    def _row(self, item: _Finished) -> dict[str, Any]:
-        ctx, usage = item.ctx, item.ctx.usage
-        started = item.ended_at - item.latency_s
-        return {
-            "id": new_id(),
-            "request_id": ctx.request_id,
-            "ts": started,
-            "day": utc_day(started),
-            "endpoint": ctx.endpoint,
-            "key_id": ctx.key_id,
-            "key_name": ctx.key_name,
-            "team": ctx.team,
-            "route": ctx.route,
-            "policy": ctx.policy,
-            "deployment": ctx.deployment_id,
-            "provider": ctx.provider,
-            "model": ctx.model,
-            "status": ctx.status,
-            "error_code": ctx.error_code,
-            "attempts": ctx.attempts,
-            "failed_attempts": (
-                jsonutil.dumps(ctx.failed_attempts).decode() if ctx.failed_attempts else None
-            ),
-            "stream": ctx.stream,
-            "stream_outcome": ctx.stream_outcome,
-            "cache": ctx.cache,
-            "input_tokens": usage.prompt_tokens if usage else None,
-            "cached_tokens": usage.cached_tokens if usage else None,
-            "output_tokens": usage.completion_tokens if usage else None,
-            "usage_estimated": usage.estimated if usage else None,
-            "cost_usd": self._cost(ctx),
-            "latency_ms": round(item.latency_s * 1000, 3),
-            "ttft_ms": round(ctx.ttft_s * 1000, 3) if ctx.ttft_s is not None else None,
-        }
-
-    def _cost(self, ctx: RequestContext) -> Decimal | None:
-        if ctx.cost_usd is None:
-            return None
-        d = self._deployments.get(ctx.deployment_id or "")
-        if ctx.usage is None or d is None or ctx.cache == "HIT":
-            return Decimal(repr(ctx.cost_usd))
-        u = ctx.usage
-        return exact_cost_usd(
-            u.prompt_tokens, u.completion_tokens, u.cached_tokens, u.cache_write_tokens, d.prices
+    def _add_spend(
+        self, sums: dict[tuple[Any, ...], _Spend], ctx: RequestContext, day: str
+    ) -> None:
+        """Requests with usage (an answer that was paid for) and cache hits (a request, no
+        tokens, no cost) count in the ledger; refusals and failures are only logged."""
+        hit, usage = ctx.cache == "HIT", ctx.usage
+        estimated = usage is not None and usage.estimated and not hit
+        key_id = ctx.key_id or "anonymous"
+        key = (day, key_id, ctx.team or "", ctx.route or "", ctx.deployment_id or "", estimated)
+        group = sums.get(key)
+        if group is None:
+            group = sums[key] = _Spend(ctx.key_name or key_id)
+        group.requests += 1
+        if hit or usage is None:
+            return
+        group.input_tokens += usage.prompt_tokens
+        group.cached_tokens += usage.cached_tokens
+        group.cache_write_tokens += usage.cache_write_tokens
+        group.uncached_tokens += max(
+            usage.prompt_tokens - max(usage.cached_tokens, 0) - max(usage.cache_write_tokens, 0),
+            0,
         )
+        group.output_tokens += usage.completion_tokens
+        if ctx.deployment_id not in self._deployments:
+            group.unpriced_usd += ctx.cost_usd or 0.0
+
+    def _ledger_row(self, key: tuple[Any, ...], group: _Spend) -> dict[str, Any]:
+        day, key_id, team, route, deployment, estimated = key
+        d = self._deployments.get(deployment)
+        if d is None:
+            cost = Decimal(repr(group.unpriced_usd))
+        else:  # linear in each kind of token: priced once per group, exactly
+            cost = exact_cost_usd(
+                group.uncached_tokens + max(group.cached_tokens, 0) + group.cache_write_tokens,
+                group.output_tokens,
+                group.cached_tokens,
+                group.cache_write_tokens,
+                d.prices,
+            )
+        return {
+            "day": day,
+            "key_id": key_id,
+            "team": team,
+            "route": route,
+            "deployment": deployment,
+            "estimated": estimated,
+            "key_name": group.key_name,
+            "requests": group.requests,
+            "input_tokens": group.input_tokens,
+            "cached_tokens": group.cached_tokens,
+            "output_tokens": group.output_tokens,
+            "cost_usd": cost,
+        }
 
     async def _prune(self) -> None:
         self._pruned_at = time.monotonic()
@@ -243,51 +325,53 @@ class RequestRecords:
             log.warning("sql available again; request records written")
 
 
-def ledger_sums(rows: Any) -> list[dict[str, Any]]:
-    """The ledger rows that `rows` (request-log rows) add up to: requests with usage (an
-    answer that was paid for) and cache hits (a request, no tokens, no cost); refusals
-    and failures are in the request log only."""
-    sums: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for row in rows:
-        hit = row["cache"] == "HIT"
-        if (row["input_tokens"] is None and not hit) or row["route"] is None:
-            continue
-        key = (
-            row["day"],
-            row["key_id"] or "anonymous",
-            row["team"] or "",
-            row["route"],
-            row["deployment"] or "",
-            bool(row["usage_estimated"]),
-        )
-        entry = sums.get(key)
-        if entry is None:
-            entry = sums[key] = {
-                "day": key[0],
-                "key_id": key[1],
-                "team": key[2],
-                "route": key[3],
-                "deployment": key[4],
-                "estimated": key[5],
-                "key_name": row["key_name"] or key[1],
-                "requests": 0,
-                "input_tokens": 0,
-                "cached_tokens": 0,
-                "output_tokens": 0,
-                "cost_usd": Decimal(0),
-            }
-        entry["requests"] += 1
-        if hit:
-            continue  # served from the cache: no tokens paid for, no cost
-        entry["input_tokens"] += row["input_tokens"]
-        entry["cached_tokens"] += row["cached_tokens"] or 0
-        entry["output_tokens"] += row["output_tokens"] or 0
-        entry["cost_usd"] += row["cost_usd"] or Decimal(0)
-    return list(sums.values())
+_COLUMNS = (  # of a request-log row; `id` is the database's
+    "request_id",
+    "ts",
+    "day",
+    "endpoint",
+    "key_id",
+    "key_name",
+    "team",
+    "route",
+    "policy",
+    "deployment",
+    "provider",
+    "model",
+    "status",
+    "error_code",
+    "attempts",
+    "failed_attempts",
+    "stream",
+    "stream_outcome",
+    "cache",
+    "input_tokens",
+    "cached_tokens",
+    "output_tokens",
+    "usage_estimated",
+    "cost_usd",
+    "latency_ms",
+    "ttft_ms",
+)
+
+
+def _insert_rows_sql(engine: AsyncEngine) -> str:
+    """The request-log INSERT in the driver's own parameter style."""
+    if is_sqlite(str(engine.url)):
+        marks = ", ".join("?" for _ in _COLUMNS)
+    else:  # asyncpg
+        marks = ", ".join(f"${i}" for i in range(1, len(_COLUMNS) + 1))
+    return f"INSERT INTO {requests.name} ({', '.join(_COLUMNS)}) VALUES ({marks})"
+
+
+@functools.lru_cache(maxsize=4)
+def _day_of(day_index: int) -> str:
+    return datetime.fromtimestamp(day_index * 86_400, UTC).strftime("%Y-%m-%d")
 
 
 def utc_day(unix_s: float) -> str:
-    return datetime.fromtimestamp(unix_s, UTC).strftime("%Y-%m-%d")
+    """ "YYYY-MM-DD" in UTC (a UTC day is 86,400 Unix seconds); formatted once per day."""
+    return _day_of(int(unix_s // 86_400))
 
 
 def _dialect_insert(engine: AsyncEngine) -> Any:

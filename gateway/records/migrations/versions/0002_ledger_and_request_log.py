@@ -43,7 +43,12 @@ def upgrade() -> None:
     op.create_index("gateway_spend_daily_key", "gateway_spend_daily", ["key_id", "day"])
     op.create_table(
         "gateway_requests",
-        sa.Column("id", sa.String(64), primary_key=True),
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            primary_key=True,
+            autoincrement=True,
+        ),
         sa.Column("request_id", sa.String(128), nullable=False),
         sa.Column("ts", sa.Double, nullable=False),
         sa.Column("day", sa.String(10), nullable=False),
@@ -67,13 +72,12 @@ def upgrade() -> None:
         sa.Column("cached_tokens", sa.BigInteger, nullable=True),
         sa.Column("output_tokens", sa.BigInteger, nullable=True),
         sa.Column("usage_estimated", sa.Boolean, nullable=True),
-        sa.Column("cost_usd", MONEY, nullable=True),
+        sa.Column("cost_usd", sa.Double(), nullable=True),
         sa.Column("latency_ms", sa.Double, nullable=False),
         sa.Column("ttft_ms", sa.Double, nullable=True),
     )
     op.create_index("gateway_requests_request_id", "gateway_requests", ["request_id"])
     op.create_index("gateway_requests_ts", "gateway_requests", ["ts"])
-    op.create_index("gateway_requests_key_ts", "gateway_requests", ["key_id", "ts"])
     op.create_table(
         "gateway_record_batches",
         sa.Column("id", sa.String(64), nullable=False),
@@ -86,7 +90,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("gateway_record_batches_written_at", table_name="gateway_record_batches")
     op.drop_table("gateway_record_batches")
-    op.drop_index("gateway_requests_key_ts", table_name="gateway_requests")
     op.drop_index("gateway_requests_ts", table_name="gateway_requests")
     op.drop_index("gateway_requests_request_id", table_name="gateway_requests")
     op.drop_table("gateway_requests")
