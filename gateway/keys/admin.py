@@ -122,6 +122,8 @@ class KeyAdmin:
                 await self.refresh()
             except RecordsUnavailableError:
                 pass  # the last mirror stays; the request writer logs SQL outages
+            except Exception:  # a bug, not an outage: logged, and the sync goes on
+                log.exception("key sync: refresh failed")
 
     async def refresh(self, force: bool = False) -> None:
         version = await self._records.version()  # read first: a change meanwhile reloads again

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.config import DatabaseConfig
 from gateway.records.ledger import Ledger, LedgerSpend, RequestLog
 from gateway.records.migrate import upgrade
-from gateway.records.writer import SQL_ERRORS, RequestRecords
+from gateway.records.writer import RequestRecords
 
 log = logging.getLogger("gateway")
 
@@ -58,7 +58,7 @@ class Database:
             try:
                 await upgrade(config)
                 return
-            except SQL_ERRORS as exc:
+            except Exception as exc:  # unreachable, or starting up: try again
                 if not logged:
                     log.warning("sql schema upgrade failed (%s); retrying", type(exc).__name__)
                     logged = True
@@ -67,14 +67,8 @@ class Database:
     async def written(self, timeout_s: float = 2.0) -> None:
         """Writes what is buffered now (bounded): an admin read right after a request
         sees it. Gives up quietly when SQL is slow or down."""
-        if self.records is None:
-            return
-        try:
-            async with asyncio.timeout(timeout_s):
-                while self.records.pending() and await self.records.flush():
-                    pass
-        except TimeoutError:
-            pass
+        if self.records is not None:
+            await self.records.drain(timeout_s)
 
     async def aclose(self) -> None:
         if self._schema_task is not None:

@@ -190,7 +190,10 @@ class LedgerSpend:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._interval_s)
-            await self.refresh()
+            try:
+                await self.refresh()
+            except Exception:  # a bug, not an outage: logged, and the refresh goes on
+                log.exception("ledger spend: refresh failed")
 
     async def aclose(self) -> None:
         if self._task is not None:

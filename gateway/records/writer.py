@@ -44,6 +44,7 @@ from decimal import Decimal
 from time import perf_counter
 from typing import Any
 
+import asyncpg
 from sqlalchemy import delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
@@ -62,7 +63,15 @@ log = logging.getLogger("gateway")
 _PRUNE_EVERY_S = 3600.0
 _RETRY_MAX_S = 5.0
 _SUMMED = ("requests", "input_tokens", "cached_tokens", "output_tokens", "cost_usd")
-SQL_ERRORS = (SQLAlchemyError, OSError, asyncio.TimeoutError)
+# What "SQL is unreachable" looks like. asyncpg raises some errors of its own unwrapped
+# by SQLAlchemy: 57P03 "the database system is starting up" from connect, for one.
+SQL_ERRORS = (
+    SQLAlchemyError,
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
 
 
 @dataclass(slots=True)
@@ -113,6 +122,8 @@ class RequestRecords:
         self._segments: deque[_Segment] = deque([_Segment()])  # the last one is open
         self._buffered = 0  # rows in the segments
         self._batch: _Batch | None = None  # made, not committed yet
+        self._flushing = asyncio.Lock()
+        self.written_rows = 0  # rows committed since start
         self._task: asyncio.Task[None] | None = None
         self._healthy = True
         self._pruned_at = 0.0
@@ -185,6 +196,17 @@ class RequestRecords:
         if self.pending():
             log.warning("request records: %d rows not written at shutdown", self.pending())
 
+    async def drain(self, timeout_s: float) -> None:
+        """Writes at least what is pending now (not what arrives meanwhile), bounded by
+        `timeout_s`; gives up quietly when SQL is slow or down."""
+        target = self.written_rows + self.pending()
+        try:
+            async with asyncio.timeout(timeout_s):
+                while self.written_rows < target and self.pending() and await self.flush():
+                    pass
+        except TimeoutError:
+            pass
+
     def pending(self) -> int:
         return self._buffered + (len(self._batch.rows) if self._batch else 0)
 
@@ -193,14 +215,23 @@ class RequestRecords:
         while True:
             await asyncio.sleep(delay_s)
             ok = True
-            while ok and self.pending():
-                ok = await self.flush()
+            try:
+                while ok and self.pending():
+                    ok = await self.flush()
+            except Exception:  # a bug, not an outage: logged, and the writer goes on
+                log.exception("request records: writing a batch failed")
+                ok = False
             delay_s = self._config.flush_interval_s if ok else _RETRY_MAX_S
             if ok and time.monotonic() - self._pruned_at > _PRUNE_EVERY_S:
                 await self._prune()
 
     async def flush(self) -> bool:
-        """Writes one batch; False when SQL failed (the batch is kept for the retry)."""
+        """Writes one batch; False when SQL failed (the batch is kept for the retry). One
+        flush at a time: the background task and an admin read may both ask."""
+        async with self._flushing:
+            return await self._flush_one()
+
+    async def _flush_one(self) -> bool:
         if self._batch is None and self._buffered:
             self._batch = self._make_batch()
         batch = self._batch
@@ -214,6 +245,7 @@ class RequestRecords:
             self._metrics.records_pending.set(self.pending())
             return False
         self._metrics.records_written.inc(len(batch.rows))
+        self.written_rows += len(batch.rows)
         self._batch = None
         self._metrics.records_pending.set(self.pending())
         self._recovered()
