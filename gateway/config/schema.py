@@ -230,8 +230,8 @@ class DatabaseConfig(_Model):
     # it sums (per key, team, route, deployment and day). Keys live in SQL either way.
     records: bool = True
     request_log_retention_days: int = Field(30, ge=1)
-    flush_interval_s: float = Field(0.5, gt=0)  # rows go out in batches this often
-    batch_rows: int = Field(2000, ge=1)
+    flush_interval_s: float = Field(1.0, gt=0)  # rows go out in batches this often
+    batch_rows: int = Field(10_000, ge=1)
     # Rows held while SQL is unreachable; past it new rows are dropped, with their ledger
     # sums (counted in gateway_records_dropped_total).
     buffer_max_rows: int = Field(100_000, ge=1)

@@ -41,6 +41,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from itertools import chain
 from time import perf_counter
 from typing import Any
 
@@ -118,7 +119,7 @@ class RequestRecords:
         self._deployments = deployments
         self._metrics = metrics
         self._insert = _dialect_insert(engine)
-        self._insert_rows = _insert_rows_sql(engine)
+        self._insert_rows = _pg_insert_rows_sql() if not is_sqlite(str(engine.url)) else None
         self._segments: deque[_Segment] = deque([_Segment()])  # the last one is open
         self._buffered = 0  # rows in the segments
         self._batch: _Batch | None = None  # made, not committed yet
@@ -216,7 +217,10 @@ class RequestRecords:
             await asyncio.sleep(delay_s)
             ok = True
             try:
-                while ok and self.pending():
+                # What was pending at this tick, not what arrives while writing it: under
+                # load that would be a stream of small batches, each a transaction.
+                target = self.written_rows + self.pending()
+                while ok and self.written_rows < target and self.pending():
                     ok = await self.flush()
             except Exception:  # a bug, not an outage: logged, and the writer goes on
                 log.exception("request records: writing a batch failed")
@@ -264,8 +268,7 @@ class RequestRecords:
         marked = await conn.execute(mark, {"id": batch.id, "written_at": time.time()})
         if marked.rowcount == 0:
             return  # this batch committed before; its answer was lost
-        # The driver's own executemany: no per-row work in SQLAlchemy.
-        await conn.exec_driver_sql(self._insert_rows, batch.rows)
+        await self._insert_log_rows(conn, batch.rows)
         if not batch.spend:
             return
         upsert = self._insert(spend)
@@ -274,6 +277,23 @@ class RequestRecords:
         added["key_name"] = upsert.excluded.key_name
         statement = upsert.on_conflict_do_update(index_elements=keys, set_=added)
         await conn.execute(statement, batch.spend)
+
+    async def _insert_log_rows(self, conn: AsyncConnection, rows: list[tuple[Any, ...]]) -> None:
+        """No per-row work in SQLAlchemy or the driver. PostgreSQL: the batch as one JSON
+        parameter of one statement (the server unpacks it). SQLite: multi-row VALUES of a
+        few fixed sizes (one cached statement each), because sqlite3 gives up the GIL
+        around every statement it steps, and aiosqlite steps in its own thread: one row per
+        statement (an executemany) is a GIL hand-off per row, which under load cost more
+        than the insert; JSON unpacked by SQLite re-parses each row per column."""
+        if self._insert_rows is not None:
+            await conn.exec_driver_sql(self._insert_rows, (jsonutil.dumps(rows).decode(),))
+            return
+        start = 0
+        for size in _chunks(len(rows)):
+            chunk = rows[start : start + size]
+            start += size
+            flat = tuple(chain.from_iterable(chunk))
+            await conn.exec_driver_sql(_sqlite_insert_rows_sql(size), flat)
 
     def _add_spend(
         self, sums: dict[tuple[Any, ...], _Spend], ctx: RequestContext, day: str
@@ -387,13 +407,45 @@ _COLUMNS = (  # of a request-log row; `id` is the database's
 )
 
 
-def _insert_rows_sql(engine: AsyncEngine) -> str:
-    """The request-log INSERT in the driver's own parameter style."""
-    if is_sqlite(str(engine.url)):
-        marks = ", ".join("?" for _ in _COLUMNS)
-    else:  # asyncpg
-        marks = ", ".join(f"${i}" for i in range(1, len(_COLUMNS) + 1))
-    return f"INSERT INTO {requests.name} ({', '.join(_COLUMNS)}) VALUES ({marks})"
+def _pg_insert_rows_sql() -> str:
+    """The request-log INSERT of a batch given as one JSON array of rows (arrays in
+    `_COLUMNS` order), unpacked by PostgreSQL."""
+    casts = [_PG_CASTS[type(requests.c[name].type).__name__] for name in _COLUMNS]
+    values = ", ".join(f"(r->>{i}){cast}" for i, cast in enumerate(casts))
+    return (
+        f"INSERT INTO {requests.name} ({', '.join(_COLUMNS)}) "
+        f"SELECT {values} FROM json_array_elements($1::json) AS r"
+    )
+
+
+_SQLITE_CHUNK_SIZES = (512, 128, 32, 8, 2, 1)  # 512 x 26 parameters < SQLite's 32,766
+
+
+def _chunks(count: int) -> list[int]:
+    """`count` rows as chunks of the fixed sizes, largest first."""
+    sizes = []
+    for size in _SQLITE_CHUNK_SIZES:
+        while count >= size:
+            sizes.append(size)
+            count -= size
+    return sizes
+
+
+@functools.lru_cache(maxsize=len(_SQLITE_CHUNK_SIZES))
+def _sqlite_insert_rows_sql(rows: int) -> str:
+    one = "(" + ", ".join("?" for _ in _COLUMNS) + ")"
+    values = ", ".join(one for _ in range(rows))
+    return f"INSERT INTO {requests.name} ({', '.join(_COLUMNS)}) VALUES {values}"
+
+
+_PG_CASTS = {  # text out of JSON, into each column's type
+    "String": "",
+    "Text": "",
+    "Integer": "::integer",
+    "BigInteger": "::bigint",
+    "Double": "::double precision",
+    "Boolean": "::boolean",
+}
 
 
 @functools.lru_cache(maxsize=4)
