@@ -36,15 +36,16 @@ GRAFANA_VARIABLES = {
 }
 
 
-def dashboard_exprs(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
-    """(panel title, expr) for every target of every panel, rows' nested panels included."""
+def dashboard_exprs(dashboard: dict[str, Any], field: str = "expr") -> list[tuple[str, str]]:
+    """(panel title, expr) for every target of every panel, rows' nested panels included;
+    `field`: the target's query field (`expr` for Prometheus, `rawSql` for SQL)."""
     found = []
     panels = list(dashboard["panels"])
     while panels:
         panel = panels.pop(0)
         panels.extend(panel.get("panels", []))
         for target in panel.get("targets", []):
-            found.append((panel["title"], target["expr"]))
+            found.append((panel["title"], target[field]))
     return found
 
 

@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from tests.conftest import OPENAI_KEY
 from tests.fakes.openai_fake import FakeOpenAI
 from tests.fakes.server import free_port
+from tests.features.test_dashboard import dashboard_exprs
 from tests.gatewayproc import REPO, GatewayProcess
 from tests.pgserver import PostgresServer
 
@@ -99,15 +100,8 @@ def expand_macros(sql: str, start: datetime, end: datetime) -> str:
 
 
 def dashboard_queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
-    """(panel title, rawSql) for every target of every panel, rows' nested panels included."""
-    found = []
-    panels = list(dashboard["panels"])
-    while panels:
-        panel = panels.pop(0)
-        panels.extend(panel.get("panels", []))
-        for target in panel.get("targets", []):
-            found.append((panel["title"], target["rawSql"]))
-    return found
+    """(panel title, rawSql) for every target of every panel."""
+    return dashboard_exprs(dashboard, "rawSql")
 
 
 def compose_defaults(value: str) -> str:

@@ -137,12 +137,11 @@ def test_a_batch_written_twice_bills_once(database: DatabaseConfig) -> None:
         records = writer(database)
         for i in range(50):
             records.add(finished(f"r{i}", Usage(100, 10)))
-        records._batch = [records._row(records._buffer.popleft()) for _ in range(50)]
-        records._batch_id = "batch-1"
-        batch = list(records._batch)
+        batch = records._make_batch()
+        records._batch = batch
         assert await records.flush()
         first = await ledger_totals(records)
-        records._batch, records._batch_id = batch, "batch-1"  # the retry of a committed batch
+        records._batch = batch  # the retry of a batch that had committed
         assert await records.flush()
         assert await ledger_totals(records) == first
         assert first[0] == 50 and await logged(records) == 50

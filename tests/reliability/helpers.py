@@ -3,15 +3,18 @@ two scrapes, and a request's access line."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Self
 
 import openai
 import pytest
 
 from tests.conftest import OPENAI_KEY
 from tests.fakes.openai_fake import FakeOpenAI
+from tests.fakes.server import free_port
 from tests.gatewayproc import GatewayProcess
 from tests.promtext import Scrape, eventually, scrape_until
 
@@ -67,3 +70,46 @@ def stream_until_error(
         for chunk in stream:
             received.append(chunk)
     return received, info.value
+
+
+class TcpHop:
+    """A TCP hop on a free loopback port in front of `target_port`, served by an asyncio
+    loop in a thread of its own: subclasses say what a connection does (`_connection`)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.port = free_port()
+        self._target_port = target_port
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> Self:
+        self._thread.start()
+        assert self._ready.wait(5)
+        return self
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._server = self._loop.run_until_complete(
+            asyncio.start_server(self._connection, "127.0.0.1", self.port)
+        )
+        self._ready.set()
+        self._loop.run_forever()
+        self._loop.close()
+
+    async def _shutdown(self) -> None:
+        self._server.close()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _connection(
+        self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter
+    ) -> None:
+        raise NotImplementedError

@@ -27,7 +27,6 @@ import httpx
 import pytest
 import redis
 
-from tests.fakes.server import free_port
 from tests.features.governance import (
     admin,
     bearer,
@@ -39,6 +38,7 @@ from tests.features.governance import (
 )
 from tests.gatewayproc import GatewayProcess, RedisServer
 from tests.openai_schema import validate
+from tests.reliability.helpers import TcpHop
 
 # Short on purpose: a Redis call that is not answered within this must not hold requests.
 REDIS_TIMEOUTS = {"socket_timeout_s": 0.2, "connect_timeout_s": 0.2, "operation_deadline_s": 0.25}
@@ -480,7 +480,7 @@ def test_flushall_during_traffic_is_not_an_outage(
 # --- lost replies: a write that timed out but was applied --------------------------------
 
 
-class ReplyLossProxy:
+class ReplyLossProxy(TcpHop):
     """A TCP hop to Redis that, when armed, loses the replies to script calls.
 
     Every command still reaches Redis and runs; only on a connection that carried an
@@ -491,12 +491,8 @@ class ReplyLossProxy:
     settlements: redis-py asks SCRIPT EXISTS first, so a frozen Redis gets no EVALSHA)."""
 
     def __init__(self, target_port: int) -> None:
-        self.port = free_port()
+        super().__init__(target_port)
         self.armed = threading.Event()
-        self._target_port = target_port
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
         self._lossy: list[asyncio.StreamWriter] = []
 
     def disarm(self) -> None:
@@ -507,32 +503,6 @@ class ReplyLossProxy:
         for writer in self._lossy:
             writer.transport.abort()
         self._lossy.clear()
-
-    def start(self) -> ReplyLossProxy:
-        self._thread.start()
-        assert self._ready.wait(5)
-        return self
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(5)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._server = self._loop.run_until_complete(
-            asyncio.start_server(self._connection, "127.0.0.1", self.port)
-        )
-        self._ready.set()
-        self._loop.run_forever()
-        self._loop.close()
-
-    async def _shutdown(self) -> None:
-        self._server.close()
-        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _connection(
         self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter

@@ -41,11 +41,12 @@ import redis
 
 from tests.conftest import OPENAI_KEY
 from tests.fakes.openai_fake import FakeOpenAI
-from tests.fakes.server import Behaviour, free_port
+from tests.fakes.server import Behaviour
 from tests.features.governance import ADMIN_KEY, admin, bearer
 from tests.gatewayproc import GatewayProcess, RedisServer
 from tests.pgserver import PostgresServer
 from tests.promtext import scrape
+from tests.reliability.helpers import TcpHop
 
 # --- the upstream and its prices -------------------------------------------------------
 
@@ -580,7 +581,7 @@ def budget_margin(answers: list[Answer], faults: list[tuple[float, float]]) -> i
 # --- a PostgreSQL that is starting up --------------------------------------------------
 
 
-class StartingUpPostgres:
+class StartingUpPostgres(TcpHop):
     """A TCP hop to PostgreSQL that can play a server starting up (or shutting down).
 
     `up()`: bytes go through both ways. `starting()`: the connections going through are
@@ -592,22 +593,13 @@ class StartingUpPostgres:
     SSL_REQUEST, GSSENC_REQUEST = 80877103, 80877104
 
     def __init__(self, target_port: int) -> None:
-        self.port = free_port()
-        self._target_port = target_port
+        super().__init__(target_port)
         self._starting = False
         self._links: set[asyncio.StreamWriter] = set()
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
         self.refused = 0  # connections answered with 57P03
 
     def url(self, database: str) -> str:
         return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{database}"
-
-    def start(self) -> StartingUpPostgres:
-        self._thread.start()
-        assert self._ready.wait(5)
-        return self
 
     def starting(self) -> None:
         asyncio.run_coroutine_threadsafe(self._set(True), self._loop).result(5)
@@ -621,27 +613,6 @@ class StartingUpPostgres:
             for writer in self._links:
                 writer.transport.abort()
             self._links.clear()
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(5)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._server = self._loop.run_until_complete(
-            asyncio.start_server(self._connection, "127.0.0.1", self.port)
-        )
-        self._ready.set()
-        self._loop.run_forever()
-        self._loop.close()
-
-    async def _shutdown(self) -> None:
-        self._server.close()
-        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _connection(
         self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter
