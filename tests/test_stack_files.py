@@ -167,9 +167,13 @@ def test_postgres_is_persistent_healthchecked_and_the_gateways_database(
     assert (url.host, url.port) == ("postgres", 5432)
     assert (url.username, url.password) == (env["POSTGRES_USER"], env["POSTGRES_PASSWORD"])
     assert url.database == env["POSTGRES_DB"]
-    # The config's own default (gateway run without DATABASE_URL) is the same database.
+    # The image run on its own (no DATABASE_URL): the embedded SQLite in /app/data, a
+    # directory the image's unprivileged user owns.
     without = {k: v for k, v in gateway_env(compose).items() if k != "DATABASE_URL"}
-    assert load_config(DOCKER_CONFIG, without).database.url == database.url
+    alone = load_config(DOCKER_CONFIG, without).database
+    assert alone.sqlalchemy_url().startswith("sqlite+aiosqlite:///") and alone.data_dir == "data"
+    dockerfile = (REPO / "docker" / "Dockerfile").read_text()
+    assert "mkdir -p /app/data && chown 10001 /app/data" in dockerfile
 
 
 def test_redis_is_persistent(compose: dict[str, Any]) -> None:
