@@ -109,6 +109,16 @@ def realistic_config(
     return config
 
 
+def with_database(config: dict[str, Any], src: Path, sqlite_path: Path) -> dict[str, Any]:
+    """`config` with its database in the benchmark's own directory (never the source
+    tree's `data/`): the embedded SQLite at `sqlite_path`, or BENCH_DATABASE_URL (a
+    PostgreSQL) to measure that. A revision older than the system of record gets none."""
+    if not (src / "gateway" / "records").is_dir():
+        return {k: v for k, v in config.items() if k != "database"}
+    url = os.environ.get("BENCH_DATABASE_URL") or f"sqlite+aiosqlite:///{sqlite_path}"
+    return {**config, "database": {**config.get("database", {}), "url": url}}
+
+
 def with_transport(config: dict[str, Any], transport: str) -> dict[str, Any]:
     """`config` with `server.upstream_transport` set (`bench.run --transport`)."""
     return {**config, "server": {**config.get("server", {}), "upstream_transport": transport}}
@@ -147,15 +157,7 @@ def start_gateway(
     `python_args` go before `-m gateway` (a profiler's); such a gateway is stopped with
     SIGINT, on which both uvicorn and the profiler finish cleanly.
     """
-    if (src / "gateway" / "records").is_dir():  # a gateway with a system of record
-        # The embedded SQLite by default; BENCH_DATABASE_URL (a PostgreSQL) to measure that.
-        url = os.environ.get("BENCH_DATABASE_URL") or (
-            f"sqlite+aiosqlite:///{workdir / f'gateway-{name}.db'}"
-        )
-        database = {"url": url}
-        config = {**config, "database": {**config.get("database", {}), **database}}
-    else:
-        config = {k: v for k, v in config.items() if k != "database"}  # an older revision
+    config = with_database(config, src, workdir / f"gateway-{name}.db")
     config_path = workdir / f"gateway-{name}.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     port = free_port()

@@ -86,6 +86,7 @@ def measure(src: Path, config_name: str, requests: int, idle_s: float) -> float:
 def _start_under_callgrind(
     group: ProcessGroup, workdir: Path, src: Path, config: dict[str, object]
 ) -> tuple[int, int, Path]:
+    config = gw.with_database(dict(config), src, workdir / "gateway.db")
     config_path = workdir / "gateway.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     port, out = free_port(), workdir / "callgrind.out"

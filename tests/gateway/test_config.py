@@ -90,12 +90,12 @@ def test_reference_problems() -> None:
     assert any("speed" in p for p in reference_problems(parse_config(bad_params, "g", {})))
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gateway", *args],
         capture_output=True,
         text=True,
-        cwd=REPO,
+        cwd=cwd,
         timeout=60,
     )
 
@@ -144,15 +144,15 @@ def test_ready_is_logged_with_the_listen_url_only_once_bound(tmp_path: Path) -> 
     holder.listen()
     port = holder.getsockname()[1]
     try:  # the port is taken: the bind fails, and nothing says ready
-        result = run_cli("serve", "--port", str(port))
+        result = run_cli("serve", "--port", str(port), cwd=tmp_path)
         assert result.returncode != 0
         assert "address already in use" in result.stderr
         assert "gateway ready" not in result.stderr
     finally:
         holder.close()
-    proc = subprocess.Popen(
+    proc = subprocess.Popen(  # in tmp_path: the embedded database goes to ./data
         [sys.executable, "-m", "gateway", "serve", "--port", str(port)],
-        cwd=REPO,
+        cwd=tmp_path,
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -164,6 +164,7 @@ def test_ready_is_logged_with_the_listen_url_only_once_bound(tmp_path: Path) -> 
                 break
         else:
             raise AssertionError("no ready line")
+        assert (tmp_path / "data" / "gateway.db").is_file()  # the embedded database
     finally:
         proc.terminate()
         proc.communicate(timeout=10)  # drains and closes the pipe
