@@ -38,6 +38,10 @@ class RequestContext:
     failed_attempts: list[str] | None = None  # "deployment: outcome" of each failed attempt
     team: str | None = None
     stream_outcome: str | None = None  # complete | error | client_disconnect
+    # A `log_payloads` route's request body, and its answer: a chat.completion, or for a
+    # stream something with `result()` that assembles one (None: the stream was cut).
+    payload_request: object = None
+    payload_response: object = None
 
     def elapsed_s(self) -> float:
         return time.perf_counter() - self.started

@@ -17,7 +17,7 @@ from gateway.api.deps import (
 from gateway.api.disconnect import ClientDisconnectedError, until_disconnect
 from gateway.api.prologue import prologue
 from gateway.api.sse_response import SSE_CONTENT_TYPE, SSE_HEADERS, SSEResponse
-from gateway.cache import CacheEntry, CacheLookup, render_hit
+from gateway.cache import Assembler, CacheEntry, CacheLookup, render_hit
 from gateway.config import Route, estimate_tokens
 from gateway.dialects import parse_chat_request
 from gateway.keys import Caller
@@ -74,11 +74,16 @@ async def complete(
     reservation = None  # a caller without limits: nothing to check or reserve
     if has_limits(caller):
         reservation = await admit(services, ctx, caller, *estimate(plan, req))
+    if route.log_payloads:
+        ctx.payload_request = req.body
     try:
         if req.stream:
             stream = await until_disconnect(
                 request, pipeline.chat_stream(req, route, plan, caller, reservation, ctx)
             )
+            if route.log_payloads:
+                ctx.payload_response = assembler = Assembler()
+                stream.observe(assembler)
             body = lookup.relay(stream) if lookup is not None else stream.body()
             return SSEResponse(body, ctx.response_headers())
         response = await until_disconnect(
@@ -90,6 +95,8 @@ async def complete(
     except BaseException:
         await services.limits.release(reservation)
         raise
+    if route.log_payloads:
+        ctx.payload_response = response.body
     if lookup is None:
         return json_response(response.body, headers=ctx.response_headers())
     content = await lookup.store_response(response)

@@ -155,6 +155,9 @@ class RequestRecord(BaseModel):
     cost_usd: float | None  # as the headers said it; the ledger sums exact decimals
     latency_ms: float
     ttft_ms: float | None
+    # A `log_payloads` route's body and answer (secrets redacted), until they expire.
+    request_payload: dict[str, Any] | None = None
+    response_payload: dict[str, Any] | None = None
 
 
 class RequestList(BaseModel):

@@ -13,9 +13,11 @@ from gateway.cache.lookup import (
     build_response_cache,
     render_hit,
 )
+from gateway.cache.replay import Assembler
 from gateway.cache.store import CacheEntry
 
 __all__ = [
+    "Assembler",
     "DEFAULT_CACHE_CONTROLS",
     "CacheControls",
     "CacheEntry",

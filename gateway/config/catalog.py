@@ -59,6 +59,7 @@ class Route:
     mode: str
     cache_enabled: bool | None = None
     cache_ttl_s: int | None = None
+    log_payloads: bool = False  # the request log keeps its requests' bodies and answers
 
 
 class Catalog:
@@ -211,6 +212,7 @@ def _explicit_route(spec: RouteConfig, deployments: dict[str, Deployment]) -> Ro
         mode,
         spec.cache.enabled,
         spec.cache.ttl_s,
+        spec.log_payloads,
     )
 
 

@@ -105,6 +105,9 @@ class RouteConfig(_Model):
     models: list[str]  # deployment ids or public model names, in written order
     params: dict[str, Any] = Field(default_factory=dict)
     cache: RouteCacheConfig = Field(default_factory=RouteCacheConfig)
+    # Keep each request's body and answer in the request log (secrets redacted), for
+    # `database.payload_retention_days`. Off: the log holds no prompt or answer.
+    log_payloads: bool = False
 
 
 class KeySpec(_Model):
@@ -230,6 +233,7 @@ class DatabaseConfig(_Model):
     # it sums (per key, team, route, deployment and day). Keys live in SQL either way.
     records: bool = True
     request_log_retention_days: int = Field(30, ge=1)
+    payload_retention_days: int = Field(7, ge=1)  # bodies and answers of `log_payloads` routes
     flush_interval_s: float = Field(1.0, gt=0)  # rows go out in batches this often
     batch_rows: int = Field(10_000, ge=1)
     # Rows held while SQL is unreachable; past it new rows are dropped, with their ledger

@@ -54,7 +54,7 @@ class ChatStream:
         self._failures = failures
         self._accountant = accountant
         self._completion_chars = 0
-        self._observer: ChunkObserver | None = None
+        self._observers: tuple[ChunkObserver, ...] = ()
         self.completed = False  # the stream ran to its end (a partial one is never stored)
 
     async def body(self) -> AsyncGenerator[bytes, None]:
@@ -136,12 +136,12 @@ class ChatStream:
 
     def observe(self, observer: ChunkObserver) -> None:
         """`observer` is fed every chunk the client is sent (the cache assembles the
-        answer it stores from them)."""
-        self._observer = observer
+        answer it stores from them, the request log the answer it keeps)."""
+        self._observers = (*self._observers, observer)
 
     def _collect(self, chunk: JSONObject) -> bool:
-        if self._observer is not None:
-            self._observer.feed(chunk)
+        for observer in self._observers:
+            observer.feed(chunk)
         return True
 
     async def _finish(self, outcome: str) -> None:

@@ -154,6 +154,9 @@ def public_request(row: dict[str, Any]) -> dict[str, Any]:
     """A request-log row as the admin API shows it."""
     failed = row.pop("failed_attempts")
     row["failed_attempts"] = jsonutil.loads(failed) if failed else []
+    for name in ("request_payload", "response_payload"):
+        text = row.get(name)
+        row[name] = jsonutil.loads(text) if text else None
     row["object"] = "gateway.request"
     return row
 

@@ -137,6 +137,10 @@ requests = Table(
     Column("cost_usd", Double, nullable=True),
     Column("latency_ms", Double, nullable=False),
     Column("ttft_ms", Double, nullable=True),
+    # Only for a route with `log_payloads: true`, secrets redacted; emptied after
+    # `database.payload_retention_days` (the row stays).
+    Column("request_payload", Text, nullable=True),
+    Column("response_payload", Text, nullable=True),
 )
 Index("gateway_requests_request_id", requests.c.request_id)
 Index("gateway_requests_ts", requests.c.ts)

@@ -46,7 +46,7 @@ from time import perf_counter
 from typing import Any
 
 import asyncpg
-from sqlalchemy import delete
+from sqlalchemy import delete, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -56,6 +56,7 @@ from gateway.config import DatabaseConfig, Deployment, exact_cost_usd
 from gateway.context import RequestContext
 from gateway.ids import new_id
 from gateway.records.db import is_sqlite
+from gateway.records.redact import redact
 from gateway.records.tables import record_batches, requests, spend
 from gateway.telemetry import Metrics
 
@@ -172,6 +173,7 @@ class RequestRecords:
                 ctx.cost_usd,
                 latency_s * 1000,
                 ttft_s * 1000 if ttft_s is not None else None,
+                *(_payloads(ctx) if ctx.payload_request is not None else _NO_PAYLOADS),
             )
         )
         self._buffered += 1
@@ -355,6 +357,10 @@ class RequestRecords:
         try:
             async with self._engine.begin() as conn:
                 await conn.execute(delete(requests).where(requests.c.ts < cutoff))
+                stale = time.time() - self._config.payload_retention_days * 86_400
+                kept = requests.c.ts < stale, requests.c.request_payload.is_not(None)
+                emptied = {"request_payload": None, "response_payload": None}
+                await conn.execute(update(requests).where(*kept).values(**emptied))
                 done = record_batches.c.written_at < cutoff
                 await conn.execute(delete(record_batches).where(done))
         except SQL_ERRORS as exc:
@@ -404,7 +410,21 @@ _COLUMNS = (  # of a request-log row; `id` is the database's
     "cost_usd",
     "latency_ms",
     "ttft_ms",
+    "request_payload",
+    "response_payload",
 )
+_NO_PAYLOADS = (None, None)
+
+
+def _payloads(ctx: RequestContext) -> tuple[str | None, str | None]:
+    """A `log_payloads` route's body and answer as redacted JSON text. A stream's answer
+    is assembled from its chunks (None when the stream did not complete)."""
+    answer = ctx.payload_response
+    result = getattr(answer, "result", None)
+    if callable(result):
+        answer = result()
+    request = redact(jsonutil.dumps(ctx.payload_request).decode())
+    return request, redact(jsonutil.dumps(answer).decode()) if answer is not None else None
 
 
 def _pg_insert_rows_sql() -> str:
@@ -418,7 +438,7 @@ def _pg_insert_rows_sql() -> str:
     )
 
 
-_SQLITE_CHUNK_SIZES = (512, 128, 32, 8, 2, 1)  # 512 x 26 parameters < SQLite's 32,766
+_SQLITE_CHUNK_SIZES = (512, 128, 32, 8, 2, 1)  # 512 x 28 parameters < SQLite's 32,766
 
 
 def _chunks(count: int) -> list[int]:

@@ -220,3 +220,47 @@ def test_the_cli_reads_the_request_log_and_the_ledger(gateway: GatewayProcess) -
     assert usage.returncode == 0, usage.stderr
     by_key = {g["key"]: g for g in json.loads(usage.stdout)["by_key"]}
     assert by_key[PLAIN["name"]]["requests"] >= 1
+
+
+def test_a_route_that_opts_in_keeps_bodies_and_answers_with_secrets_redacted(
+    start_gateway: Callable[..., GatewayProcess], tmp_path: Path
+) -> None:
+    config: dict[str, Any] = governance_config(None, KEYS)
+    config["routes"].append({"name": "logged", "models": ["sim-chat"], "log_payloads": True})
+    config["database"] = {"url": f"sqlite+aiosqlite:///{tmp_path / 'g.db'}"}
+    gateway = start_gateway(config)
+    secret = "sk-proj-CANARYabcdefghijklmnopqrstuvwx"
+    ask = [{"role": "user", "content": f"my key is {secret}, count my tokens"}]
+    plain = chat(gateway, PLAIN["key"], model="logged", messages=ask)
+    streamed = httpx.post(
+        f"{gateway.base_url}/chat/completions",
+        json={"model": "logged", "messages": ask, "stream": True, "max_tokens": 10},
+        headers=bearer(PLAIN["key"]),
+        timeout=10,
+    )
+    unlogged = chat(gateway, PLAIN["key"], messages=ask)  # sim-chat: no log_payloads
+    assert plain.status_code == streamed.status_code == unlogged.status_code == 200
+
+    def row_of(response: httpx.Response) -> dict[str, Any]:
+        found = admin(gateway, "GET", f"/admin/requests/{response.headers['x-request-id']}")
+        (row,) = found.json()["data"]
+        return dict(row)
+
+    row = row_of(plain)
+    assert row["request_payload"]["model"] == "logged"
+    content = row["request_payload"]["messages"][0]["content"]
+    assert secret not in content and "[redacted]" in content
+    answer = plain.json()["choices"][0]["message"]["content"]
+    assert row["response_payload"]["choices"][0]["message"]["content"] == answer
+    streamed_row = row_of(streamed)
+    assert streamed_row["request_payload"]["stream"] is True
+    events = [
+        json.loads(line[len("data: ") :])
+        for line in streamed.text.splitlines()
+        if line.startswith("data: {")
+    ]
+    sent = "".join(c["delta"].get("content") or "" for e in events for c in e["choices"])
+    assert sent and streamed_row["response_payload"]["choices"][0]["message"]["content"] == sent
+    assert row_of(unlogged)["request_payload"] is None
+    assert row_of(unlogged)["response_payload"] is None
+    assert secret not in (tmp_path / "g.db").read_bytes().decode(errors="replace")

@@ -83,7 +83,7 @@ KEY_TABLES = {"gateway_state", "gateway_keys", "gateway_revoked_config_keys"}
 
 
 def test_revisions_are_linear() -> None:
-    assert migrate.head_revision() == "0002_ledger_and_request_log"
+    assert migrate.head_revision() == "0003_request_payloads"
 
 
 def test_upgrade_empty_to_head(database: DatabaseConfig) -> None:
@@ -142,6 +142,32 @@ def test_upgrade_from_previous_revision_keeps_keys(database: DatabaseConfig) -> 
     assert on_connection(database, count(tables.revoked_config_keys)) == 1
     assert on_connection(database, count(tables.spend)) == 0
     assert on_connection(database, schema_diff) == []
+
+
+def test_payload_columns_come_and_go_keeping_the_request_log(database: DatabaseConfig) -> None:
+    """From the previous revision up and one step down: the request log's rows stay."""
+    previous = "0002_ledger_and_request_log"
+    run(migrate.upgrade(database, previous))
+
+    def log_a_request(connection: Connection) -> None:
+        columns = ", ".join(("request_id", "ts", "day", "endpoint", "status", "attempts"))
+        values = "('r-1', 1.0, '2026-12-07', 'chat', 200, 1)"
+        connection.exec_driver_sql(
+            f"INSERT INTO gateway_requests ({columns}, stream, latency_ms) "
+            f"VALUES {values[:-1]}, false, 1.5)"
+        )
+
+    on_connection(database, log_a_request)
+    run(migrate.upgrade(database))
+    assert on_connection(database, schema_diff) == []
+    payloads = select(tables.requests.c.request_id, tables.requests.c.request_payload)
+    assert on_connection(database, lambda c: c.execute(payloads).all()) == [("r-1", None)]
+    run(migrate.downgrade(database, previous))
+    assert run(migrate.current(database)) == previous
+    assert on_connection(database, count(tables.spend)) == 0
+    assert on_connection(
+        database, lambda c: c.exec_driver_sql("SELECT request_id FROM gateway_requests").all()
+    ) == [("r-1",)]
 
 
 def test_downgrade_one_step_drops_ledger_keeps_keys(database: DatabaseConfig) -> None:
