@@ -74,14 +74,15 @@ async def complete(
     reservation = None  # a caller without limits: nothing to check or reserve
     if has_limits(caller):
         reservation = await admit(services, ctx, caller, *estimate(plan, req))
-    if route.log_payloads:
+    log_payloads = route.log_payloads or caller.log_payloads
+    if log_payloads:
         ctx.payload_request = req.body
     try:
         if req.stream:
             stream = await until_disconnect(
                 request, pipeline.chat_stream(req, route, plan, caller, reservation, ctx)
             )
-            if route.log_payloads:
+            if log_payloads:
                 ctx.payload_response = assembler = Assembler()
                 stream.observe(assembler)
             body = lookup.relay(stream) if lookup is not None else stream.body()
@@ -95,7 +96,7 @@ async def complete(
     except BaseException:
         await services.limits.release(reservation)
         raise
-    if route.log_payloads:
+    if log_payloads:
         ctx.payload_response = response.body
     if lookup is None:
         return json_response(response.body, headers=ctx.response_headers())

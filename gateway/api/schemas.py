@@ -98,6 +98,7 @@ class KeyView(BaseModel):
     budget_period: str
     labels: dict[str, str]
     max_concurrent: int | None = None
+    log_payloads: bool = False
     source: Literal["config", "runtime"]
     created_at: int | None
     revoked: bool

@@ -125,6 +125,9 @@ class KeySpec(_Model):
     # Requests of this key in flight at once, per process (body reads included): one
     # key cannot take every slot of `server.max_concurrent_requests`. None: no bound.
     max_concurrent: int | None = Field(None, ge=1)
+    # The request log keeps this key's request bodies and answers (secrets redacted),
+    # as a route's `log_payloads` does.
+    log_payloads: bool = False
 
 
 class KeyConfig(KeySpec):

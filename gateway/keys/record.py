@@ -26,6 +26,7 @@ class KeyRecord:
     budget_period: str = "month"
     labels: Mapping[str, str] = field(default_factory=dict)
     max_concurrent: int | None = None
+    log_payloads: bool = False
     created_at: float = 0.0
     revoked_at: float | None = None
     digest: str = ""  # SHA-256 of the current secret
@@ -59,6 +60,7 @@ class KeyRecord:
             "budget_period": self.budget_period,
             "labels": jsonutil.dumps(dict(self.labels)).decode(),
             "max_concurrent": text(self.max_concurrent),
+            "log_payloads": "1" if self.log_payloads else "",
             "created_at": repr(self.created_at),
             "revoked_at": "" if self.revoked_at is None else repr(self.revoked_at),
             "digest": self.digest,
@@ -80,6 +82,7 @@ class KeyRecord:
             budget_period=f.get("budget_period") or "month",
             labels=jsonutil.loads(f.get("labels") or "{}"),
             max_concurrent=int(f["max_concurrent"]) if f.get("max_concurrent") else None,
+            log_payloads=bool(f.get("log_payloads")),
             created_at=float(f.get("created_at") or 0),
             revoked_at=float(f["revoked_at"]) if f.get("revoked_at") else None,
             digest=f.get("digest", ""),

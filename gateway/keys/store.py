@@ -37,6 +37,7 @@ class Caller:
     budget_period: str = "month"
     labels: Mapping[str, str] = field(default_factory=dict)
     max_concurrent: int | None = None
+    log_payloads: bool = False
     is_admin: bool = False
 
     @property
@@ -73,6 +74,8 @@ class KeyAttributes(Protocol):
     def labels(self) -> Mapping[str, str]: ...
     @property
     def max_concurrent(self) -> int | None: ...
+    @property
+    def log_payloads(self) -> bool: ...
 
 
 def key_attributes(spec: KeyAttributes) -> dict[str, Any]:
@@ -87,6 +90,7 @@ def key_attributes(spec: KeyAttributes) -> dict[str, Any]:
         "budget_period": spec.budget_period,
         "labels": dict(spec.labels),
         "max_concurrent": spec.max_concurrent,
+        "log_payloads": spec.log_payloads,
     }
 
 

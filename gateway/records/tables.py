@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
 )
 
 MONEY = Numeric(24, 12, asdecimal=True)
@@ -53,6 +54,7 @@ keys = Table(
     Column("budget_period", String(16), nullable=False),
     Column("labels", Text, nullable=False),  # JSON object
     Column("max_concurrent", Integer, nullable=True),
+    Column("log_payloads", Boolean, nullable=False, server_default=false()),
     Column("created_at", Double, nullable=False),
     Column("revoked_at", Double, nullable=True),
     Column("digest", String(64), nullable=False),

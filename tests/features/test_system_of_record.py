@@ -264,3 +264,22 @@ def test_a_route_that_opts_in_keeps_bodies_and_answers_with_secrets_redacted(
     assert row_of(unlogged)["request_payload"] is None
     assert row_of(unlogged)["response_payload"] is None
     assert secret not in (tmp_path / "g.db").read_bytes().decode(errors="replace")
+
+
+def test_a_key_that_opts_in_has_its_bodies_and_answers_kept(
+    start_gateway: Callable[..., GatewayProcess], tmp_path: Path
+) -> None:
+    logged = {"name": "sor-logged", "key": "gw-sor-logged-CANARY-9d1f", "log_payloads": True}
+    config: dict[str, Any] = governance_config(None, [*KEYS, logged])
+    config["database"] = {"url": f"sqlite+aiosqlite:///{tmp_path / 'g.db'}"}
+    gateway = start_gateway(config)
+    runtime = admin(
+        gateway, "POST", "/admin/keys", json={"name": "sor-rt-logged", "log_payloads": True}
+    ).json()
+    assert runtime["log_payloads"] is True
+    for key, kept in ((logged["key"], True), (runtime["key"], True), (PLAIN["key"], False)):
+        response = chat(gateway, key)
+        found = admin(gateway, "GET", f"/admin/requests/{response.headers['x-request-id']}")
+        (row,) = found.json()["data"]
+        assert (row["request_payload"] is not None) is kept
+        assert (row["response_payload"] is not None) is kept

@@ -137,7 +137,7 @@ def test_upgrade_from_previous_revision_keeps_keys(database: DatabaseConfig) -> 
     rows = on_connection(
         database, lambda c: [dict(r._mapping) for r in c.execute(select(tables.keys))]
     )
-    assert rows == [KEY_ROW]
+    assert rows == [{**KEY_ROW, "log_payloads": False}]  # 0003's column, its default
     assert on_connection(database, lambda c: c.scalar(select(tables.state.c.value))) == 7
     assert on_connection(database, count(tables.revoked_config_keys)) == 1
     assert on_connection(database, count(tables.spend)) == 0

@@ -1,4 +1,4 @@
-"""The request log keeps bodies and answers of routes with `log_payloads: true`.
+"""The request log keeps bodies and answers of routes and keys with `log_payloads: true`.
 
 Revision ID: 0003_request_payloads
 Revises: 0002_ledger_and_request_log
@@ -22,6 +22,10 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("gateway_keys") as table:
+        table.add_column(
+            sa.Column("log_payloads", sa.Boolean(), nullable=False, server_default=sa.false())
+        )
     with op.batch_alter_table("gateway_requests") as table:
         table.add_column(sa.Column("request_payload", sa.Text(), nullable=True))
         table.add_column(sa.Column("response_payload", sa.Text(), nullable=True))
@@ -31,3 +35,5 @@ def downgrade() -> None:
     with op.batch_alter_table("gateway_requests") as table:
         table.drop_column("response_payload")
         table.drop_column("request_payload")
+    with op.batch_alter_table("gateway_keys") as table:
+        table.drop_column("log_payloads")
