@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
-from gateway import jsonutil
 from gateway.keys.store import Caller, caller_of
 
 
@@ -44,55 +43,6 @@ class KeyRecord:
         if self.old_digest and self.old_until > now_s:
             live[self.old_digest] = self.old_until
         return live
-
-    def to_fields(self) -> dict[str, str]:
-        def text(value: object) -> str:
-            return "" if value is None else str(value)
-
-        return {
-            "id": self.id,
-            "name": self.name,
-            "team": text(self.team),
-            "routes": "" if self.routes is None else jsonutil.dumps(list(self.routes)).decode(),
-            "rpm": text(self.rpm),
-            "tpm": text(self.tpm),
-            "budget_usd": "" if self.budget_usd is None else repr(self.budget_usd),
-            "budget_period": self.budget_period,
-            "labels": jsonutil.dumps(dict(self.labels)).decode(),
-            "max_concurrent": text(self.max_concurrent),
-            "log_payloads": "1" if self.log_payloads else "",
-            "created_at": repr(self.created_at),
-            "revoked_at": "" if self.revoked_at is None else repr(self.revoked_at),
-            "digest": self.digest,
-            "old_digest": self.old_digest,
-            "old_until": repr(self.old_until),
-        }
-
-    @classmethod
-    def from_fields(cls, raw: Mapping[Any, Any]) -> KeyRecord:
-        f = {decoded(k): decoded(v) for k, v in raw.items()}
-        return cls(
-            id=f["id"],
-            name=f["name"],
-            team=f.get("team") or None,
-            routes=tuple(jsonutil.loads(f["routes"])) if f.get("routes") else None,
-            rpm=int(f["rpm"]) if f.get("rpm") else None,
-            tpm=int(f["tpm"]) if f.get("tpm") else None,
-            budget_usd=float(f["budget_usd"]) if f.get("budget_usd") else None,
-            budget_period=f.get("budget_period") or "month",
-            labels=jsonutil.loads(f.get("labels") or "{}"),
-            max_concurrent=int(f["max_concurrent"]) if f.get("max_concurrent") else None,
-            log_payloads=bool(f.get("log_payloads")),
-            created_at=float(f.get("created_at") or 0),
-            revoked_at=float(f["revoked_at"]) if f.get("revoked_at") else None,
-            digest=f.get("digest", ""),
-            old_digest=f.get("old_digest", ""),
-            old_until=float(f.get("old_until") or 0),
-        )
-
-
-def decoded(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class KeyRecords(Protocol):

@@ -6,6 +6,7 @@ One redis-server private to this module (the tests flush and restart it)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -283,3 +284,31 @@ def test_a_key_that_opts_in_has_its_bodies_and_answers_kept(
         (row,) = found.json()["data"]
         assert (row["request_payload"] is not None) is kept
         assert (row["response_payload"] is not None) is kept
+
+
+def test_runtime_keys_an_earlier_version_kept_in_redis_are_imported_once(
+    start_gateway: Callable[..., GatewayProcess], private_redis: RedisServer, tmp_path: Path
+) -> None:
+    """Before SQL, runtime keys were Redis hashes: a gateway with an empty database takes
+    them over at start-up (revocations of config keys too)."""
+    secret = "gw-legacy-CANARY-5b2e7c9d0a1f"
+    digest = hashlib.sha256(secret.encode()).hexdigest()
+    revoked_digest = hashlib.sha256(PLAIN["key"].encode()).hexdigest()
+    fields = {"id": "key_legacy1", "name": "sor-legacy", "team": "old", "budget_period": "month"}
+    fields |= {"labels": "{}", "created_at": "1700000000.0", "digest": digest, "routes": ""}
+    with redis.Redis.from_url(private_redis.url) as client:
+        client.flushall()
+        client.hset("gw:keys:rec:key_legacy1", mapping=fields)
+        client.sadd("gw:keys:ids", "key_legacy1")
+        client.sadd("gw:keys:revoked_config", revoked_digest)
+    config = governance_config(private_redis.url, KEYS)
+    config["database"] = {"url": f"sqlite+aiosqlite:///{tmp_path / 'g.db'}"}
+    gateway = start_gateway(config)
+    assert chat(gateway, secret).status_code == 200
+    assert chat(gateway, PLAIN["key"]).status_code == 401
+    flush_redis(private_redis)  # from now on SQL holds them
+    time.sleep(0.5)
+    assert chat(gateway, secret).status_code == 200
+    assert chat(gateway, PLAIN["key"]).status_code == 401
+    listed = {k["name"]: k for k in admin(gateway, "GET", "/admin/keys").json()["data"]}
+    assert listed["sor-legacy"]["team"] == "old" and listed["sor-legacy"]["source"] == "runtime"
