@@ -54,7 +54,7 @@ def report_days(
         last = min(today, following - timedelta(days=1))
         if first > last:
             raise ReportRangeError("month is in the future.", "month")
-        return [(first + timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
+        return _days(first, last)
     if day is not None:
         if since is not None or until is not None:
             raise ReportRangeError("Give either day or since/until, not both.", "day")
@@ -63,10 +63,14 @@ def report_days(
     first = parse_day(since, "since") if since is not None else last
     if first > last:
         raise ReportRangeError("since is after until.", "since")
-    count = (last - first).days + 1
-    if count > MAX_DAYS:
+    if (last - first).days + 1 > MAX_DAYS:
         raise ReportRangeError(f"At most {MAX_DAYS} days per report.", "since")
-    return [(first + timedelta(days=i)).isoformat() for i in range(count)]
+    return _days(first, last)
+
+
+def _days(first: date, last: date) -> list[str]:
+    """Every UTC day from `first` to `last`, both included, as YYYY-MM-DD."""
+    return [(first + timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
 
 
 def _month_start(text: str) -> date:
