@@ -29,6 +29,7 @@ from tests.features.governance import (
     governance_config,
 )
 from tests.gatewayproc import REPO, GatewayProcess, RedisServer
+from tests.pgserver import PostgresServer
 
 REVOKED = {"name": "sor-revoked", "key": "gw-sor-revoked-CANARY-71c2"}
 BUDGETED = {
@@ -312,3 +313,25 @@ def test_runtime_keys_an_earlier_version_kept_in_redis_are_imported_once(
     assert chat(gateway, PLAIN["key"]).status_code == 401
     listed = {k["name"]: k for k in admin(gateway, "GET", "/admin/keys").json()["data"]}
     assert listed["sor-legacy"]["team"] == "old" and listed["sor-legacy"]["source"] == "runtime"
+
+
+def test_sql_down_serves_requests_and_admin_writes_get_a_retryable_503(
+    start_gateway: Callable[..., GatewayProcess], postgres_server: PostgresServer
+) -> None:
+    config = governance_config(None, KEYS)
+    config["database"] = {"url": postgres_server.create_database("sor_sql_down")}
+    gateway = start_gateway(config)
+    postgres_server.stop()
+    try:
+        assert chat(gateway, PLAIN["key"]).status_code == 200  # keys from memory
+        refused = admin(gateway, "POST", "/admin/keys", json={"name": "sor-while-down"})
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "2"
+        assert error_of(refused)["code"] == "database_unavailable"
+        report = admin(gateway, "GET", "/admin/requests")
+        assert report.status_code == 503 and error_of(report)["code"] == "database_unavailable"
+    finally:
+        postgres_server.start()
+    deadline = time.monotonic() + 10
+    while admin(gateway, "POST", "/admin/keys", json={"name": "sor-after"}).status_code != 201:
+        assert time.monotonic() < deadline, "admin writes did not come back with SQL"
+        time.sleep(0.2)
