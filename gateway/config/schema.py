@@ -1,4 +1,9 @@
-"""Configuration: one YAML file, `${VAR}` / `${VAR:-default}` substitution, validated once.
+"""Configuration: one YAML file, environment substitution, validated once.
+
+Substitution, in string values, as POSIX shells and docker compose read it:
+`${VAR}` (empty when unset), `${VAR:-default}` (when unset or empty), `${VAR-default}`
+(when unset only), `${VAR:?message}` (unset or empty: an error naming VAR and the
+message), `${VAR?message}` (unset only).
 
 This is the only module that reads `os.environ`. Errors name the field and the file
 line (from PyYAML's node marks), e.g. `gateway.yaml:14: providers.openai.timeouts.read_s:
@@ -18,7 +23,8 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-_ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# ${NAME}, or ${NAME<op>word} with op one of :- - :? ?
+_ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 
 
 class ConfigError(ValueError):
@@ -154,6 +160,11 @@ class ServerConfig(_Model):
     # A stream still running this long after its request started ends with an in-band
     # error event (no [DONE]), billed for what it produced.
     stream_timeout_s: float = Field(600.0, gt=0)
+    # On SIGTERM (or SIGINT) the gateway stops accepting connections and lets requests in
+    # flight finish, streams included, for at most this long; then it cuts those still
+    # running (each billed for what it produced) and exits. Below Kubernetes' default
+    # grace period (30 s before its SIGKILL), leaving time for the final writes.
+    drain_timeout_s: float = Field(25.0, gt=0)
     max_concurrent_requests: int = Field(4096, ge=1)  # beyond: 503 with retry-after
     docs: bool = True  # the management API's /docs and /openapi.json
     body_timeout_s: float = Field(30.0, gt=0)  # reading a request body; beyond: 408
@@ -172,7 +183,7 @@ class ServerConfig(_Model):
 
 
 class RedisConfig(_Model):
-    url: str
+    url: str  # empty (`url: ${REDIS_URL:-}` unset): no Redis, as without this section
     socket_timeout_s: float = Field(0.25, gt=0)
     connect_timeout_s: float = Field(0.25, gt=0)
     # Whole call, pool wait included; on the pipelined connection, each reply after
@@ -272,6 +283,16 @@ class GatewayConfig(_Model):
     models: list[ModelConfig] = Field(default_factory=list)
     routes: list[RouteConfig] = Field(default_factory=list)
 
+    @field_validator("redis", mode="before")
+    @classmethod
+    def _no_redis_without_its_url(cls, value: Any) -> Any:
+        """`url: ${REDIS_URL:-}` left empty: no Redis at all, as without the section."""
+        if isinstance(value, Mapping) and "url" in value:
+            url = value["url"]
+            if url is None or (isinstance(url, str) and not url.strip()):
+                return None
+        return value
+
 
 def default_config_path() -> Path:
     return Path(__file__).resolve().parents[2] / "config" / "gateway.yaml"
@@ -296,7 +317,10 @@ def parse_config(text: str, source: str, environ: Mapping[str, str]) -> GatewayC
     lines: dict[tuple[str | int, ...], int] = {}
     if node is not None:
         _index_lines(node, (), lines)
-    data = _substitute(data if data is not None else {}, environ)
+    missing: list[tuple[tuple[str | int, ...], str]] = []
+    data = _substitute(data if data is not None else {}, environ, (), missing)
+    if missing:
+        raise ConfigError([_located(source, path, lines, text) for path, text in missing])
     try:
         return GatewayConfig.model_validate(data)
     except ValidationError as exc:
@@ -315,14 +339,7 @@ def _index_lines(node: yaml.Node, path: tuple[str | int, ...], out: dict[Any, in
 
 
 def _describe(exc: ValidationError, source: str, lines: dict[Any, int]) -> list[str]:
-    messages = []
-    for error in exc.errors():
-        loc = tuple(error["loc"])
-        line = _nearest_line(loc, lines)
-        where = ".".join(str(p) for p in loc) or "(root)"
-        prefix = f"{source}:{line}" if line else source
-        messages.append(f"{prefix}: {where}: {error['msg']}")
-    return messages
+    return [_located(source, tuple(error["loc"]), lines, error["msg"]) for error in exc.errors()]
 
 
 def _nearest_line(loc: tuple[Any, ...], lines: dict[Any, int]) -> int | None:
@@ -332,13 +349,42 @@ def _nearest_line(loc: tuple[Any, ...], lines: dict[Any, int]) -> int | None:
     return None
 
 
-def _substitute(value: Any, environ: Mapping[str, str]) -> Any:
+def _located(source: str, loc: tuple[Any, ...], lines: dict[Any, int], text: str) -> str:
+    """`file:line: field: text`."""
+    line = _nearest_line(loc, lines)
+    where = ".".join(str(p) for p in loc) or "(root)"
+    prefix = f"{source}:{line}" if line else source
+    return f"{prefix}: {where}: {text}"
+
+
+def _substitute(
+    value: Any,
+    environ: Mapping[str, str],
+    path: tuple[str | int, ...],
+    missing: list[tuple[tuple[str | int, ...], str]],
+) -> Any:
+    """`value` with its `${...}` replaced; each required variable that is missing goes to
+    `missing` as (where, why): the message names the variable, never a value."""
     if isinstance(value, str):
-        return _ENV_PATTERN.sub(lambda m: environ.get(m.group(1)) or (m.group(2) or ""), value)
+
+        def replace(match: re.Match[str]) -> str:
+            name, op, word = match.group(1), match.group(2), match.group(3)
+            found = environ.get(name)
+            if op is None:
+                return found or ""
+            if found is None or (not found and op[0] == ":"):
+                if op[-1] == "-":
+                    return word
+                why = f"environment variable {name} is {'unset' if found is None else 'empty'}"
+                missing.append((path, f"{why}: {word}" if word.strip() else why))
+                return ""
+            return found
+
+        return _ENV_PATTERN.sub(replace, value) if "${" in value else value
     if isinstance(value, dict):
-        return {k: _substitute(v, environ) for k, v in value.items()}
+        return {k: _substitute(v, environ, (*path, str(k)), missing) for k, v in value.items()}
     if isinstance(value, list):
-        return [_substitute(v, environ) for v in value]
+        return [_substitute(v, environ, (*path, i), missing) for i, v in enumerate(value)]
     return value
 
 
@@ -430,12 +476,19 @@ def redacted_url(url: str) -> str:
 
 
 CONFIG_ENV = "GATEWAY_CONFIG"
+CATALOG_ENV = "GATEWAY_CATALOG"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def env_config_path() -> Path:
     """The config path handed to worker processes (uvicorn factory mode)."""
     return Path(os.environ.get(CONFIG_ENV) or default_config_path())
+
+
+def env_catalog_path() -> Path | None:
+    """$GATEWAY_CATALOG: the model catalog when the config names none (the image's copy)."""
+    value = os.environ.get(CATALOG_ENV)
+    return Path(value) if value else None
 
 
 def multiproc_dir() -> str | None:

@@ -2,7 +2,8 @@
 
 Every call goes through `SharedRedis.run`, which bounds it by an overall deadline,
 counts failures in `gateway_redis_errors_total{operation}`, and logs once per
-outage transition (down, then recovered), never once per request (rule 7). Callers
+outage transition (down, then recovered: once Redis answers a PING), never once per
+request (rule 7). Callers
 decide what a failure means: the cache and rate limits fail open, budgets closed.
 """
 
@@ -108,6 +109,7 @@ class SharedRedis:
         # in flight when it died (or came back) finish in any order, and must not log a
         # flap of transitions within milliseconds.
         self._changed_at = 0.0
+        self._confirming: asyncio.Task[bool] | None = None  # the PING that may end an outage
 
     async def run(self, operation: str, call: Callable[[Redis], Awaitable[T]]) -> T | None:
         """The call's result, or None when Redis failed (already logged and counted)."""
@@ -162,7 +164,18 @@ class SharedRedis:
             pass
 
     async def ping(self) -> bool:
-        return bool(await self.run("ping", lambda r: r.ping()))
+        """A PING through the pool. Its answer is what ends an outage (`_succeeded`)."""
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self._deadline_s):
+                await self.client.ping()
+        except (RedisError, OSError, TimeoutError) as exc:
+            await self._failed("ping", exc, started)
+            return False
+        if not self.healthy and started >= self._changed_at:
+            self.healthy, self._changed_at = True, time.monotonic()
+            log.warning("redis available again")
+        return True
 
     async def _failed(self, operation: str, exc: BaseException, started: float) -> None:
         self._metrics.redis_errors.labels(operation).inc()
@@ -179,10 +192,21 @@ class SharedRedis:
             await self._drop_idle_connections()
 
     def _succeeded(self, started: float) -> None:
-        if not self.healthy and started >= self._changed_at:
-            self.healthy, self._changed_at = True, time.monotonic()
-            log.warning("redis available again")
+        # A call can succeed without Redis: an empty pipeline or batch sends nothing. Only
+        # an answer says Redis is back, so during an outage a success sends one PING
+        # (one at a time); it ends the outage if Redis answers it.
+        if not self.healthy and started >= self._changed_at and self._confirming is None:
+            self._confirming = asyncio.create_task(self.ping())
+            self._confirming.add_done_callback(self._confirmed)
+
+    def _confirmed(self, confirming: asyncio.Task[bool]) -> None:
+        if self._confirming is confirming:
+            self._confirming = None
 
     async def aclose(self) -> None:
+        confirming = self._confirming
+        if confirming is not None:
+            confirming.cancel()
+            await asyncio.gather(confirming, return_exceptions=True)
         await self.pipe.aclose()
         await self.client.aclose()

@@ -55,12 +55,15 @@ class StatsSync:
             await self.sync_once()
 
     async def sync_once(self) -> None:
-        await self._redis.run("stats", self._publish)
+        cooldowns, ewmas = self._own()
+        if cooldowns or ewmas:  # else nothing to send (an idle process)
+            await self._redis.run("stats", lambda client: self._publish(client, cooldowns, ewmas))
         snapshot = await self._redis.run("stats", self._read)
         if snapshot is not None:
             self._merge(*snapshot)
 
-    async def _publish(self, client: Any) -> None:
+    def _own(self) -> tuple[list[str], dict[str, float]]:
+        """This process's cooldowns (flattened for PUBLISH_SCRIPT) and EWMAs to publish."""
         items = self._stats.items()
         now = time.time()
         # Its own cooldowns only (`cooled_at`): one learnt from Redis is there already,
@@ -77,6 +80,9 @@ class StatsSync:
             for f in _FIELDS
             if getattr(s, f) is not None
         }
+        return cooldowns, ewmas
+
+    async def _publish(self, client: Any, cooldowns: list[str], ewmas: dict[str, float]) -> None:
         async with client.pipeline(transaction=False) as pipe:
             if cooldowns:
                 pipe.eval(PUBLISH_SCRIPT, len(SHARED_KEYS), *SHARED_KEYS, *cooldowns)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -90,12 +91,15 @@ def test_reference_problems() -> None:
     assert any("speed" in p for p in reference_problems(parse_config(bad_params, "g", {})))
 
 
-def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, cwd: Path = REPO, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gateway", *args],
         capture_output=True,
         text=True,
         cwd=cwd,
+        env=env,
         timeout=60,
     )
 
@@ -168,3 +172,119 @@ def test_ready_is_logged_with_the_listen_url_only_once_bound(tmp_path: Path) -> 
     finally:
         proc.terminate()
         proc.communicate(timeout=10)  # drains and closes the pipe
+
+
+# --- environment substitution: the shell's and compose's forms --------------------------
+
+TOKEN = "metrics:\n  token: '{}'\n"
+
+
+@pytest.mark.parametrize(
+    ("template", "environ", "expected"),
+    [
+        ("${V}", {}, ""),
+        ("${V}", {"V": "v"}, "v"),
+        ("${V:-d}", {}, "d"),
+        ("${V:-d}", {"V": ""}, "d"),  # unset or empty: the default
+        ("${V:-d}", {"V": "v"}, "v"),
+        ("${V-d}", {}, "d"),
+        ("${V-d}", {"V": ""}, ""),  # unset only: empty stays empty
+        ("${V-d}", {"V": "v"}, "v"),
+        ("${V:?needed}", {"V": "v"}, "v"),
+        ("${V?needed}", {"V": ""}, ""),  # unset only: empty is fine
+        ("a-${V:-x}-${W-y}-b", {"W": "w"}, "a-x-w-b"),
+        ("$V and ${not a var}", {"V": "v"}, "$V and ${not a var}"),
+    ],
+)
+def test_substitution_forms(template: str, environ: dict[str, str], expected: str) -> None:
+    assert parse_config(TOKEN.format(template), "g.yaml", environ).metrics.token == expected
+
+
+@pytest.mark.parametrize(
+    ("template", "environ", "state"),
+    [
+        ("${V:?set V to the token}", {}, "unset"),
+        ("${V:?set V to the token}", {"V": ""}, "empty"),
+        ("${V?set V to the token}", {}, "unset"),
+    ],
+)
+def test_a_required_variable_missing_is_an_error(
+    template: str, environ: dict[str, str], state: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(TOKEN.format(template), "g.yaml", environ)
+    assert info.value.errors == [
+        f"g.yaml:2: metrics.token: environment variable V is {state}: set V to the token"
+    ]
+
+
+def test_every_missing_variable_is_named_with_its_line() -> None:
+    text = (
+        "auth:\n  keys:\n    - name: a\n      key: ${A:?}\n"
+        "    - {name: b, key: '${B:?the key of b}'}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "g.yaml", {})
+    assert info.value.errors == [
+        "g.yaml:4: auth.keys.0.key: environment variable A is unset",
+        "g.yaml:5: auth.keys.1.key: environment variable B is unset: the key of b",
+    ]
+
+
+@pytest.mark.parametrize(
+    "redis",
+    ["redis: {url: ''}", "redis: {url: '${REDIS_URL:-}', max_connections: 8}", "redis: {url: }"],
+)
+def test_an_empty_redis_url_means_no_redis(redis: str) -> None:
+    assert parse_config(redis, "g.yaml", {"REDIS_URL": ""}).redis is None
+    assert parse_config(redis, "g.yaml", {}).redis is None
+    with pytest.raises(ConfigError, match="redis.url: Field required"):
+        parse_config("redis: {max_connections: 8}", "g.yaml", {})  # no url at all: a mistake
+    configured = parse_config(
+        "redis: {url: '${REDIS_URL:-}'}", "g.yaml", {"REDIS_URL": "redis://r"}
+    )
+    assert configured.redis is not None and configured.redis.url == "redis://r"
+
+
+def test_drain_timeout() -> None:
+    assert parse_config("", "g.yaml", {}).server.drain_timeout_s == 25
+    assert parse_config("server: {drain_timeout_s: 0.5}", "g", {}).server.drain_timeout_s == 0.5
+    with pytest.raises(ConfigError, match="server.drain_timeout_s: Input should be greater than 0"):
+        parse_config("server: {drain_timeout_s: 0}", "g.yaml", {})
+
+
+# --- the container image's config, run without compose ------------------------------------
+
+DOCKER_CONFIG = REPO / "config" / "gateway.docker.yaml"
+SECRET_KEY = "gw-image-key-CANARY-41d7"
+
+
+def test_docker_config_alone_runs_without_redis() -> None:
+    config = load_config(DOCKER_CONFIG, {"GATEWAY_KEY": SECRET_KEY, "METRICS_TOKEN": "t"})
+    assert config.redis is None  # REDIS_URL unset: memory stores, /readyz ready
+    assert config.server.drain_timeout_s == 60
+    assert [k.key for k in config.auth.keys] == [SECRET_KEY] and config.metrics.token == "t"
+    assert reference_problems(config) == []
+
+
+@pytest.mark.parametrize("command", ["check-config", "serve"])
+def test_docker_config_refuses_to_start_without_its_secrets(command: str) -> None:
+    """Unset, the key would refuse every request and /metrics would be open on 0.0.0.0."""
+    args = (
+        [command, str(DOCKER_CONFIG)]
+        if command == "check-config"
+        else [command, "--config", str(DOCKER_CONFIG), "--port", "0"]
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("GATEWAY_KEY", "METRICS_TOKEN")}
+    result = run_cli(*args, env=env)
+    assert result.returncode == (1 if command == "check-config" else 2)
+    lines = result.stderr.splitlines()
+    assert [line.split(": ")[1:3] for line in lines] == [
+        ["auth.keys.0.key", "environment variable GATEWAY_KEY is unset"],
+        ["metrics.token", "environment variable METRICS_TOKEN is unset"],
+    ]
+    # One set, one empty: only the empty one is named, and no value is ever shown.
+    result = run_cli(*args, env={**env, "GATEWAY_KEY": SECRET_KEY, "METRICS_TOKEN": ""})
+    assert result.returncode != 0
+    assert "environment variable METRICS_TOKEN is empty" in result.stderr
+    assert "GATEWAY_KEY" not in result.stderr and SECRET_KEY not in result.stderr
