@@ -57,7 +57,7 @@ class RequestContextMiddleware:
         if self._in_flight >= self._max_in_flight:
             services = scope.get("state", {}).get("services")
             if services is not None:
-                services.metrics.rejections.labels("overloaded").inc()
+                services.metrics.record_rejection("overloaded")
             await _overloaded(send)
             return
         ctx = RequestContext(_request_id(scope), endpoint_label(scope["path"]))

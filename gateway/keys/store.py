@@ -138,6 +138,14 @@ class KeyStore:
         """(digest, caller) of every config key; the digest never leaves the process."""
         return list(self._by_hash.items())
 
+    def callers(self) -> list[Caller]:
+        """Every live key once: config keys not revoked, then the runtime mirror's (a key
+        in a rotation's grace period has two secrets, one caller). From memory."""
+        found = {c.key_id: c for d, c in self._by_hash.items() if d not in self._revoked}
+        for secret in self._runtime.values():
+            found.setdefault(secret.caller.key_id, secret.caller)
+        return list(found.values())
+
     def is_revoked(self, digest: str) -> bool:
         return digest in self._revoked
 

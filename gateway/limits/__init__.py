@@ -6,6 +6,7 @@ This module is the wing's front door: other parts of the gateway import from her
 from __future__ import annotations
 
 from gateway.limits.admission import Limits, Reservation, build_limits, has_limits
+from gateway.limits.budget_metrics import export_budgets
 from gateway.limits.usage_report import (
     ReportRangeError,
     report_days,
@@ -19,6 +20,7 @@ __all__ = [
     "Reservation",
     "ReportRangeError",
     "build_limits",
+    "export_budgets",
     "has_limits",
     "report_days",
     "run_usage",

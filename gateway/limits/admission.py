@@ -133,7 +133,7 @@ class Limits:
                 self._writes.enqueue(Release(admission))
             raise
         if decision.reason is not None:
-            self._metrics.rejections.labels(decision.reason).inc()
+            self._metrics.record_rejection(decision.reason, caller.name, caller.team or "none")
             raise refusal(caller, decision, admission.cost_usd)
         return Reservation(admission, True, decision.requests, decision.tokens)
 
@@ -147,7 +147,7 @@ class Limits:
         if what is None:
             self._metrics.limits_fail_open.inc()
             return
-        self._metrics.rejections.labels("limits_unavailable").inc()
+        self._metrics.record_rejection("limits_unavailable", caller.name, caller.team or "none")
         # The admission may have been applied before the timeout: undo it when Redis is back.
         await self._writes.submit(Release(admission))
         raise LimitsUnavailableError(

@@ -263,7 +263,7 @@ class Pipeline:
             ctx.upstream_s = time.perf_counter() - started
             ctx.deployment_id, ctx.provider, ctx.model = d.id, d.provider, d.model
             self.s.limits.deployment_used(d.id, 0)
-            self.s.metrics.record_attempt(d.provider, d.id, "ok", ctx.upstream_s)
+            self.s.metrics.record_attempt(d.provider, d.id, "ok", ctx.upstream_s, ctx.stream)
             return result
 
     def _retry_in_place(self, error: ProviderError, is_last: bool, retries: int) -> bool:

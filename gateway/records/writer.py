@@ -129,6 +129,8 @@ class RequestRecords:
         self._task: asyncio.Task[None] | None = None
         self._healthy = True
         self._pruned_at = 0.0
+        for operation in ("write", "prune"):
+            metrics.records_errors.labels(operation)  # 0 until the first failure
 
     # -- the request path ---------------------------------------------------------------
 

@@ -11,8 +11,10 @@ per-process values merge (`multiprocess_mode`). README "Metrics" lists them all.
 
 from __future__ import annotations
 
+import logging
+import math
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import (
@@ -28,6 +30,8 @@ from prometheus_client import multiprocess as prom_multiprocess
 from gateway import __version__
 from gateway.context import RequestContext
 from gateway.telemetry.pending import PendingCount, PendingHistogram, PendingMetrics
+
+log = logging.getLogger("gateway")
 
 LATENCY_BUCKETS_S = (
     0.001,
@@ -47,15 +51,39 @@ LATENCY_BUCKETS_S = (
     30.0,
     60.0,
 )
-OVERHEAD_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+# To 10 s: under load the overhead (queueing on a busy event loop included) passes 100 ms,
+# and a quantile past the last finite bucket reads as that bucket.
+OVERHEAD_BUCKETS_S = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 # `input` includes `cached_input` and `cache_write_input`; `output` includes `reasoning`.
 TOKEN_KINDS = ("input", "output", "cached_input", "cache_write_input", "reasoning")
 CACHE_RESULTS = ("hit", "miss", "bypass")
 REJECTION_REASONS = ("rpm", "tpm", "budget", "limits_unavailable", "overloaded")
 IN_FLIGHT_ENDPOINTS = ("chat", "embeddings")
+# Redis operations counted from the start when Redis is configured (others, e.g. the
+# cache's, are added by their owner or on their first failure).
+REDIS_OPERATIONS = ("limits", "stats")
 # Per process. Config keys are few; runtime keys could be many, and each label value
-# is a series forever: past this many, spend is reported under key="other".
+# is a series forever: past this many, spend and rejections are reported under
+# key="other" (and budgets not at all); teams likewise past MAX_TEAM_LABELS.
 MAX_KEY_LABELS = 500
+MAX_TEAM_LABELS = 100
 
 
 def render_multiprocess(path: str) -> bytes:
@@ -75,11 +103,17 @@ class Metrics:
         self.registry = registry
         self._multiproc_dir = multiproc_dir
         self._key_pairs: set[tuple[str, str]] = set()
+        self._teams: set[str] = set()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._provider_of: dict[str, str] = {}  # deployment id -> provider (config)
+        # Run before each flush (scrape-time values: key budgets), on the loop's thread.
+        self._refreshers: list[Callable[[], None]] = []
+        self._broken: list[Callable[[], None]] = []
+        self._budgets: dict[tuple[str, str], tuple[float, float | None]] = {}
         # The hot path's updates, summed here and applied by `flush` (metrics_pending.py).
         self.pending = PendingMetrics()
         self._request_series: dict[tuple[Any, ...], _RequestSeries] = {}
-        self._attempt_series: dict[tuple[str, str, str], _AttemptSeries] = {}
+        self._attempt_series: dict[tuple[str, str, str, bool], _AttemptSeries] = {}
         self._usage_series: dict[tuple[str, str, str], _UsageSeries] = {}
         self._key_costs: dict[tuple[str, str], PendingCount] = {}
         self._declare_requests(registry)
@@ -88,6 +122,7 @@ class Metrics:
         self._declare_health(registry)
         self._declare_limits(registry)
         self._declare_records(registry)
+        self._declare_budgets(registry)
         self.build_info.labels(__version__).set(1)
 
     def _declare_requests(self, r: CollectorRegistry) -> None:
@@ -135,7 +170,7 @@ class Metrics:
         self.upstream_duration = Histogram(
             "gateway_upstream_request_duration_seconds",
             "Successful upstream attempts: to the whole body, or to the first content of a stream.",
-            ("provider", "deployment"),
+            ("provider", "deployment", "stream"),
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
@@ -192,8 +227,8 @@ class Metrics:
         )
         self.rejections = Counter(
             "gateway_rejections",
-            "Requests refused by limits or overload.",
-            ("reason",),
+            "Requests refused by limits or overload, by gateway key (none: not known yet).",
+            ("reason", "key"),
             registry=r,
         )
         self.redis_errors = Counter(
@@ -246,22 +281,55 @@ class Metrics:
             multiprocess_mode="max",
         )
         for reason in REJECTION_REASONS:
-            self.rejections.labels(reason)
+            self.rejections.labels(reason, "none")
+
+    def _declare_budgets(self, r: CollectorRegistry) -> None:
+        """Per-key budgets, set from memory off the request path (`set_key_budgets`).
+        Every worker reads the same ledger, so the merged view takes the maximum over
+        live workers."""
+        self.key_budget = Gauge(
+            "gateway_key_budget_usd",
+            "Budget of a gateway key per period (day, month or total), in USD.",
+            ("key", "period"),
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.key_budget_spent = Gauge(
+            "gateway_key_budget_spent_usd",
+            "USD a gateway key spent in its current budget period, per the spend ledger.",
+            ("key", "period"),
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.route_deployment = Gauge(
+            "gateway_route_deployment_info",
+            "1 per deployment of a route (config): join with the per-deployment series.",
+            ("route", "deployment"),
+            registry=r,
+            multiprocess_mode="max",
+        )
 
     def initialise(
         self,
         deployments: Iterable[tuple[str, str, Iterable[str]]],
         keys: Iterable[tuple[str, str]] = (),
+        redis: bool = False,
     ) -> None:
         """Known label sets start at zero so dashboards show lines before traffic.
 
-        `deployments` are (id, provider, its routes), `keys` (name, team) pairs.
+        `deployments` are (id, provider, its routes), `keys` (name, team) pairs;
+        `redis`: Redis is configured (its error counters start at zero).
         """
         for result in CACHE_RESULTS:
             self.cache_requests.labels(result)
+        if redis:
+            for operation in REDIS_OPERATIONS:
+                self.redis_errors.labels(operation)
         for deployment_id, provider, routes in deployments:
+            self._provider_of[deployment_id] = provider
             self.cooldown_until.labels(deployment_id).set(0)
             for route in routes:
+                self.route_deployment.labels(route, deployment_id).set(1)
                 for kind in TOKEN_KINDS:
                     self.tokens.labels(provider, deployment_id, route, kind)
                 self.cost.labels(provider, deployment_id, route)
@@ -289,10 +357,22 @@ class Metrics:
     def flush(self) -> None:
         for endpoint, count in self.in_flight_now.items():
             self._in_flight_children[endpoint].set(count)
+        for refresh in self._refreshers:
+            try:
+                refresh()
+            except Exception:  # a bug: logged once, and the sums still go out
+                if refresh not in self._broken:
+                    self._broken.append(refresh)
+                    log.exception("metrics: refresh failed")
         self.pending.flush()
 
+    def add_refresher(self, refresh: Callable[[], None]) -> None:
+        """`refresh` runs at every flush: before each scrape this process serves, and
+        once a second in the background (what other workers' scrapes read)."""
+        self._refreshers.append(refresh)
+
     def start(self) -> None:
-        self.pending.start()
+        self.pending.start(self.flush)
 
     async def stop(self) -> None:
         """The last sums applied (a worker's files outlive it in multiprocess mode)."""
@@ -317,11 +397,15 @@ class Metrics:
                 self.record_cooldown(deployment_id, until_s)
 
     def record_request(self, ctx: RequestContext) -> None:
+        # The deployment that answered; when none did, the last one tried (its failure
+        # is the one the client got); "none" when none was tried (refused, unknown
+        # route, or failed before routing).
+        deployment = ctx.deployment_id or ctx.attempt_deployment_id
         key = (
             ctx.endpoint,
             ctx.route or "unknown",
-            ctx.deployment_id or "none",
-            ctx.provider or "none",
+            deployment or "none",
+            ctx.provider or self._provider_of.get(deployment or "", "none"),
             ctx.status // 100,
             ctx.cache,
             ctx.stream,
@@ -345,14 +429,16 @@ class Metrics:
         return series
 
     def record_attempt(
-        self, provider: str, deployment: str, outcome: str, duration_s: float
+        self, provider: str, deployment: str, outcome: str, duration_s: float, stream: bool = False
     ) -> None:
-        key = (provider, deployment, outcome)
+        key = (provider, deployment, outcome, stream)
         series = self._attempt_series.get(key)
         if series is None:
+            attempts = self._child(self.upstream_requests, provider, deployment, outcome)
+            streamed = "true" if stream else "false"
             series = self._attempt_series[key] = _AttemptSeries(
-                self.pending.count(self._child(self.upstream_requests, *key)),
-                self._histogram(self.upstream_duration, provider, deployment),
+                self.pending.count(attempts),
+                self._histogram(self.upstream_duration, provider, deployment, streamed),
             )
         series.count.amount += 1
         if outcome == "ok":
@@ -401,6 +487,42 @@ class Metrics:
                 self._key_costs[(key, team)] = pending
         return pending
 
+    def record_rejection(self, reason: str, key: str = "none", team: str = "none") -> None:
+        """A request refused (`reason`); `key`/`team` of the caller when known."""
+        label = self._key_pair(key, team)[0]
+        self.pending.count(self._child(self.rejections, reason, label)).amount += 1
+
+    def set_key_budgets(self, budgets: Iterable[tuple[str, str, str, float, float | None]]) -> None:
+        """(key name, team, period kind, budget USD, spent USD or None: unknown) of every
+        key with a budget now; series of keys no longer listed go. Off the request path:
+        called by a refresher, with values kept in memory."""
+        seen = set()
+        for name, team, period, budget_usd, spent_usd in budgets:
+            key, _ = self._key_pair(name, team)
+            if key == "other":
+                continue  # past the key cap: a budget of many keys means nothing
+            labels = (key, period)
+            seen.add(labels)
+            if self._budgets.get(labels) == (budget_usd, spent_usd):
+                continue
+            self._budgets[labels] = (budget_usd, spent_usd)
+            self.key_budget.labels(*labels).set(budget_usd)
+            if spent_usd is not None:
+                self.key_budget_spent.labels(*labels).set(spent_usd)
+        for labels in [labels for labels in self._budgets if labels not in seen]:
+            _, spent_usd = self._budgets.pop(labels)
+            self._drop(self.key_budget, labels)
+            if spent_usd is not None:
+                self._drop(self.key_budget_spent, labels)
+
+    def _drop(self, gauge: Gauge, labels: tuple[str, ...]) -> None:
+        """A series that must go: removed, or with several workers (whose files keep
+        every series) NaN, which no comparison or alert matches."""
+        if self.multiprocess:
+            gauge.labels(*labels).set(math.nan)
+        else:
+            gauge.remove(*labels)
+
     def _histogram(self, metric: Histogram, *values: str) -> PendingHistogram:
         return self.pending.histogram(self._child(metric, *values))
 
@@ -414,11 +536,19 @@ class Metrics:
         return child
 
     def _key_pair(self, key: str, team: str) -> tuple[str, str]:
+        """(key, team) label values, capped: past MAX_KEY_LABELS pairs the key is
+        "other"; past MAX_TEAM_LABELS teams, the team too."""
         pair = (key, team)
         if pair in self._key_pairs:
             return pair
+        if team not in self._teams:
+            if len(self._teams) >= MAX_TEAM_LABELS:
+                team = "other"
+            else:
+                self._teams.add(team)
         if len(self._key_pairs) >= MAX_KEY_LABELS:
-            return ("other", "other")
+            return ("other", team)
+        pair = (key, team)
         self._key_pairs.add(pair)
         return pair
 

@@ -96,15 +96,16 @@ class PendingMetrics:
         for histogram in self._histograms.values():
             histogram.flush()
 
-    def start(self) -> None:
-        """The once-a-second flush, on the running loop (the app's lifespan)."""
+    def start(self, flush: Callable[[], None] | None = None) -> None:
+        """The once-a-second flush, on the running loop (the app's lifespan); `flush`:
+        what to run each time instead of `self.flush` (the owner's, which calls it)."""
         self._loop = asyncio.get_running_loop()
-        self._task = asyncio.create_task(self._run(), name="metrics-flush")
+        self._task = asyncio.create_task(self._run(flush or self.flush), name="metrics-flush")
 
-    async def _run(self) -> None:
+    async def _run(self, flush: Callable[[], None]) -> None:
         while True:
             await asyncio.sleep(FLUSH_INTERVAL_S)
-            self.flush()
+            flush()
 
     async def stop(self) -> None:
         """Ends the background flush (the owner applies the last sums itself)."""

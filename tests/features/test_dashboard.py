@@ -1,6 +1,7 @@
-"""The shipped Grafana dashboard, proven against real data: a real Prometheus scrapes a
-real gateway under a little traffic, and every PromQL expression of the dashboard must
-return data through Prometheus's HTTP API."""
+"""The shipped Grafana dashboard and alert rules, proven against real data: a real
+Prometheus scrapes a real gateway (with Redis, a key with a budget, a priced model) under
+a little traffic; every PromQL expression of the dashboard must return data through
+Prometheus's HTTP API, and every alert rule must evaluate there without error."""
 
 from __future__ import annotations
 
@@ -20,10 +21,17 @@ import yaml
 
 from tests.fakes.openai_fake import FakeOpenAI
 from tests.fakes.server import free_port
-from tests.features.test_metrics import TOKEN, metrics_config, send_traffic
-from tests.gatewayproc import REPO, GatewayProcess
+from tests.features.test_metrics import (
+    BUDGET_KEY,
+    PRICED,
+    TOKEN,
+    budget_metrics_config,
+    send_traffic,
+)
+from tests.gatewayproc import REPO, GatewayProcess, RedisServer
 
 DASHBOARD = REPO / "docker" / "grafana" / "dashboards" / "gateway.json"
+ALERTS = REPO / "docker" / "prometheus" / "alerts.yml"
 # What Grafana would substitute; template variables select everything.
 GRAFANA_VARIABLES = {
     "$__rate_interval": "1m",
@@ -63,6 +71,7 @@ class Prometheus:
         self.workdir = workdir
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(ALERTS)],
             "scrape_configs": [
                 {
                     "job_name": "gateway",
@@ -105,6 +114,11 @@ class Prometheus:
         result: list[dict[str, Any]] = body["data"]["result"]
         return result
 
+    def api(self, path: str) -> Any:
+        body = httpx.get(f"{self.url}/api/v1/{path}", timeout=5).json()
+        assert body["status"] == "success", (path, body)
+        return body["data"]
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
@@ -135,9 +149,13 @@ def prometheus_binary() -> str:
 
 @pytest.fixture
 def gateway(
-    start_gateway: Callable[..., GatewayProcess], fake_openai: FakeOpenAI
+    start_gateway: Callable[..., GatewayProcess],
+    fake_openai: FakeOpenAI,
+    redis_server: RedisServer,
 ) -> GatewayProcess:
-    return start_gateway(metrics_config(fake_openai))
+    config = budget_metrics_config(fake_openai)
+    config["redis"] = {"url": redis_server.url, "socket_timeout_s": 2, "operation_deadline_s": 3}
+    return start_gateway(config)
 
 
 @pytest.fixture
@@ -159,16 +177,47 @@ def scraped_requests(prom: Prometheus) -> float:
     return float(result[0]["value"][1]) if result else -1.0
 
 
-@pytest.mark.timeout(60)
+def scraped_value(prom: Prometheus, expr: str) -> float:
+    result = prom.query(expr)
+    return float(result[0]["value"][1]) if result else -1.0
+
+
+def priced_chat(gateway: GatewayProcess) -> int:
+    """A request of the key with a budget (1 USD): the first costs it all, the next are
+    refused for the budget (a rejection with its key)."""
+    response = httpx.post(
+        f"{gateway.base_url}/chat/completions",
+        json={
+            "model": PRICED,
+            "messages": [{"role": "user", "content": "Bill me."}],
+            "max_tokens": 10,
+        },
+        headers={"authorization": f"Bearer {BUDGET_KEY}"},
+        timeout=10,
+    )
+    return response.status_code
+
+
+def send_dashboard_traffic(prom: Prometheus, gateway: GatewayProcess, fake: FakeOpenAI) -> None:
+    # Two rounds with a scrape in between: a series born in the first round has a point
+    # before the second, so every rate is over real increments (as under steady traffic).
+    sent = 0
+    for statuses in ([200, 429], [429]):
+        send_traffic(gateway.url, fake)  # six client requests: stream, error, 404...
+        assert [priced_chat(gateway) for _ in statuses] == statuses
+        sent += 6 + len(statuses)
+        assert wait_for(lambda n=sent: scraped_requests(prom) == n, 10), prom.log()
+    # The budget's spend comes from the ledger: written, then read back (about 3 s).
+    spent = 'gateway_key_budget_spent_usd{key="budgeted"}'
+    assert wait_for(lambda: scraped_value(prom, spent) == 1.0, 15), prom.log()
+
+
+@pytest.mark.timeout(90)
 def test_every_dashboard_query_returns_data(
     prometheus: Prometheus, gateway: GatewayProcess, fake_openai: FakeOpenAI
 ) -> None:
     assert wait_for(lambda: scraped_up(prometheus), 15), prometheus.log()
-    # Two rounds with a scrape in between: a series born in the first round has a point
-    # before the second, so every rate is over real increments (as under steady traffic).
-    for sent in (6, 12):
-        send_traffic(gateway.url, fake_openai)  # six client requests
-        assert wait_for(lambda n=sent: scraped_requests(prometheus) == n, 10), prometheus.log()
+    send_dashboard_traffic(prometheus, gateway, fake_openai)
 
     exprs = dashboard_exprs(json.loads(DASHBOARD.read_text()))
     assert len(exprs) >= 20
@@ -182,3 +231,31 @@ def test_every_dashboard_query_returns_data(
             all_nan.append(f"{title}: {expr}")
     assert empty == [], "queries without data:\n" + "\n".join(empty)
     assert all_nan == [], "queries with only NaN:\n" + "\n".join(all_nan)
+    check_alert_rules(prometheus)
+
+
+def check_alert_rules(prom: Prometheus) -> None:
+    """Every rule of alerts.yml loaded and evaluated without error on this real data; the
+    key at 100% of its budget has the budget alert on its way (pending for a minute)."""
+    shipped = yaml.safe_load(ALERTS.read_text())["groups"]
+    names = {rule["alert"] for group in shipped for rule in group["rules"]}
+    for group in shipped:
+        for rule in group["rules"]:
+            prom.query(rule["expr"])  # parses and evaluates (asserts success)
+
+    def evaluated() -> list[dict[str, Any]]:
+        rules = [r for g in prom.api("rules")["groups"] for r in g["rules"]]
+        done = [r for r in rules if not r["lastEvaluation"].startswith("0001-")]
+        return done if len(done) == len(rules) else []
+
+    assert wait_for(lambda: bool(evaluated()), 10), prom.log()
+    rules = evaluated()
+    assert {r["name"] for r in rules} == names
+    assert [(r["name"], r["health"], r.get("lastError", "")) for r in rules] == [
+        (r["name"], "ok", "") for r in rules
+    ]
+    budget_alert = next(r for r in rules if r["name"] == "GatewayKeyBudgetAbove90Percent")
+    assert [a["labels"]["key"] for a in budget_alert["alerts"]] == ["budgeted"]
+    assert budget_alert["alerts"][0]["state"] in ("pending", "firing")
+    down = next(r for r in rules if r["name"] == "GatewayDown")
+    assert down["alerts"] == []

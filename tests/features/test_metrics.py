@@ -4,6 +4,7 @@ in-flight, retry and cooldown series, and correct sums across several workers.""
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 import subprocess
@@ -26,10 +27,13 @@ from tests.conftest import GATEWAY_KEY, OPENAI_KEY
 from tests.fakes.openai_fake import FakeOpenAI
 from tests.fakes.server import Behaviour, free_port
 from tests.gatewayproc import REPO, GatewayProcess
-from tests.promtext import eventually, parse, scrape, scrape_until
+from tests.promtext import Scrape, eventually, parse, scrape, scrape_until
 
 TOKEN = "metrics-token-CANARY-5e1a"
 AUTH = {"authorization": f"Bearer {GATEWAY_KEY}"}
+ADMIN_KEY = "gw-metrics-admin-CANARY-0b7e"
+BUDGET_KEY = "gw-metrics-budget-CANARY-91c4"  # key "budgeted", team "t2": 1 USD a month
+PRICED = "priced"  # 1.00 USD a request with max_tokens 10 (as tests/features/governance.py)
 ASK = [{"role": "user", "content": "Measure me."}]
 ROUTES = {"m-ok", "m-dead", "m-dead2", "emb", "chain", "with-dead", "with-dead2", "unknown"}
 DEPLOYMENTS = {"main/model-ok", "dead/model-dead", "dead/model-dead2", "main/embed", "none"}
@@ -72,6 +76,44 @@ def metrics_config(fake: FakeOpenAI, **metrics: Any) -> dict[str, Any]:
             {"name": "with-dead2", "policy": "fallback", "models": ["m-dead2", "m-ok"]},
         ],
     }
+
+
+def budget_metrics_config(fake: FakeOpenAI, **metrics: Any) -> dict[str, Any]:
+    """`metrics_config` plus a key with a budget, a model with a price and an admin key."""
+    config = metrics_config(fake, **metrics)
+    budgeted = {"name": "budgeted", "key": BUDGET_KEY, "team": "t2", "budget_usd": 1.0}
+    config["auth"] = {
+        **config["auth"],
+        "keys": [*config["auth"]["keys"], budgeted],
+        "admin_keys": [ADMIN_KEY],
+    }
+    config["providers"]["sim"] = {"kind": "simulated", "simulation": {"output_tokens": 10}}
+    config["models"].append(
+        {
+            "name": PRICED,
+            "provider": "sim",
+            "model": "sim-1",
+            "input_price_per_mtok_usd": 0,
+            "output_price_per_mtok_usd": 100_000,
+        }
+    )
+    config["limits"] = {"key_sync_interval_s": 0.2}
+    config["database"] = {"flush_interval_s": 0.2}
+    return config
+
+
+def spend_budget(url: str, key: str = BUDGET_KEY) -> tuple[int, int]:
+    """One priced request of `key`, then one more: (status, status), e.g. (200, 429)."""
+    statuses = []
+    for _ in range(2):
+        response = httpx.post(
+            f"{url}/v1/chat/completions",
+            json={"model": PRICED, "messages": ASK, "max_tokens": 10},
+            headers={"authorization": f"Bearer {key}"},
+            timeout=10,
+        )
+        statuses.append(response.status_code)
+    return statuses[0], statuses[1]
 
 
 @pytest.fixture(scope="module")
@@ -333,6 +375,132 @@ def test_several_workers_sum_and_start_fresh(
     listener = f"http://127.0.0.1:{port}"
     assert eventually(lambda: scrape(listener, TOKEN).value("gateway_requests_total") == sent)
     second.stop()
+
+
+def budget(page: Scrape, name: str, period: str = "month") -> tuple[float, float] | None:
+    """(budget, spent) of key `name` in a scrape; None when the key has no budget series."""
+    labels = {"key": name, "period": period}
+    if labels not in page.series("gateway_key_budget_usd"):
+        return None
+    return (
+        page.value("gateway_key_budget_usd", **labels),
+        page.value("gateway_key_budget_spent_usd", **labels),
+    )
+
+
+def test_key_budgets_rejections_and_team_cost_are_exported(
+    start_gateway: Callable[..., GatewayProcess], fake_openai: FakeOpenAI
+) -> None:
+    gw = start_gateway(budget_metrics_config(fake_openai))
+    first = scrape(gw.url, TOKEN)
+    assert budget(first, "budgeted") == (1.0, 0.0)
+    assert budget(first, "svc") is None  # no budget, no series
+    zero = {"key": "none", "reason": "budget"}
+    assert zero in first.series("gateway_rejections_total")  # reasons start at zero
+
+    assert spend_budget(gw.url) == (200, 429)
+    # The spend comes from the ledger: written in the background, then read back.
+    page = scrape_until(gw.url, lambda p: budget(p, "budgeted") == (1.0, 1.0), TOKEN, 10)
+    assert budget(page, "budgeted") == (1.0, 1.0)
+    refused = {"reason": "budget", "key": "budgeted"}
+    assert page.value("gateway_rejections_total", **refused) == 1
+    assert page.value("gateway_key_cost_usd_total", key="budgeted", team="t2") == 1.0
+    served = {"route": PRICED, "deployment": "sim/sim-1", "provider": "sim"}
+    assert page.value("gateway_requests_total", status_class="2xx", **served) == 1
+    refused_request = {"route": PRICED, "deployment": "none", "provider": "none"}
+    assert page.value("gateway_requests_total", status_class="4xx", **refused_request) == 1
+
+    # A runtime key's budget shows at once (the admin refreshes the mirror before it
+    # answers) and goes when the key is revoked.
+    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+    created = httpx.post(
+        f"{gw.url}/admin/keys",
+        json={"name": "runtime-budget", "budget_usd": 5, "budget_period": "day"},
+        headers=admin,
+    ).json()
+    assert budget(scrape(gw.url, TOKEN), "runtime-budget", "day") == (5.0, 0.0)
+    httpx.post(f"{gw.url}/admin/keys/{created['id']}/revoke", headers=admin).raise_for_status()
+    after = scrape(gw.url, TOKEN)
+    assert budget(after, "runtime-budget", "day") is None
+    assert budget(after, "budgeted") == (1.0, 1.0)
+
+
+def test_upstream_latency_is_split_by_stream(
+    gateway: GatewayProcess, fake_openai: FakeOpenAI
+) -> None:
+    def counts(page: Scrape) -> tuple[float, float]:
+        name, ok = "gateway_upstream_request_duration_seconds_count", "main/model-ok"
+        return (
+            page.value(name, deployment=ok, stream="false"),
+            page.value(name, deployment=ok, stream="true"),
+        )
+
+    before = counts(scrape(gateway.url, TOKEN))
+    c = openai.OpenAI(base_url=gateway.base_url, api_key=GATEWAY_KEY, max_retries=0)
+    c.chat.completions.create(model="m-ok", messages=ASK)
+    c.chat.completions.create(model="m-ok", messages=ASK)
+    list(c.chat.completions.create(model="m-ok", messages=ASK, stream=True))
+    want = (before[0] + 2, before[1] + 1)
+    assert counts(scrape_until(gateway.url, lambda p: counts(p) == want, TOKEN)) == want
+
+
+def test_a_failed_request_is_filed_under_the_deployment_tried(
+    gateway: GatewayProcess, fake_openai: FakeOpenAI
+) -> None:
+    """Not under provider "none": that is for requests no deployment was tried for."""
+    tried = {"route": "m-ok", "deployment": "main/model-ok", "provider": "main"}
+    failed = {**tried, "status_class": "5xx"}
+    before = scrape(gateway.url, TOKEN).value("gateway_requests_total", **failed)
+    fake_openai.script(Behaviour(status=500))
+    c = openai.OpenAI(base_url=gateway.base_url, api_key=GATEWAY_KEY, max_retries=0)
+    with pytest.raises(openai.InternalServerError):
+        c.chat.completions.create(model="m-ok", messages=ASK)
+    page = scrape_until(
+        gateway.url, lambda p: p.value("gateway_requests_total", **failed) == before + 1, TOKEN
+    )
+    assert page.value("gateway_requests_total", **failed) == before + 1
+    nowhere = {"provider": "none", "status_class": "5xx"}
+    assert page.value("gateway_requests_total", **nowhere) == 0
+
+
+def test_overhead_buckets_reach_ten_seconds(gateway: GatewayProcess) -> None:
+    page = scrape(gateway.url, TOKEN)
+    bounds = {labels["le"] for labels in page.series("gateway_overhead_seconds_bucket")}
+    assert {"0.0001", "0.1", "1.0", "10.0", "+Inf"} <= bounds
+
+
+def test_several_workers_report_budgets_once(
+    start_gateway: Callable[..., GatewayProcess], fake_openai: FakeOpenAI
+) -> None:
+    """Every worker sets the same budget gauges (from the same ledger): the merged view
+    shows each once, not summed; a revoked key's budget stops counting (NaN: the workers'
+    files keep every series they wrote)."""
+    gw = start_gateway(budget_metrics_config(fake_openai), workers=2)
+    assert budget(scrape(gw.url, TOKEN), "budgeted") == (1.0, 0.0)
+    response = httpx.post(
+        f"{gw.base_url}/chat/completions",
+        json={"model": PRICED, "messages": ASK, "max_tokens": 10},
+        headers={"authorization": f"Bearer {BUDGET_KEY}"},
+        timeout=10,
+    )
+    assert response.status_code == 200
+    page = scrape_until(gw.url, lambda p: budget(p, "budgeted") == (1.0, 1.0), TOKEN, 10)
+    assert budget(page, "budgeted") == (1.0, 1.0)
+
+    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+    created = httpx.post(
+        f"{gw.url}/admin/keys", json={"name": "runtime-budget", "budget_usd": 5}, headers=admin
+    ).json()
+    page = scrape_until(gw.url, lambda p: budget(p, "runtime-budget") == (5.0, 0.0), TOKEN)
+    assert budget(page, "runtime-budget") == (5.0, 0.0)
+    httpx.post(f"{gw.url}/admin/keys/{created['id']}/revoke", headers=admin).raise_for_status()
+
+    def gone(page: Scrape) -> bool:
+        left = budget(page, "runtime-budget")
+        return left is None or all(math.isnan(v) for v in left)
+
+    assert gone(scrape_until(gw.url, gone, TOKEN))
+    assert budget(scrape(gw.url, TOKEN), "budgeted") == (1.0, 1.0)
 
 
 def test_readme_lists_every_metric() -> None:

@@ -369,7 +369,8 @@ def test_fault_before_commit(
     assert delta(after, before, "gateway_fallbacks_total", route=solo) == 0
     served = {"route": pair, "deployment": BACKUP, "status_class": "2xx"}
     assert delta(after, before, "gateway_requests_total", **served) == 1
-    failed = {"route": solo, "deployment": "none", "status_class": f"{fault.status // 100}xx"}
+    # filed under the deployment that failed it (the only one tried), not "none"
+    failed = {"route": solo, "deployment": solo_id, "status_class": f"{fault.status // 100}xx"}
     assert delta(after, before, "gateway_requests_total", **failed) == 1
     backup_cost = delta(after, before, "gateway_cost_usd_total", deployment=BACKUP)
     assert backup_cost == pytest.approx(cost(11, 7, IN_B, OUT_B), rel=1e-9)
