@@ -3,8 +3,10 @@ services; gateway.api serves them."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -26,7 +28,7 @@ from gateway.config import (
     multiproc_dir,
 )
 from gateway.keys import KeyStore, build_key_admin
-from gateway.limits import build_limits
+from gateway.limits import build_limits, export_budgets
 from gateway.pipeline import Pipeline
 from gateway.providers import SimulatedTransport, build_providers
 from gateway.records import (
@@ -46,6 +48,10 @@ from gateway.transport import DispatchingUpstream, http_upstream
 from gateway.validate_config import pricing_problems, reference_problems
 
 log = logging.getLogger("gateway")
+
+# After the drain (`server.drain_timeout_s`), how long the requests it cut get to finish
+# their accounting before the stores close.
+CUT_REQUESTS_BOUND_S = 2.0
 
 
 def build_services(config: GatewayConfig, registry: CollectorRegistry | None = None) -> Services:
@@ -83,6 +89,7 @@ def build_services(config: GatewayConfig, registry: CollectorRegistry | None = N
     metrics.initialise(
         ((d.id, d.provider, routes_of.get(d.id, ())) for d in catalog.deployments.values()),
         ((k.name, k.team or "none") for k in config.auth.keys),
+        redis=config.redis is not None,
     )
     redis = None
     if config.redis is not None:
@@ -92,6 +99,7 @@ def build_services(config: GatewayConfig, registry: CollectorRegistry | None = N
     ledger_spend = LedgerSpend(ledger, LEDGER_REFRESH_S)
     limits = build_limits(config, redis, metrics, catalog.deployments, ledger_spend.floor)
     keys = KeyStore(config.auth)
+    export_budgets(keys, metrics, ledger_spend.floor if config.database.records else None)
     records = None
     if config.database.records:
         records = RequestRecords(engine, config.database, catalog.deployments, metrics)
@@ -154,6 +162,9 @@ def create_app(config: GatewayConfig) -> RequestContextMiddleware:
         try:
             yield {"services": services, "pipeline": Pipeline(services)}
         finally:
+            # Requests that `server.drain_timeout_s` cut were cancelled just before this:
+            # they bill and log on their way out, before the stores close under them.
+            await _cut_requests_finished(in_flight)
             if trimmer is not None:
                 await trimmer.stop()
             if listener is not None:
@@ -174,6 +185,14 @@ def create_app(config: GatewayConfig) -> RequestContextMiddleware:
                 services.access_log.flush()
 
     return asgi_app(config.server, lifespan)
+
+
+async def _cut_requests_finished(in_flight: dict[str, int]) -> None:
+    """Until no request is in flight, within `CUT_REQUESTS_BOUND_S` (their last steps,
+    closing the upstream and settling, take milliseconds, a Redis deadline at most)."""
+    deadline = time.monotonic() + CUT_REQUESTS_BOUND_S
+    while any(in_flight.values()) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
 
 
 def create_app_from_env() -> RequestContextMiddleware:

@@ -1,5 +1,5 @@
-"""`gateway serve | check-config | explain | usage | requests | cooldowns | db`: the console
-script."""
+"""`gateway serve | check-config | healthcheck | explain | usage | requests | cooldowns | db`:
+the console script. `--config` defaults to $GATEWAY_CONFIG, else config/gateway.yaml."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from gateway import jsonutil
 from gateway.config import (
     ConfigError,
     GatewayConfig,
-    default_config_path,
+    env_config_path,
     load_config,
     multiproc_dir,
     set_worker_environment,
@@ -24,17 +24,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gateway", description="OpenAI-compatible gateway")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the HTTP server")
-    serve.add_argument("--config", type=Path, default=default_config_path())
+    serve.add_argument("--config", type=Path, default=env_config_path())
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--workers", type=int)
     check = commands.add_parser("check-config", help="validate a config file")
     check.add_argument("path", type=Path)
+    health = commands.add_parser(
+        "healthcheck", help="exit 0 when the gateway of this config answers /healthz (Docker)"
+    )
+    health.add_argument("--config", type=Path, default=env_config_path())
+    health.add_argument("--timeout-s", type=float, default=2.0)
     explain = commands.add_parser("explain", help="print the routing plan for a chat body")
-    explain.add_argument("--config", type=Path, default=default_config_path())
+    explain.add_argument("--config", type=Path, default=env_config_path())
     explain.add_argument("body", nargs="?", default="-", help="JSON file, or - for stdin")
     usage = commands.add_parser("usage", help="spend per key, team, route and day (the ledger)")
-    usage.add_argument("--config", type=Path, default=default_config_path())
+    usage.add_argument("--config", type=Path, default=env_config_path())
     usage.add_argument("--day", help="one UTC day, YYYY-MM-DD (default: today)")
     usage.add_argument("--since", help="first UTC day of a range")
     usage.add_argument("--until", help="last UTC day of a range (default: today)")
@@ -42,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     usage.add_argument("--by", choices=["key", "team", "route", "day"], help="totals per ...")
     usage.add_argument("--json", action="store_true", help="the admin endpoint's JSON")
     logged = commands.add_parser("requests", help="the request log (one request, or a search)")
-    logged.add_argument("--config", type=Path, default=default_config_path())
+    logged.add_argument("--config", type=Path, default=env_config_path())
     logged.add_argument("request_id", nargs="?", help="an x-request-id: every row with it")
     logged.add_argument("--key", help="a key id or name")
     logged.add_argument("--since", help="Unix seconds or ISO 8601 (UTC unless it says)")
@@ -53,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     cooldowns = commands.add_parser(
         "cooldowns", help="deployments cooling down on the replicas sharing Redis; end them"
     )
-    cooldowns.add_argument("--config", type=Path, default=default_config_path())
+    cooldowns.add_argument("--config", type=Path, default=env_config_path())
     clearing = cooldowns.add_mutually_exclusive_group()
     clearing.add_argument("--clear", metavar="DEPLOYMENT", help="end this deployment's cooldown")
     clearing.add_argument("--clear-all", action="store_true", help="end every cooldown")
@@ -66,11 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     db_downgrade.add_argument("--revision", required=True, help="a revision, or base")
     db_current = db_actions.add_parser("current", help="print the database's revision")
     for action in (db_upgrade, db_downgrade, db_current):
-        action.add_argument("--config", type=Path, default=default_config_path())
+        action.add_argument("--config", type=Path, default=env_config_path())
     args = parser.parse_args(argv)
     handlers = {
         "serve": _serve,
         "check-config": _check_config,
+        "healthcheck": _healthcheck,
         "explain": _explain,
         "usage": _usage,
         "cooldowns": _cooldowns,
@@ -119,6 +125,9 @@ def _serve(args: argparse.Namespace) -> int:
         "h11_max_incomplete_event_size": config.server.max_header_bytes,
         "ws": "none",  # no websocket endpoint: an upgrade request is served as plain HTTP
         "timeout_keep_alive": config.server.keep_alive_s,
+        # On SIGTERM: requests in flight (streams too) get this long to finish. With
+        # workers, the supervisor passes SIGTERM on and each worker drains with it.
+        "timeout_graceful_shutdown": config.server.drain_timeout_s,
         "access_log": False,
         "log_level": "warning",
         "lifespan": "on",
@@ -181,6 +190,29 @@ def _check_config(args: argparse.Namespace) -> int:
     for line in summary:
         sys.stdout.write(f"{line}\n")
     return 0
+
+
+def _healthcheck(args: argparse.Namespace) -> int:
+    """The container's HEALTHCHECK: /healthz on the port (and address) the config serves,
+    so a config on another port needs no other healthcheck."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        server = load_config(args.config).server
+    except ConfigError as exc:
+        for line in exc.errors:
+            sys.stderr.write(f"{line}\n")
+        return 1
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(server.host, server.host)
+    url = f"http://{f'[{host}]' if ':' in host else host}:{server.port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout_s) as response:  # noqa: S310
+            healthy = response.status == 200
+    except (urllib.error.URLError, OSError) as exc:
+        sys.stderr.write(f"{url}: {exc}\n")
+        return 1
+    return 0 if healthy else 1
 
 
 def _explain(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from gateway.config.pricing import Prices
+from gateway.config.schema import env_catalog_path
 
 CHAT = "chat"
 EMBEDDING = "embedding"
@@ -67,7 +68,9 @@ class CatalogEntry:
 
 
 def default_catalog_path() -> Path:
-    return Path(__file__).resolve().parents[2] / "config" / "catalog.json"
+    """$GATEWAY_CATALOG, else the source tree's config/catalog.json. An installed wheel
+    has no source tree: the container image sets GATEWAY_CATALOG to its copy."""
+    return env_catalog_path() or Path(__file__).resolve().parents[2] / "config" / "catalog.json"
 
 
 def _number(value: object) -> float | None:
