@@ -24,6 +24,7 @@ from gateway.api import (
     admin_keys,
     admin_requests,
     chat,
+    completions,
     embeddings,
     explain,
     health,
@@ -37,7 +38,7 @@ from gateway.api.middleware import RequestContextMiddleware
 from gateway.config import ServerConfig
 
 Lifespan = Callable[[Any], AbstractAsyncContextManager[dict[str, Any]]]
-HOT_ROUTES: list[BaseRoute] = [*chat.routes, *embeddings.routes]
+HOT_ROUTES: list[BaseRoute] = [*chat.routes, *completions.routes, *embeddings.routes]
 
 
 def asgi_app(server: ServerConfig, lifespan: Lifespan) -> RequestContextMiddleware:

@@ -1,4 +1,9 @@
-"""POST /v1/chat/completions: authenticate, parse, cache, plan, then JSON or SSE."""
+"""POST /v1/chat/completions, and the same flow for every dialect that is served by chat
+deployments (`endpoint(dialect)`: /v1/completions, ...): authenticate, parse into the
+internal request, cache, plan, then the answer (JSON or a stream) in the dialect.
+
+Errors a dialect endpoint raises are answered in the dialect's shape here; chat's go
+to the shared handlers (gateway.api.error_handlers), which give the same OpenAI shape."""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route as HTTPRoute
 
+from gateway import jsonutil
 from gateway.api.deps import (
     BytesResponse,
     admit,
@@ -15,11 +21,14 @@ from gateway.api.deps import (
     services_of,
 )
 from gateway.api.disconnect import ClientDisconnectedError, until_disconnect
+from gateway.api.error_handlers import internal_error
+from gateway.api.hot import Endpoint
 from gateway.api.prologue import prologue
 from gateway.api.sse_response import SSE_CONTENT_TYPE, SSE_HEADERS, SSEResponse
 from gateway.cache import Assembler, CacheEntry, CacheLookup, render_hit
 from gateway.config import Route, estimate_tokens
-from gateway.dialects import parse_chat_request
+from gateway.dialects import CHAT, Dialect
+from gateway.errors import GatewayError
 from gateway.keys import Caller
 from gateway.limits import has_limits
 from gateway.routing import RoutingControls
@@ -29,8 +38,38 @@ from routers import Plan
 CLIENT_CLOSED_REQUEST = 499  # nginx's code: for the access log, the client is gone
 
 
-async def chat_completions(request: Request) -> Response:
-    first = await prologue(request, parse_chat_request)
+def endpoint(dialect: Dialect) -> Endpoint:
+    """The endpoint of a dialect served by chat deployments."""
+    if dialect is CHAT:
+
+        async def chat_completions(request: Request) -> Response:
+            return await serve(request, CHAT)
+
+        return chat_completions
+
+    async def dialect_endpoint(request: Request) -> Response:
+        try:
+            return await serve(request, dialect)
+        except Exception as exc:  # noqa: BLE001 (every error is answered in the dialect)
+            return error_in_dialect(request, dialect, exc)
+
+    return dialect_endpoint
+
+
+def error_in_dialect(request: Request, dialect: Dialect, exc: Exception) -> Response:
+    """An error in the dialect's shape, with the error's own status and headers."""
+    error = exc if isinstance(exc, GatewayError) else internal_error(exc)
+    context_of(request).error_code = error.error_code
+    return Response(
+        jsonutil.dumps(dialect.error_body(error)),
+        error.status,
+        error.headers(),
+        media_type="application/json",
+    )
+
+
+async def serve(request: Request, dialect: Dialect) -> Response:
+    first = await prologue(request, dialect.parse)
     req, route, caller, routing, ctx = (
         first.req,
         first.route,
@@ -42,14 +81,14 @@ async def chat_completions(request: Request) -> Response:
     cache = first.services.cache
     lookup = None
     if cache is not None:
-        lookup = cache.lookup(req, route, caller, routing, first.cache, ctx)
+        lookup = cache.lookup(req, route, caller, routing, first.cache, ctx, dialect.name)
     if lookup is None:
-        return await complete(request, req, route, routing, caller, None)
+        return await complete(request, dialect, req, route, routing, caller, None)
     try:
         entry = await lookup.find(lambda wait: until_disconnect(request, wait))
         if entry is not None:
-            return await serve_hit(request, entry, req, caller)
-        return await complete(request, req, route, routing, caller, lookup)
+            return await serve_hit(request, dialect, entry, req, caller)
+        return await complete(request, dialect, req, route, routing, caller, lookup)
     except ClientDisconnectedError:
         return Response(status_code=CLIENT_CLOSED_REQUEST)  # left while waiting: nothing ran
     except BaseException as error:
@@ -61,6 +100,7 @@ async def chat_completions(request: Request) -> Response:
 
 async def complete(
     request: Request,
+    dialect: Dialect,
     req: ChatRequest,
     route: Route,
     routing: RoutingControls,
@@ -82,6 +122,8 @@ async def complete(
             stream = await until_disconnect(
                 request, pipeline.chat_stream(req, route, plan, caller, reservation, ctx)
             )
+            if dialect is not CHAT:
+                stream.encode_with(dialect.stream(req))
             if log_payloads:
                 ctx.payload_response = assembler = Assembler()
                 stream.observe(assembler)
@@ -98,6 +140,11 @@ async def complete(
         raise
     if log_payloads:
         ctx.payload_response = response.body
+    if dialect is not CHAT:
+        if lookup is not None:
+            await lookup.store_response(response)
+        content = dialect.answer(response.body, req)
+        return BytesResponse(content, headers=ctx.response_headers())
     if lookup is None:
         return json_response(response.body, headers=ctx.response_headers())
     content = await lookup.store_response(response)
@@ -105,7 +152,7 @@ async def complete(
 
 
 async def serve_hit(
-    request: Request, entry: CacheEntry, req: ChatRequest, caller: Caller
+    request: Request, dialect: Dialect, entry: CacheEntry, req: ChatRequest, caller: Caller
 ) -> Response:
     """A stored answer, or one an identical request in flight produced: costs nothing."""
     services, ctx = services_of(request), context_of(request)
@@ -115,7 +162,7 @@ async def serve_hit(
     assert services.cache is not None
     services.cache.account_hit(entry, ctx)
     await services.limits.settle(ctx, caller, reservation)
-    content = render_hit(entry, req.stream, req.include_usage)
+    content = render_hit(entry, req, dialect)
     if req.stream:
         headers = [*SSE_HEADERS, *ctx.response_headers()]
         return BytesResponse(content, headers=headers, content_type=SSE_CONTENT_TYPE)
@@ -131,4 +178,4 @@ def estimate(plan: Plan, req: ChatRequest) -> tuple[int, float]:
     return tokens, float(breakdown.get("expected_cost_usd", 0.0))
 
 
-routes = [HTTPRoute("/v1/chat/completions", chat_completions, methods=["POST"])]
+routes = [HTTPRoute("/v1/chat/completions", endpoint(CHAT), methods=["POST"])]

@@ -58,12 +58,17 @@ async def validation_error_handler(request: Request, exc: Exception) -> Response
     return await gateway_error_handler(request, InvalidRequestError(message, param=param))
 
 
-async def unexpected_error_handler(request: Request, exc: Exception) -> Response:
-    # Type and place only: tracebacks may hold request data or secrets.
+def internal_error(exc: BaseException) -> GatewayError:
+    """A 500 for an error that is not the gateway's own, logged by type and place only:
+    tracebacks may hold request data or secrets."""
     frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
     where = f"{frame.filename}:{frame.lineno}" if frame else "?"
     log.error("unhandled error %s at %s", type(exc).__name__, where)
-    return error_response(GatewayError("The gateway hit an internal error."))
+    return GatewayError("The gateway hit an internal error.")
+
+
+async def unexpected_error_handler(request: Request, exc: Exception) -> Response:
+    return error_response(internal_error(exc))
 
 
 EXCEPTION_HANDLERS: dict[int | type[Exception], Handler] = {

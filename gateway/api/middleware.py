@@ -26,6 +26,7 @@ from gateway.ids import new_id
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _ENDPOINTS = {
     "/v1/chat/completions": "chat",
+    "/v1/completions": "completions",
     "/v1/embeddings": "embeddings",
     "/v1/route/explain": "explain",
 }

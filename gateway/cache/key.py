@@ -103,11 +103,17 @@ def tenant_prefix(tenant: str | None) -> str:
     return STORAGE_PREFIX if tenant is None else f"{STORAGE_PREFIX}{tenant_tag(tenant)}:"
 
 
-def cache_key(tenant: str, body: JSONObject, controls: RoutingControls) -> str:
-    """The storage key of a chat request's response for this tenant."""
+def cache_key(
+    tenant: str, body: JSONObject, controls: RoutingControls, dialect: str = "chat"
+) -> str:
+    """The storage key of a chat request's response for this tenant; `dialect`: the
+    client's wire format (chat's keys are as they were before dialects)."""
     prefix, seeded = _tenant_start(tenant)
     digest = seeded.copy()
-    digest.update(jsonutil.dumps_canonical([key_fields(body), routing_fields(controls)]))
+    material: list[object] = [key_fields(body), routing_fields(controls)]
+    if dialect != "chat":
+        material.append(dialect)
+    digest.update(jsonutil.dumps_canonical(material))
     return prefix + digest.hexdigest()
 
 

@@ -31,10 +31,11 @@ from typing import Any
 from gateway import jsonutil
 from gateway.cache.coalesce import Flight, SingleFlight
 from gateway.cache.key import cache_key, tenant_prefix
-from gateway.cache.replay import Assembler, to_sse
+from gateway.cache.replay import Assembler, replay, to_sse
 from gateway.cache.store import Cache, CacheEntry, MemoryCache, RedisCache
 from gateway.config import CacheConfig, Deployment, GatewayConfig, Route, request_cost_usd
 from gateway.context import RequestContext
+from gateway.dialects import Dialect
 from gateway.errors import (
     AllProvidersFailedError,
     GatewayError,
@@ -106,6 +107,7 @@ class ResponseCache:
         routing: RoutingControls,
         controls: CacheControls,
         ctx: RequestContext,
+        dialect: str = "chat",
     ) -> CacheLookup | None:
         enabled = self.config.enabled if route.cache_enabled is None else route.cache_enabled
         if not enabled:
@@ -118,7 +120,7 @@ class ResponseCache:
         write = controls.write and ttl_s > 0
         if not controls.read:
             self.record(ctx, "bypass")
-        key = cache_key(caller.tenant, req.body, routing)
+        key = cache_key(caller.tenant, req.body, routing, dialect)
         return CacheLookup(self, key, controls.read, write, min(ttl_s, MAX_TTL_S), ctx)
 
     def record(self, ctx: RequestContext, result: str) -> None:
@@ -142,11 +144,15 @@ class ResponseCache:
         return await self.backend.purge(tenant_prefix(tenant))
 
 
-def render_hit(entry: CacheEntry, stream: bool, include_usage: bool) -> bytes:
-    """The body a client receives for a hit: the stored JSON, or its replay as SSE."""
-    if not stream:
-        return entry.body
-    return to_sse(jsonutil.loads(entry.body), include_usage)
+def render_hit(entry: CacheEntry, req: ChatRequest, dialect: Dialect) -> bytes:
+    """The body a client receives for a hit, in its dialect: the stored JSON, or its
+    replay as a stream."""
+    if dialect.name == "chat":
+        return to_sse(jsonutil.loads(entry.body), req.include_usage) if req.stream else entry.body
+    completion = jsonutil.loads(entry.body)
+    if req.stream:
+        return replay(completion, dialect.stream(req))
+    return dialect.answer(completion, req)
 
 
 class CacheLookup:

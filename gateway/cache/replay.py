@@ -3,6 +3,7 @@
 - `assemble(chunks)` (or `Assembler`, chunk by chunk): a stream's chunks (usage chunk
   included) -> one chat.completion to store; None when any choice never finished
   (never store a partial answer).
+- `replay(completion, encoder)`: the same chunks as another dialect's stream.
 - `to_sse(completion, include_usage)`: a stored chat.completion -> the SSE bytes of a
   correct stream: per choice a role chunk, a content (and refusal, logprobs) chunk,
   one chunk with every tool call whole, a finish chunk; then the usage chunk only when
@@ -14,10 +15,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.dialects import DONE_LINE, encode_chunk
+from gateway.dialects import DONE_LINE, StreamEncoder, encode_chunk
 from gateway.types import JSONObject
 
 _ENVELOPE_EXTRAS = ("system_fingerprint", "service_tier")
+
+
+def replay(completion: JSONObject, encoder: StreamEncoder) -> bytes:
+    """A stored chat.completion as a stream in another dialect: the chunks `to_sse`
+    sends, then the usage chunk, through `encoder`."""
+    envelope = _envelope(completion, "chat.completion.chunk")
+    parts = [
+        encoder.chunk({**envelope, "choices": [delta]})
+        for choice in completion.get("choices") or ()
+        for delta in _choice_deltas(choice)
+    ]
+    usage = completion.get("usage")
+    parts.append(
+        encoder.end(None if usage is None else {**envelope, "choices": [], "usage": usage})
+    )
+    return b"".join(parts)
 
 
 def to_sse(completion: JSONObject, include_usage: bool) -> bytes:

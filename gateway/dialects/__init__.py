@@ -1,21 +1,31 @@
 """Client-facing wire formats: parse a body into the internal request; encode answers,
-stream pieces and errors; render a stored answer.
+stream pieces and errors; render a stored answer. One module per dialect; `base` says
+what each provides (`Dialect`, `StreamEncoder`).
 
 This module is the wing's front door: other parts of the gateway import from here only."""
 
 from __future__ import annotations
 
+from gateway.dialects.base import Dialect, StreamEncoder
 from gateway.dialects.openai_chat import (
+    CHAT,
     DONE_LINE,
+    ChatEncoder,
     decode_object,
     encode_chunk,
     encode_error,
     parse_chat_request,
     parse_embedding_request,
 )
+from gateway.dialects.openai_completions import COMPLETIONS
 
 __all__ = [
+    "CHAT",
+    "COMPLETIONS",
     "DONE_LINE",
+    "ChatEncoder",
+    "Dialect",
+    "StreamEncoder",
     "decode_object",
     "encode_chunk",
     "encode_error",

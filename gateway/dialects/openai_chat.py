@@ -11,7 +11,7 @@ from typing import Any
 
 from gateway import jsonutil
 from gateway.config import DEFAULT_MAX_JSON_DEPTH, RequestLimits
-from gateway.errors import InvalidRequestError
+from gateway.errors import GatewayError, InvalidRequestError
 from gateway.types import ChatRequest, EmbeddingRequest, JSONObject
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -71,8 +71,13 @@ def _too_deep(data: JSONObject, max_depth: int) -> bool:
 
 
 def parse_chat_request(raw: bytes, limits: RequestLimits) -> ChatRequest:
-    body = decode_object(raw, limits.max_json_depth)
-    _reject_forbidden(body)
+    return parse_chat_body(decode_object(raw, limits.max_json_depth), limits)
+
+
+def parse_chat_body(body: JSONObject, limits: RequestLimits) -> ChatRequest:
+    """A decoded chat body -> the internal request (other dialects build one and come
+    here: every chat check applies to what they send upstream)."""
+    reject_forbidden(body)
     model = _required_str(body, "model")
     messages = _messages(body.get("messages"), limits)
     _check_scalars(body, limits)
@@ -89,7 +94,7 @@ def parse_chat_request(raw: bytes, limits: RequestLimits) -> ChatRequest:
 
 def parse_embedding_request(raw: bytes, limits: RequestLimits) -> EmbeddingRequest:
     body = decode_object(raw, limits.max_json_depth)
-    _reject_forbidden(body)
+    reject_forbidden(body)
     model = _required_str(body, "model")
     value = body.get("input")
     if isinstance(value, str):
@@ -119,7 +124,7 @@ def _all_tokens(items: list[Any]) -> bool:
     return all(isinstance(t, int) and not isinstance(t, bool) for t in items)
 
 
-def _reject_forbidden(body: JSONObject) -> None:
+def reject_forbidden(body: JSONObject) -> None:
     for key in body:
         if key in FORBIDDEN_FIELDS:
             raise InvalidRequestError(
@@ -268,3 +273,45 @@ def encode_chunk(chunk: JSONObject) -> bytes:
 def encode_error(body: JSONObject) -> bytes:
     """The in-band error after the commit point: the SDK raises APIError on it (rule 3)."""
     return b"data: " + jsonutil.dumps(body) + b"\n\n"
+
+
+class ChatEncoder:
+    """A chat stream's events: each chunk as it is, the usage chunk when the client
+    asked for it (`stream_options.include_usage`), then `[DONE]`."""
+
+    __slots__ = ("_include_usage",)
+
+    def __init__(self, include_usage: bool) -> None:
+        self._include_usage = include_usage
+
+    def chunk(self, chunk: JSONObject) -> bytes:
+        return encode_chunk(chunk)
+
+    def end(self, usage_chunk: JSONObject | None) -> bytes:
+        if usage_chunk is not None and self._include_usage:
+            return encode_chunk(usage_chunk) + DONE_LINE
+        return DONE_LINE
+
+    def error(self, error: GatewayError) -> bytes:
+        return encode_error(error.to_openai_body())
+
+
+class OpenAIChat:
+    """`POST /v1/chat/completions`: the internal format itself."""
+
+    name = "chat"
+
+    def parse(self, raw: bytes, limits: RequestLimits) -> ChatRequest:
+        return parse_chat_request(raw, limits)
+
+    def answer(self, completion: JSONObject, req: ChatRequest) -> bytes:
+        return jsonutil.dumps(completion)
+
+    def stream(self, req: ChatRequest) -> ChatEncoder:
+        return ChatEncoder(req.include_usage)
+
+    def error_body(self, error: GatewayError) -> JSONObject:
+        return error.to_openai_body()
+
+
+CHAT = OpenAIChat()

@@ -1,12 +1,13 @@
 """The client-facing side of a committed stream: relay, account, fail loudly in band.
 
-After the commit point a failure becomes one OpenAI-shaped `data: {"error": ...}`
-event and the stream closes without `[DONE]` (rule 3): never a clean end, never a
-synthesized `finish_reason`. Such a failure (bytes that are not UTF-8, a malformed
-event, a stall or keep-alive comments only for `read_s`, the stream reaching
-`server.stream_timeout_s`) is logged as `stream_outcome: error` with its error code,
-and billed for what was produced. A client disconnect cancels the upstream at once and
-still bills what was produced, marked estimated if the final usage never came.
+After the commit point a failure becomes one in-band error event in the client's
+dialect (chat: OpenAI's `data: {"error": ...}`) and the stream closes without its end
+(chat: `[DONE]`; rule 3): never a clean end, never a synthesized `finish_reason`. Such
+a failure (bytes that are not UTF-8, a malformed event, a stall or keep-alive comments
+only for `read_s`, the stream reaching `server.stream_timeout_s`) is logged as
+`stream_outcome: error` with its error code, and billed for what was produced. A client
+disconnect cancels the upstream at once and still bills what was produced, marked
+estimated if the final usage never came.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Protocol
 
 from gateway.config import Deployment
 from gateway.context import RequestContext
-from gateway.dialects import DONE_LINE, encode_chunk, encode_error
+from gateway.dialects import ChatEncoder, StreamEncoder
 from gateway.errors import GatewayError, ProviderError, UpstreamUnavailableError
 from gateway.keys import Caller
 from gateway.limits import Reservation
@@ -55,6 +56,7 @@ class ChatStream:
         self._accountant = accountant
         self._completion_chars = 0
         self._observers: tuple[ChunkObserver, ...] = ()
+        self._encoder: StreamEncoder = ChatEncoder(req.include_usage)
         self.completed = False  # the stream ran to its end (a partial one is never stored)
 
     async def body(self) -> AsyncGenerator[bytes, None]:
@@ -83,9 +85,9 @@ class ChatStream:
             if not translator.done:
                 raise UpstreamUnavailableError("The upstream stream ended before it was complete.")
             usage_chunk = translator.usage_chunk()
-            if usage_chunk is not None and self._collect(usage_chunk) and self._req.include_usage:
-                yield encode_chunk(usage_chunk)
-            yield DONE_LINE
+            if usage_chunk is not None:
+                self._collect(usage_chunk)
+            yield self._encoder.end(usage_chunk)
             outcome = "complete"
         except ProviderError as error:
             outcome = "error"
@@ -98,7 +100,7 @@ class ChatStream:
         `[DONE]` follows), counted against the deployment unless it is not its fault."""
         self._ctx.error_code = error.error_code
         self._failures.penalize(self._d, error)
-        return encode_error(error.to_openai_body())
+        return self._encoder.error(error)
 
     def _relay_held(self) -> tuple[bytes, ProviderError | None]:
         """The chunks held back until the commit point, as `_relay_batch`'s."""
@@ -132,17 +134,21 @@ class ChatStream:
             if isinstance(content, str):
                 self._completion_chars += len(content)
         self._collect(chunk)
-        return encode_chunk(chunk)
+        return self._encoder.chunk(chunk)
+
+    def encode_with(self, encoder: StreamEncoder) -> None:
+        """The client's dialect (before `body`): its events for every chunk, the end and
+        an in-band error (default: chat's)."""
+        self._encoder = encoder
 
     def observe(self, observer: ChunkObserver) -> None:
         """`observer` is fed every chunk the client is sent (the cache assembles the
         answer it stores from them, the request log the answer it keeps)."""
         self._observers = (*self._observers, observer)
 
-    def _collect(self, chunk: JSONObject) -> bool:
+    def _collect(self, chunk: JSONObject) -> None:
         for observer in self._observers:
             observer.feed(chunk)
-        return True
 
     async def _finish(self, outcome: str) -> None:
         ctx = self._ctx

@@ -75,7 +75,7 @@ OVERHEAD_BUCKETS_S = (
 TOKEN_KINDS = ("input", "output", "cached_input", "cache_write_input", "reasoning")
 CACHE_RESULTS = ("hit", "miss", "bypass")
 REJECTION_REASONS = ("rpm", "tpm", "budget", "limits_unavailable", "overloaded")
-IN_FLIGHT_ENDPOINTS = ("chat", "embeddings")
+IN_FLIGHT_ENDPOINTS = ("chat", "completions", "messages", "responses", "embeddings")
 # Redis operations counted from the start when Redis is configured (others, e.g. the
 # cache's, are added by their owner or on their first failure).
 REDIS_OPERATIONS = ("limits", "stats")
