@@ -38,6 +38,7 @@ from gateway.records import (
     LedgerSpend,
     RequestLog,
     RequestRecords,
+    ResponseStore,
     create_engine,
 )
 from gateway.redis import shared_redis
@@ -121,7 +122,14 @@ def build_services(config: GatewayConfig, registry: CollectorRegistry | None = N
         access_log=AccessLog() if config.server.access_log else None,
         redis=redis,
         cache=build_response_cache(config, redis, metrics, catalog.deployments),
-        database=Database(engine, ledger, ledger_spend, RequestLog(engine), records),
+        database=Database(
+            engine,
+            ledger,
+            ledger_spend,
+            RequestLog(engine),
+            records,
+            ResponseStore(engine, config.database),
+        ),
     )
 
 

@@ -28,7 +28,9 @@ from gateway.api import (
     embeddings,
     explain,
     health,
+    messages,
     models,
+    responses,
 )
 from gateway.api.error_handlers import EXCEPTION_HANDLERS
 from gateway.api.hot import Endpoint
@@ -38,7 +40,13 @@ from gateway.api.middleware import RequestContextMiddleware
 from gateway.config import ServerConfig
 
 Lifespan = Callable[[Any], AbstractAsyncContextManager[dict[str, Any]]]
-HOT_ROUTES: list[BaseRoute] = [*chat.routes, *completions.routes, *embeddings.routes]
+HOT_ROUTES: list[BaseRoute] = [
+    *chat.routes,
+    *completions.routes,
+    *messages.routes,
+    *responses.routes,
+    *embeddings.routes,
+]
 
 
 def asgi_app(server: ServerConfig, lifespan: Lifespan) -> RequestContextMiddleware:
@@ -64,6 +72,7 @@ def asgi_app(server: ServerConfig, lifespan: Lifespan) -> RequestContextMiddlewa
     app.include_router(admin_requests.router)
     app.include_router(admin_cache.router)
     app.include_router(admin_cooldowns.router)
+    app.include_router(responses.router)
     # Starlette's router keeps the hot paths too, for their 405s (never reached for POST).
     app.router.routes.extend(HOT_ROUTES)
     return RequestContextMiddleware(

@@ -27,7 +27,9 @@ _SANE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _ENDPOINTS = {
     "/v1/chat/completions": "chat",
     "/v1/completions": "completions",
+    "/v1/messages": "messages",
     "/v1/embeddings": "embeddings",
+    "/v1/responses": "responses",
     "/v1/route/explain": "explain",
 }
 

@@ -248,6 +248,9 @@ class DatabaseConfig(_Model):
     records: bool = True
     request_log_retention_days: int = Field(30, ge=1)
     payload_retention_days: int = Field(7, ge=1)  # bodies and answers of `log_payloads` routes
+    # Stored Responses (`POST /v1/responses` with `store`, the default): their input items
+    # and output, for `previous_response_id` and `GET /v1/responses/{id}`.
+    response_retention_days: int = Field(30, ge=1)
     flush_interval_s: float = Field(1.0, gt=0)  # rows go out in batches this often
     batch_rows: int = Field(10_000, ge=1)
     # Rows held while SQL is unreachable; past it new rows are dropped, with their ledger

@@ -6,6 +6,7 @@ This module is the wing's front door: other parts of the gateway import from her
 
 from __future__ import annotations
 
+from gateway.dialects.anthropic_messages import MESSAGES
 from gateway.dialects.base import Dialect, StreamEncoder
 from gateway.dialects.openai_chat import (
     CHAT,
@@ -18,11 +19,15 @@ from gateway.dialects.openai_chat import (
     parse_embedding_request,
 )
 from gateway.dialects.openai_completions import COMPLETIONS
+from gateway.dialects.openai_responses import RESPONSES, ResponsesCall
 
 __all__ = [
     "CHAT",
     "COMPLETIONS",
+    "MESSAGES",
     "DONE_LINE",
+    "RESPONSES",
+    "ResponsesCall",
     "ChatEncoder",
     "Dialect",
     "StreamEncoder",

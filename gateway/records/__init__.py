@@ -9,6 +9,7 @@ from gateway.records.commands import run_db, run_requests
 from gateway.records.database import LEDGER_REFRESH_S, Database
 from gateway.records.db import create_engine, is_sqlite, safe_url
 from gateway.records.ledger import Ledger, LedgerRow, LedgerSpend, RequestLog, parse_moment
+from gateway.records.responses import ResponseStore, StoredResponse
 from gateway.records.tables import keys as KEY_TABLE
 from gateway.records.tables import revoked_config_keys as REVOKED_CONFIG_TABLE
 from gateway.records.tables import state as STATE_TABLE
@@ -32,11 +33,13 @@ __all__ = [
     "RecordsUnavailableError",
     "RequestLog",
     "RequestRecords",
+    "ResponseStore",
     "create_engine",
     "is_sqlite",
     "parse_moment",
     "run_db",
     "run_requests",
     "safe_url",
+    "StoredResponse",
     "utc_day",
 ]

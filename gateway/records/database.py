@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.config import DatabaseConfig
 from gateway.records.ledger import Ledger, LedgerSpend, RequestLog
 from gateway.records.migrate import upgrade
+from gateway.records.responses import ResponseStore
 from gateway.records.writer import RequestRecords
 
 log = logging.getLogger("gateway")
@@ -33,6 +34,7 @@ class Database:
     ledger_spend: LedgerSpend
     request_log: RequestLog
     records: RequestRecords | None  # None: `database.records: false`
+    responses: ResponseStore  # stored Responses (`POST /v1/responses`)
     _schema_task: asyncio.Task[None] | None = None
 
     async def start(self, config: DatabaseConfig) -> None:
@@ -51,6 +53,7 @@ class Database:
         self.ledger_spend.start()
         if self.records is not None:
             self.records.start()
+        self.responses.start()
 
     async def _ensure_schema(self, config: DatabaseConfig) -> None:
         logged = False
@@ -77,4 +80,5 @@ class Database:
         await self.ledger_spend.aclose()
         if self.records is not None:
             await self.records.aclose()
+        await self.responses.aclose()
         await self.engine.dispose()

@@ -157,3 +157,20 @@ record_batches = Table(
     Column("written_at", Double, nullable=False),
 )
 Index("gateway_record_batches_written_at", record_batches.c.written_at)
+
+# Stored Responses (`POST /v1/responses` with `store`): one row per response, written
+# before its answer goes out. `tenant` scopes every read (`Caller.tenant`: the key's team,
+# else the key); `input_items` is this request's input only (JSON list), `response` the
+# Response object (JSON); a conversation is the chain of `previous_response_id`s.
+# Deleted after `database.response_retention_days`.
+responses = Table(
+    "gateway_responses",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("tenant", String(256), nullable=False),
+    Column("created_at", Double, nullable=False),
+    Column("previous_response_id", String(64), nullable=True),
+    Column("input_items", Text, nullable=False),
+    Column("response", Text, nullable=False),
+)
+Index("gateway_responses_created_at", responses.c.created_at)

@@ -83,7 +83,7 @@ KEY_TABLES = {"gateway_state", "gateway_keys", "gateway_revoked_config_keys"}
 
 
 def test_revisions_are_linear() -> None:
-    assert migrate.head_revision() == "0003_request_payloads"
+    assert migrate.head_revision() == "0004_stored_responses"
 
 
 def test_upgrade_empty_to_head(database: DatabaseConfig) -> None:
@@ -177,9 +177,14 @@ def test_downgrade_one_step_drops_ledger_keeps_keys(database: DatabaseConfig) ->
     assert run(migrate.current(database)) == "0001_keys"
     assert on_connection(database, table_names) == KEY_TABLES | {"alembic_version"}
     assert on_connection(database, count(tables.keys)) == 1
-    # The comparison is not vacuous: it sees exactly the two tables that are missing.
+    # The comparison is not vacuous: it sees exactly the tables that are missing.
     added = {d[1].name for d in on_connection(database, schema_diff) if d[0] == "add_table"}
-    assert added == {"gateway_spend_daily", "gateway_requests", "gateway_record_batches"}
+    assert added == {
+        "gateway_spend_daily",
+        "gateway_requests",
+        "gateway_record_batches",
+        "gateway_responses",
+    }
     run(migrate.upgrade(database))  # and back
     assert on_connection(database, schema_diff) == []
     run(migrate.downgrade(database, "base"))
