@@ -38,6 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     explain = commands.add_parser("explain", help="print the routing plan for a chat body")
     explain.add_argument("--config", type=Path, default=env_config_path())
     explain.add_argument("body", nargs="?", default="-", help="JSON file, or - for stdin")
+    explain.add_argument(
+        "--dialect",
+        default="chat",
+        choices=["chat", "completions", "messages", "responses"],
+        help="the body's wire format",
+    )
     usage = commands.add_parser("usage", help="spend per key, team, route and day (the ledger)")
     usage.add_argument("--config", type=Path, default=env_config_path())
     usage.add_argument("--day", help="one UTC day, YYYY-MM-DD (default: today)")
@@ -222,7 +228,7 @@ def _explain(args: argparse.Namespace) -> int:
     if config is None:
         return 2
     raw = sys.stdin.buffer.read() if args.body == "-" else Path(args.body).read_bytes()
-    result, error = explain_body(config, raw)
+    result, error = explain_body(config, raw, args.dialect)
     if error is not None:
         sys.stderr.write(f"{jsonutil.dumps(error).decode()}\n")
         return 1

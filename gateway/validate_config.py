@@ -14,7 +14,7 @@ from gateway.config import (
     build_catalog,
     default_catalog_path,
 )
-from gateway.dialects import parse_chat_request
+from gateway.dialects import PARSERS
 from gateway.errors import GatewayError
 from gateway.routing import Planner, RoutingControls, StatsStore, route_request
 from gateway.types import JSONObject
@@ -131,14 +131,17 @@ def describe_config(config: GatewayConfig) -> tuple[list[str], list[str]]:
     return [], lines
 
 
-def explain_body(config: GatewayConfig, raw: bytes) -> tuple[JSONObject, JSONObject | None]:
+def explain_body(
+    config: GatewayConfig, raw: bytes, dialect: str = "chat"
+) -> tuple[JSONObject, JSONObject | None]:
+    """The routing plan for a body in `dialect` (a name of PARSERS), or its error."""
     catalog = load_catalog(config)
     stats = StatsStore(
         cooldown_failures=config.routing.cooldown_failures, cooldown_s=config.routing.cooldown_s
     )
     planner = Planner(catalog.routes, catalog.deployments, stats)
     try:
-        req = parse_chat_request(raw, RequestLimits.from_server(config.server))
+        req = PARSERS[dialect](raw, RequestLimits.from_server(config.server))
         route = catalog.route_for(req.model)
     except GatewayError as error:
         return {}, error.to_openai_body()

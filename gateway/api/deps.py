@@ -52,17 +52,23 @@ def header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+def authorization(scope: Scope) -> str | None:
+    """The request's `Authorization` header, or else its `x-api-key` as a bearer token
+    (Anthropic's SDKs and Claude Code send the key there)."""
+    value = header(scope, b"authorization")
+    if value is None:
+        api_key = header(scope, b"x-api-key")
+        if api_key:
+            return f"Bearer {api_key}"
+    return value
+
+
 def authenticate(request: Request) -> Caller:
     """The caller (its key in `Authorization: Bearer`, or else in `x-api-key`), with one
     of its key's concurrency slots when it has a bound (given back when the request is
     done: gateway.api.middleware)."""
     keys = services_of(request).keys
-    authorization = header(request.scope, b"authorization")
-    if authorization is None:  # Anthropic's SDKs (and Claude Code) send the key as x-api-key
-        api_key = header(request.scope, b"x-api-key")
-        if api_key:
-            authorization = f"Bearer {api_key}"
-    caller = keys.authenticate(authorization)
+    caller = keys.authenticate(authorization(request.scope))
     ctx = context_of(request)
     ctx.key_id, ctx.key_name, ctx.team = caller.key_id, caller.name, caller.team
     if caller.max_concurrent is not None:

@@ -35,7 +35,7 @@ from starlette.types import Message, Receive
 from gateway.api.chat import serve
 from gateway.api.deps import (
     authenticate,
-    header,
+    authorization,
     json_response,
     read_body,
     records_unavailable,
@@ -74,12 +74,7 @@ async def create_response(request: Request) -> Response:
 def _tenant(request: Request, services: Services) -> str:
     """The caller's tenant, without taking a concurrency slot: `serve` authenticates
     the request for good (ctx, slot) when it starts."""
-    authorization = header(request.scope, b"authorization")
-    if authorization is None:
-        api_key = header(request.scope, b"x-api-key")
-        if api_key:
-            authorization = f"Bearer {api_key}"
-    return services.keys.authenticate(authorization).tenant
+    return services.keys.authenticate(authorization(request.scope)).tenant
 
 
 class _BodyAgain(Request):

@@ -20,11 +20,13 @@ from gateway.dialects.openai_chat import (
 )
 from gateway.dialects.openai_completions import COMPLETIONS
 from gateway.dialects.openai_responses import RESPONSES, ResponsesCall
+from gateway.dialects.registry import PARSERS
 
 __all__ = [
     "CHAT",
     "COMPLETIONS",
     "MESSAGES",
+    "PARSERS",
     "DONE_LINE",
     "RESPONSES",
     "ResponsesCall",
