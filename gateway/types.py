@@ -59,6 +59,25 @@ def _int(value: object) -> int:
 
 
 @dataclass(slots=True)
+class NativeBody:
+    """A dialect's request as the client sent it, for a provider that speaks that dialect
+    itself (the anthropic provider, `messages`): it sends this body instead of
+    translating the chat body, so nothing is lost on the way. Every other provider
+    ignores it and uses the chat body.
+
+    `headers`: the client's headers named in `forward` (lower-case), their values
+    checked (gateway.api.chat); never any other client header."""
+
+    dialect: str
+    body: JSONObject
+    forward: tuple[str, ...] = ()
+    headers: dict[str, str] = field(default_factory=dict)
+    # False: a translated replay of the answer would lose what the client needs (e.g.
+    # thinking blocks and their signatures): the answer is neither cached nor shared.
+    cacheable: bool = True
+
+
+@dataclass(slots=True)
 class ChatRequest:
     """A validated chat request. `body` is what the client sent, minus nothing."""
 
@@ -68,6 +87,7 @@ class ChatRequest:
     stream: bool = False
     include_usage: bool = False  # the client asked for the final usage chunk
     max_tokens: int | None = None  # max_tokens or max_completion_tokens
+    native: NativeBody | None = None  # the dialect's own body (see NativeBody)
     # prompt_chars(), counted once: planning, admission and accounting each ask for it.
     _prompt_chars: int | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -167,10 +187,13 @@ def _text_chars(content: object) -> int:
 
 @dataclass(slots=True)
 class ChatResponse:
-    """An OpenAI `chat.completion` object plus the usage read from it."""
+    """An OpenAI `chat.completion` object plus the usage read from it. `native`: the
+    upstream's answer bytes as received, when the request was sent in its dialect's own
+    format (`ChatRequest.native`); the client's dialect sends them as they are."""
 
     body: JSONObject
     usage: Usage | None = None
+    native: bytes | None = None
 
 
 @dataclass(slots=True)

@@ -7,6 +7,8 @@ to the shared handlers (gateway.api.error_handlers), which give the same OpenAI 
 
 from __future__ import annotations
 
+import re
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route as HTTPRoute
@@ -28,7 +30,7 @@ from gateway.api.sse_response import SSE_CONTENT_TYPE, SSE_HEADERS, SSEResponse
 from gateway.cache import Assembler, CacheEntry, CacheLookup, render_hit
 from gateway.config import Route, estimate_tokens
 from gateway.dialects import CHAT, Dialect
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, InvalidRequestError
 from gateway.keys import Caller
 from gateway.limits import has_limits
 from gateway.routing import RoutingControls
@@ -78,6 +80,8 @@ async def serve(request: Request, dialect: Dialect) -> Response:
         first.ctx,
     )
     ctx.stream = req.stream
+    if req.native is not None and req.native.forward:  # chat: one attribute check
+        req.native.headers = forwarded_headers(request.scope["headers"], req.native.forward)
     cache = first.services.cache
     lookup = None
     if cache is not None:
@@ -143,7 +147,10 @@ async def complete(
     if dialect is not CHAT:
         if lookup is not None:
             await lookup.store_response(response)
-        content = dialect.answer(response.body, req)
+        # The upstream's own answer when it was asked in this dialect (ChatRequest.native).
+        content = response.native
+        if content is None:
+            content = dialect.answer(response.body, req)
         return BytesResponse(content, headers=ctx.response_headers())
     if lookup is None:
         return json_response(response.body, headers=ctx.response_headers())
@@ -167,6 +174,34 @@ async def serve_hit(
         headers = [*SSE_HEADERS, *ctx.response_headers()]
         return BytesResponse(content, headers=headers, content_type=SSE_CONTENT_TYPE)
     return BytesResponse(content, headers=ctx.response_headers())
+
+
+# A forwarded header's value: comma-separated tokens (versions, beta names), nothing else.
+_TOKEN_LIST = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(?:[ \t]*,[ \t]*[A-Za-z0-9][A-Za-z0-9._-]*)*")
+_MAX_FORWARDED_CHARS = 1024
+
+
+def forwarded_headers(raw: list[tuple[bytes, bytes]], names: tuple[str, ...]) -> dict[str, str]:
+    """The client's headers a dialect forwards with its native body (`names`, lower-case;
+    repeated ones joined by commas), each value a list of tokens: anything else is a 400
+    naming the header (it is never sent on as it came)."""
+    found: dict[str, list[str]] = {}
+    for key, value in raw:
+        name = key.decode("latin-1")
+        if name in names:
+            found.setdefault(name, []).append(value.decode("latin-1").strip())
+    out: dict[str, str] = {}
+    for name, values in found.items():
+        joined = ",".join(v for v in values if v)
+        if not joined:
+            continue
+        if len(joined) > _MAX_FORWARDED_CHARS or _TOKEN_LIST.fullmatch(joined) is None:
+            raise InvalidRequestError(
+                f"{name}: expected comma-separated tokens (letters, digits, '.', '_', '-').",
+                param=name,
+            )
+        out[name] = joined
+    return out
 
 
 def estimate(plan: Plan, req: ChatRequest) -> tuple[int, float]:

@@ -117,11 +117,19 @@ class ResponseCache:
         ttl_s = controls.ttl_s
         if ttl_s is None:
             ttl_s = route.cache_ttl_s or self.config.ttl_s
-        write = controls.write and ttl_s > 0
-        if not controls.read:
+        read, write = controls.read, controls.write and ttl_s > 0
+        body, native = req.body, req.native
+        if native is not None:
+            # The client's own body is what an upstream of its dialect is sent (fields the
+            # chat body drops, e.g. thinking or top_k, change the answer); an answer a
+            # replay would lose parts of is neither read, shared nor stored.
+            body = native.body
+            if not native.cacheable:
+                read = write = False
+        if not read:
             self.record(ctx, "bypass")
-        key = cache_key(caller.tenant, req.body, routing, dialect)
-        return CacheLookup(self, key, controls.read, write, min(ttl_s, MAX_TTL_S), ctx)
+        key = cache_key(caller.tenant, body, routing, dialect)
+        return CacheLookup(self, key, read, write, min(ttl_s, MAX_TTL_S), ctx)
 
     def record(self, ctx: RequestContext, result: str) -> None:
         ctx.cache = result.upper()

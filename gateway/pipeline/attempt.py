@@ -36,7 +36,8 @@ async def chat_once(
     upstream: Upstream, req: ChatRequest, d: Deployment, provider: Provider, within_s: float
 ) -> ChatResponse:
     """`within_s`: what is left of the request's deadline; the transport enforces it."""
-    response = await upstream.send(provider.chat_request(req, d), within_s)
+    request = provider.chat_request(req, d)
+    response = await upstream.send(request, within_s)
     if response.status != 200:
         raise provider.classify_error(response.status, response.body, response.headers)
     try:
@@ -45,6 +46,8 @@ async def chat_once(
         raise _malformed() from None  # valid JSON of the wrong shape: the upstream's fault
     if not _well_formed_answer(answer.body):
         raise _malformed()
+    if request.native:  # the client's own format: its answer goes out as it came
+        answer.native = response.body
     return answer
 
 
@@ -83,6 +86,9 @@ class OpenedStream:
     translator: StreamTranslator
     context: AbstractAsyncContextManager[UpstreamStream]
     first_content_at: float
+    # A native stream (UpstreamRequest.native): the events held with `held`, which the
+    # client is sent as they came; None otherwise.
+    held_events: list[SSEEvent] | None = None
 
     async def aclose(self) -> None:
         await self.context.__aexit__(None, None, None)
@@ -115,8 +121,9 @@ async def open_stream(
             raise provider.classify_error(stream.status, body, stream.headers)
         translator = provider.chat_stream(req, d)
         events = EventBatches(stream.line_batches(), request.timeouts.read_s, deadline)
-        held = await _peek(events, translator)
-        return OpenedStream(held, events, translator, context, time.perf_counter())
+        held_events: list[SSEEvent] | None = [] if request.native else None
+        held = await _peek(events, translator, held_events)
+        return OpenedStream(held, events, translator, context, time.perf_counter(), held_events)
     except BaseException:
         await context.__aexit__(None, None, None)
         raise
@@ -131,15 +138,20 @@ def malformed_event() -> UpstreamUnavailableError:
     return UpstreamUnavailableError("The upstream sent a malformed stream event.")
 
 
-async def _peek(events: EventBatches, translator: StreamTranslator) -> list[JSONObject]:
-    """Held chunks up to the first content (or the end), and whatever arrived with it.
-    Nothing was sent yet: a failure in the same read, or a held chunk of the wrong
-    shape, still falls over."""
+async def _peek(
+    events: EventBatches, translator: StreamTranslator, held_events: list[SSEEvent] | None
+) -> list[JSONObject]:
+    """Held chunks up to the first content (or the end), and whatever arrived with it
+    (and into `held_events`, when given, the events they came from). Nothing was sent
+    yet: a failure in the same read, or a held chunk of the wrong shape, still falls
+    over."""
     held: list[JSONObject] = []
     async for batch in events:
         try:
             for event in batch:
                 held.extend(translator.feed(event))
+                if held_events is not None:
+                    held_events.append(event)
                 if translator.done:
                     break
             ready = translator.done or any(is_content(c) for c in held)

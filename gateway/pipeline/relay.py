@@ -13,7 +13,7 @@ estimated if the final usage never came.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Protocol
 
 from gateway.config import Deployment
@@ -57,6 +57,7 @@ class ChatStream:
         self._completion_chars = 0
         self._observers: tuple[ChunkObserver, ...] = ()
         self._encoder: StreamEncoder = ChatEncoder(req.include_usage)
+        self._raw: Callable[[SSEEvent], bytes] | None = None  # a native stream's (body)
         self.completed = False  # the stream ran to its end (a partial one is never stored)
 
     async def body(self) -> AsyncGenerator[bytes, None]:
@@ -66,16 +67,18 @@ class ChatStream:
         self._stats.started(self._d.id)
         outcome = "client_disconnect"
         translator = self._opened.translator
+        raw = self._raw_encoder()
+        relay = self._relay_batch if raw is None else self._relay_native  # chosen once
         try:
-            if self._opened.held:
-                piece, failure = self._relay_held()
+            if raw is not None or self._opened.held:
+                piece, failure = self._relay_held() if raw is None else self._relay_held_native()
                 if piece:
                     yield piece
                 if failure is not None:
                     raise failure
             if not translator.done:
                 async for batch in self._opened.events:
-                    piece, failure = self._relay_batch(batch)
+                    piece, failure = relay(batch)
                     if piece:
                         yield piece
                     if failure is not None:
@@ -87,7 +90,9 @@ class ChatStream:
             usage_chunk = translator.usage_chunk()
             if usage_chunk is not None:
                 self._collect(usage_chunk)
-            yield self._encoder.end(usage_chunk)
+            end = self._encoder.end(usage_chunk)
+            if end:  # a native stream's end went out with its last events
+                yield end
             outcome = "complete"
         except ProviderError as error:
             outcome = "error"
@@ -128,17 +133,64 @@ class ChatStream:
             return b"".join(pieces), malformed_event()
         return b"".join(pieces), None
 
-    def _emit(self, chunk: JSONObject) -> bytes:
+    def _raw_encoder(self) -> Callable[[SSEEvent], bytes] | None:
+        """A native stream (the upstream answers in the client's dialect) whose encoder
+        takes the upstream's events as they came (`raw`); None: the chunks are encoded."""
+        if self._opened.held_events is None:
+            return None
+        raw: Callable[[SSEEvent], bytes] | None = getattr(self._encoder, "raw", None)
+        self._raw = raw
+        return raw
+
+    def _relay_held_native(self) -> tuple[bytes, ProviderError | None]:
+        """`_relay_held` for a native stream: the held events go out as they came, their
+        chunks only counted and observed."""
+        assert self._raw is not None and self._opened.held_events is not None
+        try:
+            for chunk in self._opened.held:
+                self._note(chunk)
+        except SHAPE_ERRORS:
+            return b"", malformed_event()
+        return b"".join(map(self._raw, self._opened.held_events)), None
+
+    def _relay_native(self, batch: list[SSEEvent]) -> tuple[bytes, ProviderError | None]:
+        """`_relay_batch` for a native stream: each event still goes through the
+        translator (usage, the end, errors, the observers), then out as it came."""
+        translator, raw = self._opened.translator, self._raw
+        assert raw is not None
+        pieces: list[bytes] = []
+        try:
+            for event in batch:
+                for chunk in translator.feed(event):
+                    self._note(chunk)
+                pieces.append(raw(event))
+                if translator.done:
+                    break
+        except ProviderError as error:
+            return b"".join(pieces), error
+        except SHAPE_ERRORS:
+            return b"".join(pieces), malformed_event()
+        return b"".join(pieces), None
+
+    def _note(self, chunk: JSONObject) -> None:
+        """A chunk the client is sent (or, on a native stream, whose event it is sent):
+        its text counted, the observers fed."""
         for choice in chunk.get("choices") or ():
             content = (choice.get("delta") or {}).get("content")
             if isinstance(content, str):
                 self._completion_chars += len(content)
         self._collect(chunk)
+
+    def _emit(self, chunk: JSONObject) -> bytes:
+        self._note(chunk)
         return self._encoder.chunk(chunk)
 
     def encode_with(self, encoder: StreamEncoder) -> None:
         """The client's dialect (before `body`): its events for every chunk, the end and
-        an in-band error (default: chat's)."""
+        an in-band error (default: chat's). For a native stream (the upstream was sent
+        the client's own body), an encoder with `raw(event) -> bytes` is handed the
+        upstream's events instead of the chunks, and its `end` adds what the upstream's
+        own end did not (nothing, for the Messages dialect)."""
         self._encoder = encoder
 
     def observe(self, observer: ChunkObserver) -> None:

@@ -91,10 +91,17 @@ class BaseProvider:
         )
         self.proxy = config.proxy  # None: the environment's (the transport holds them)
 
-    def upstream_request(self, url: str, headers: dict[str, str], body: object) -> UpstreamRequest:
+    def upstream_request(
+        self, url: str, headers: dict[str, str], body: object, native: bool = False
+    ) -> UpstreamRequest:
         merged = {"content-type": "application/json", **self.config.headers, **headers}
         return UpstreamRequest(
-            url, merged, jsonutil.dumps(body), timeouts=self.timeouts, proxy=self.proxy
+            url,
+            merged,
+            jsonutil.dumps(body),
+            timeouts=self.timeouts,
+            proxy=self.proxy,
+            native=native,
         )
 
     def parse_json(self, body: bytes) -> JSONObject:

@@ -35,7 +35,10 @@ class UpstreamRequest:
     """Already provider-shaped. `headers` hold the provider key: never log them.
 
     `proxy`: the provider's `proxy:` setting, an http:// URL or "none"; None for the
-    environment's proxies (which the transport holds: it decides once per origin)."""
+    environment's proxies (which the transport holds: it decides once per origin).
+
+    `native`: the body is the client's own (ChatRequest.native), so the answer is in the
+    client's dialect already and goes to it as it comes."""
 
     url: str
     headers: Mapping[str, str]
@@ -43,6 +46,7 @@ class UpstreamRequest:
     method: str = "POST"
     timeouts: Timeouts = field(default_factory=Timeouts)
     proxy: str | None = None
+    native: bool = False
 
 
 @dataclass(frozen=True, slots=True)

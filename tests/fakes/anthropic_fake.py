@@ -10,7 +10,9 @@ left unanswered, a temperature outside 0..1, and malformed tools or tool_choice.
 
 Answers are deterministic: a fixed reply (one word = one token for `max_tokens`), a
 tool call (text preamble + tool_use) when tools are offered and the last turn holds no
-tool result, fixed usage numbers. Streams send the full event sequence, ping included.
+tool result, a signed thinking block first when thinking is on (streamed as
+thinking_delta then signature_delta), fixed usage numbers. Streams send the full event
+sequence, ping included.
 Scripting: `Behaviour(status=529)` answers an `overloaded_error` body, `status=429`
 a `rate_limit_error` (add `headers={"retry-after": "3"}`), `hang_s`, `drop_after_chunks`;
 `AnthropicBehaviour(error_event_after=N)` sends an in-stream `error` event after N events.
@@ -48,6 +50,12 @@ TOP_LEVEL_FIELDS = frozenset(
         "service_tier",
     }
 )
+# Top-level fields the API takes only with their beta in `anthropic-beta`.
+BETA_FIELDS = {
+    "context_management": "context-management-2025-06-27",
+    "mcp_servers": "mcp-client-2025-04-04",
+}
+MIN_THINKING_BUDGET = 1024
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 BLOCK_TYPES = {
     "user": ("text", "image", "document", "tool_result"),
@@ -66,6 +74,8 @@ ERROR_TYPES = {
 }
 TOOL_INPUT = {"city": "Paris"}
 TOOL_PREAMBLE = "Let me check."
+THINKING = "The user wants a greeting."  # the thinking block, when thinking is on
+SIGNATURE = "EqQBCkgIARABGAIiQL-fake-signature=="
 
 
 @dataclass
@@ -97,7 +107,8 @@ class FakeAnthropic(FakeServer):
         problems = header_problems(request.headers, self.api_key)
         if not isinstance(body, dict):
             return [*problems, "body must be a JSON object"]
-        return problems + body_problems(body)
+        betas = {b.strip() for b in request.headers.get("anthropic-beta", "").split(",")}
+        return problems + body_problems(body, betas)
 
     def error_body(self, status: int) -> Any:
         kind = ERROR_TYPES.get(status, "api_error")
@@ -130,10 +141,13 @@ def header_problems(headers: Any, api_key: str) -> list[str]:
     return problems
 
 
-def body_problems(body: dict[str, Any]) -> list[str]:
-    problems = [
-        f"{key}: Extra inputs are not permitted" for key in body if key not in TOP_LEVEL_FIELDS
-    ]
+def body_problems(
+    body: dict[str, Any], betas: set[str] | frozenset[str] = frozenset()
+) -> list[str]:
+    """`betas`: the request's `anthropic-beta` names (which admit BETA_FIELDS)."""
+    allowed = TOP_LEVEL_FIELDS | {k for k, beta in BETA_FIELDS.items() if beta in betas}
+    problems = [f"{key}: Extra inputs are not permitted" for key in body if key not in allowed]
+    problems += _thinking_problems(body)
     if not isinstance(body.get("model"), str) or not body["model"]:
         problems.append("model: Field required")
     tokens = body.get("max_tokens")
@@ -160,6 +174,36 @@ def _range_problems(body: dict[str, Any]) -> list[str]:
         problems.append("stop_sequences: must be a list of strings")
     if "stream" in body and not isinstance(body["stream"], bool):
         problems.append("stream: must be a boolean")
+    return problems
+
+
+def _thinking_problems(body: dict[str, Any]) -> list[str]:
+    """Extended thinking (Anthropic "Building with extended thinking"): enabled needs a
+    budget of at least 1024 tokens below max_tokens, and is incompatible with changed
+    temperature or top_k, top_p below 0.95, and forced tool use."""
+    thinking = body.get("thinking")
+    if thinking is None:
+        return []
+    kind = thinking.get("type") if isinstance(thinking, dict) else None
+    if kind not in ("enabled", "disabled", "adaptive"):
+        return ["thinking.type: must be enabled, disabled or adaptive"]
+    if kind == "disabled":
+        return []
+    problems = []
+    budget = thinking.get("budget_tokens")
+    if kind == "enabled" and not (
+        isinstance(budget, int) and MIN_THINKING_BUDGET <= budget < body.get("max_tokens", 0)
+    ):
+        problems.append("thinking.budget_tokens: must be >= 1024 and less than max_tokens")
+    if body.get("temperature") not in (None, 1):
+        problems.append("temperature: may only be set to 1 when thinking is enabled")
+    if body.get("top_k") is not None:
+        problems.append("top_k: is not compatible with thinking")
+    top_p = body.get("top_p")
+    if top_p is not None and not 0.95 <= top_p <= 1:
+        problems.append("top_p: must be between 0.95 and 1 when thinking is enabled")
+    if (body.get("tool_choice") or {}).get("type") in ("any", "tool"):
+        problems.append("tool_choice: forced tool use is not compatible with thinking")
     return problems
 
 
@@ -289,10 +333,32 @@ def _block_problems(block: dict[str, Any], where: str) -> list[str]:
         valid = isinstance(block.get("id"), str) and isinstance(block.get("name"), str)
         return [] if valid and isinstance(block.get("input"), dict) else [f"{where}: bad tool_use"]
     if kind == "tool_result":
-        content = block.get("content")
-        ok = content is None or isinstance(content, str) or all(_is_text(b) for b in content)
-        return [] if ok else [f"{where}.content: bad tool_result content"]
+        return _tool_result_problems(block.get("content"), where)
+    if kind == "thinking":  # sent back as it came: the signature is checked upstream
+        valid = isinstance(block.get("thinking"), str) and isinstance(block.get("signature"), str)
+        return [] if valid and block["signature"] else [f"{where}: thinking needs a signature"]
+    if kind == "redacted_thinking":
+        return [] if isinstance(block.get("data"), str) else [f"{where}.data: required"]
     return []
+
+
+def _tool_result_problems(content: Any, where: str) -> list[str]:
+    """A tool result's content: a string, or text, image and document blocks."""
+    if content is None or isinstance(content, str):
+        return []
+    if not isinstance(content, list):
+        return [f"{where}.content: bad tool_result content"]
+    problems = []
+    for index, block in enumerate(content):
+        kind = block.get("type") if isinstance(block, dict) else None
+        here = f"{where}.content.{index}"
+        if kind == "text":
+            problems += [] if _is_text(block) else [f"{here}: bad tool_result content"]
+        elif kind in ("image", "document"):
+            problems += _source_problems(block.get("source"), kind, here)
+        else:
+            problems.append(f"{here}: bad tool_result content")
+    return problems
 
 
 def _source_problems(source: Any, kind: str, where: str) -> list[str]:
@@ -331,12 +397,18 @@ def _reply(fake: FakeAnthropic, body: dict[str, Any], b: Behaviour) -> tuple[lis
     return words, "end_turn"
 
 
+def _thinks(body: dict[str, Any]) -> bool:
+    return (body.get("thinking") or {}).get("type") in ("enabled", "adaptive")
+
+
 def _message(fake: FakeAnthropic, body: dict[str, Any], b: Behaviour) -> dict[str, Any]:
     words, stop_reason = _reply(fake, body, b)
     content: list[dict[str, Any]] = [{"type": "text", "text": " ".join(words)}]
     if _wants_tool(body):
         content = [{"type": "text", "text": TOOL_PREAMBLE}, _tool_use(body, TOOL_INPUT)]
         stop_reason = "tool_use"
+    if _thinks(body):  # a thinking block first, signed (the next turn sends it back)
+        content.insert(0, {"type": "thinking", "thinking": THINKING, "signature": SIGNATURE})
     return {
         "id": "msg_fake01",
         "type": "message",
@@ -393,6 +465,18 @@ def _stream_events(fake: FakeAnthropic, body: dict[str, Any], b: Behaviour) -> l
 
 
 def _block_events(index: int, block: dict[str, Any]) -> list[bytes]:
+    if block["type"] == "thinking":  # thinking deltas, then the signature in its own delta
+        start = {"type": "thinking", "thinking": "", "signature": ""}
+        deltas = [{"type": "thinking_delta", "thinking": block["thinking"]},
+                  {"type": "signature_delta", "signature": block["signature"]}]  # fmt: skip
+        return [
+            _event("content_block_start",
+                   {"type": "content_block_start", "index": index, "content_block": start}),
+            *(_event("content_block_delta",
+                     {"type": "content_block_delta", "index": index, "delta": d})
+              for d in deltas),
+            _event("content_block_stop", {"type": "content_block_stop", "index": index}),
+        ]  # fmt: skip
     if block["type"] == "text":
         start, kind, key = {"type": "text", "text": ""}, "text_delta", "text"
         words = block["text"].split(" ")

@@ -128,9 +128,10 @@ DELTA_OF_BLOCK = {
 }
 
 
-def assert_stream(events: list[tuple[str, dict[str, Any]]]) -> None:
+def assert_stream(events: list[tuple[str, dict[str, Any]]], native: bool = False) -> None:
     """Anthropic's order: message_start, ping, then blocks (start, deltas, stop) with
-    indexes 0, 1, ..., then message_delta and message_stop."""
+    indexes 0, 1, ..., then message_delta and message_stop. `native`: an Anthropic
+    upstream's own events (its message_delta usage may hold output_tokens only)."""
     names = [name for name, _ in events]
     assert names[0] == "message_start" and names[-2:] == ["message_delta", "message_stop"]
     start = events[0][1]["message"]
@@ -159,7 +160,11 @@ def assert_stream(events: list[tuple[str, dict[str, Any]]]) -> None:
     delta = events[-2][1]
     assert delta["delta"]["stop_reason"] in STOP_REASONS
     assert set(delta["delta"]) == {"stop_reason", "stop_sequence"}
-    assert_usage(delta["usage"])
+    if native:
+        assert "output_tokens" in delta["usage"]
+        assert_usage(delta["usage"], set(delta["usage"]) & USAGE_FIELDS)
+    else:
+        assert_usage(delta["usage"])
 
 
 def raw_stream(gateway: GatewayProcess, body: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -234,7 +239,7 @@ def test_stream_on_every_provider(
     assert final.usage.input_tokens > 0
     assert kinds[0] == "message_start" and kinds[-1] == "message_stop" and "text" in kinds
     events = raw_stream(gateway, {"model": route, "max_tokens": 50, "messages": HI})
-    assert_stream(events)
+    assert_stream(events, native=route == "claude")
     assert [b["content_block"]["type"] for n, b in events if n == "content_block_start"] == ["text"]
     if route == "gpt":  # the upstream's usage arrives at the end: in message_delta
         assert events[-2][1]["usage"]["input_tokens"] == 11
@@ -320,9 +325,11 @@ def test_a_tool_result_with_an_image_and_text(
             {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PIXEL_PNG}"}},
             {"type": "text", "text": "What do you see?"},
         ]}  # fmt: skip
-    if route == "claude":
-        turn = fake_anthropic.received[-1].json["messages"][-1]["content"]
-        assert [b["type"] for b in turn] == ["tool_result", "image", "text"]
+    if route == "claude":  # the client's own body (tests/features/test_messages_native.py)
+        sent = fake_anthropic.received[-1].json["messages"]
+        assert sent[1]["content"][0]["signature"] == "c2ln"
+        assert [b["type"] for b in sent[2]["content"]] == ["tool_result", "text"]
+        assert sent[2]["content"][0]["content"][1] == image
 
 
 @pytest.mark.parametrize("route", PROVIDERS)
@@ -391,9 +398,9 @@ def test_system_blocks_and_images(
             {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PIXEL_PNG}"}},
             {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
         ]
-    if route == "claude":
+    if route == "claude":  # the client's own body: its system blocks as they were
         sent = fake_anthropic.received[-1].json
-        assert sent["system"] == system
+        assert sent["system"][1]["cache_control"] == {"type": "ephemeral"}
         images = [b["source"] for b in sent["messages"][0]["content"] if b["type"] == "image"]
         assert images == [
             {"type": "base64", "media_type": "image/png", "data": PIXEL_PNG},
@@ -583,12 +590,15 @@ def test_a_failure_mid_stream_is_an_error_event(
     client: anthropic.Anthropic, gateway: GatewayProcess, fake_anthropic: FakeAnthropic
 ) -> None:
     # message_start, content_block_start, ping, two text deltas: then the error (apart,
-    # so that the first content is relayed, the commit point, before the error comes)
+    # so that the first content is relayed, the commit point, before the error comes);
+    # the upstream's own events as it sent them (a native stream), then the error
     failing = AnthropicBehaviour(error_event_after=5, chunk_delay_s=0.05)
     fake_anthropic.script(failing)
     events = raw_stream(gateway, {"model": "claude", "max_tokens": 50, "messages": HI})
     names = [name for name, _ in events]
-    assert names[:4] == ["message_start", "ping", "content_block_start", "content_block_delta"]
+    assert (
+        names[:5] == ["message_start", "content_block_start", "ping"] + ["content_block_delta"] * 2
+    )
     assert names[-1] == "error" and "message_delta" not in names and "message_stop" not in names
     body = events[-1][1]
     assert set(body) == {"type", "error"} and body["error"]["type"] == "api_error"

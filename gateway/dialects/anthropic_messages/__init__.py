@@ -12,19 +12,27 @@ from __future__ import annotations
 
 from gateway import jsonutil
 from gateway.config import RequestLimits
-from gateway.dialects.anthropic_messages.request import to_chat_body
+from gateway.dialects.anthropic_messages.request import thinks, to_chat_body
 from gateway.dialects.anthropic_messages.response import MessagesEncoder, error_body, to_message
 from gateway.dialects.openai_chat import decode_object, parse_chat_body
 from gateway.errors import GatewayError
-from gateway.types import ChatRequest, JSONObject
+from gateway.types import ChatRequest, JSONObject, NativeBody
+
+# The client headers an Anthropic deployment is sent with the client's own body.
+FORWARDED_HEADERS = ("anthropic-version", "anthropic-beta")
 
 
 class AnthropicMessages:
     name = "messages"
 
     def parse(self, raw: bytes, limits: RequestLimits) -> ChatRequest:
+        """The internal request, carrying the client's body as its native payload: an
+        Anthropic deployment is sent that body as it came (gateway.providers.anthropic),
+        every other one the chat body translated from it."""
         body = decode_object(raw, limits.max_json_depth)
-        return parse_chat_body(to_chat_body(body), limits)
+        req = parse_chat_body(to_chat_body(body), limits)
+        req.native = NativeBody(self.name, body, FORWARDED_HEADERS, cacheable=not thinks(body))
+        return req
 
     def parse_count(self, raw: bytes, limits: RequestLimits) -> ChatRequest:
         """A count_tokens body: a Messages request without max_tokens (nor stream)."""

@@ -131,6 +131,13 @@ def _check_thinking(thinking: object) -> None:
         raise bad("thinking.budget_tokens", "Field required (an integer)")
 
 
+def thinks(body: JSONObject) -> bool:
+    """The request turns extended thinking on (its answer has thinking blocks whose
+    signatures the next turn must send back: a translated replay would lose them)."""
+    thinking = body.get("thinking")
+    return isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
+
+
 def _output_format(body: JSONObject) -> JSONObject:
     config = body.get("output_config")
     if config is not None and not isinstance(config, dict):

@@ -12,6 +12,10 @@ real count comes in message_delta), ping, then per block content_block_start, it
 deltas (text_delta, input_json_delta, thinking_delta), content_block_stop; at the end
 message_delta (stop_reason, usage) and message_stop. A failure past the commit point is
 `event: error` with the error body, and nothing after it.
+
+A native stream (an Anthropic deployment sent the client's own body): `raw` relays the
+upstream's events as they came (event: line and data), thinking and signature deltas
+included; the in-band error is the same.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from __future__ import annotations
 from gateway import jsonutil
 from gateway.config import estimate_tokens
 from gateway.errors import GatewayError
-from gateway.types import ChatRequest, JSONObject, Usage
+from gateway.types import ChatRequest, JSONObject, SSEEvent, Usage
 
 # internal finish_reason -> Anthropic stop_reason (anything else: end_turn)
 STOP_REASONS = {
@@ -159,6 +163,7 @@ class MessagesEncoder:
         "_finish",
         "_kind",
         "_matched",
+        "_native",
         "_req",
         "_started",
         "_tools",
@@ -173,6 +178,16 @@ class MessagesEncoder:
         self._finish: object = None
         self._matched: object = None
         self._chars = 0  # text produced, for the output estimate when no usage comes
+        self._native = False  # fed an Anthropic upstream's own events (`raw`)
+
+    def raw(self, event: SSEEvent) -> bytes:
+        """An Anthropic upstream's event, as it came (a native stream: the upstream was
+        sent the client's body). Its message_delta and message_stop end the stream."""
+        self._native = True
+        out = b"event: " + event.event.encode() + b"\n" if event.event else b""
+        for line in event.data.split("\n"):
+            out += b"data: " + line.encode() + b"\n"
+        return out + b"\n"
 
     def chunk(self, chunk: JSONObject) -> bytes:
         out = b"" if self._started else self._start(chunk)
@@ -193,6 +208,8 @@ class MessagesEncoder:
         return out
 
     def end(self, usage_chunk: JSONObject | None) -> bytes:
+        if self._native:
+            return b""  # the upstream's own message_delta and message_stop went out
         out = b"" if self._started else self._start(usage_chunk or {})
         out += self._close()
         reason, sequence = stop_reason(self._finish, self._matched, self._req, bool(self._tools))

@@ -54,6 +54,7 @@ DEFAULT_API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096
 FIRST_TURN_PLACEHOLDER = "."  # the API requires the first message to be a user turn
 _CONTEXT_HINTS = ("prompt is too long", "exceed context limit")
+NATIVE_DIALECT = "messages"  # the client dialect whose body this provider sends as it is
 
 
 class AnthropicProvider(BaseProvider):
@@ -71,6 +72,11 @@ class AnthropicProvider(BaseProvider):
         return headers
 
     def chat_request(self, req: ChatRequest, d: Deployment) -> UpstreamRequest:
+        native = req.native
+        if native is not None and native.dialect == NATIVE_DIALECT:
+            headers = native_headers(self.auth_headers(), self.config.headers, native.headers)
+            body = native_body(native.body, req.stream, d)
+            return self.upstream_request(self.messages_url(), headers, body, native=True)
         return self.upstream_request(self.messages_url(), self.auth_headers(), to_anthropic(req, d))
 
     def chat_response(self, body: bytes, d: Deployment) -> ChatResponse:
@@ -108,6 +114,44 @@ class AnthropicProvider(BaseProvider):
             None,
             "context_length_exceeded" if too_long else None,
         )
+
+
+# --- request: the client's own Messages body ---------------------------------------------
+
+
+def native_body(body: JSONObject, stream: bool, d: Deployment) -> JSONObject:
+    """The client's body as it came (cache_control, thinking and its signed blocks, top_k,
+    beta fields: all of it), with the deployment's model, streamed as the request asks."""
+    out = {**body, "model": d.model}
+    if stream:
+        out["stream"] = True
+    else:
+        out.pop("stream", None)
+    return out
+
+
+def native_headers(
+    auth: dict[str, str], configured: Mapping[str, str], client: Mapping[str, str]
+) -> dict[str, str]:
+    """The provider's auth headers with the client's `anthropic-version` (when it sent
+    one) and `anthropic-beta` (added to the provider's configured betas, if any). The
+    client's other headers are never in `client` (gateway.api.chat.forwarded_headers)."""
+    headers = dict(auth)
+    version = client.get("anthropic-version")
+    if version:
+        headers["anthropic-version"] = version
+    beta = client.get("anthropic-beta")
+    if beta:
+        keys = [k for k in configured if k.lower() == "anthropic-beta"]
+        if not keys:
+            headers["anthropic-beta"] = beta
+            return headers
+        values = [*(configured[k] for k in keys), beta]
+        names = (t.strip() for v in values for t in v.split(","))
+        merged = ",".join(dict.fromkeys(n for n in names if n))
+        for key in keys:  # replaces the configured one, in its case
+            headers[key] = merged
+    return headers
 
 
 # --- request: OpenAI -> Anthropic ------------------------------------------------------
