@@ -246,8 +246,7 @@ class RequestRecords:
         if batch is None:
             return True
         try:
-            async with self._engine.begin() as conn:
-                await self._write(conn, batch)
+            await self._write_batch(batch)
         except SQL_ERRORS as exc:
             self._failed("write", exc)
             self._metrics.records_pending.set(self.pending())
@@ -258,6 +257,20 @@ class RequestRecords:
         self._metrics.records_pending.set(self.pending())
         self._recovered()
         return True
+
+    async def _write_batch(self, batch: _Batch) -> None:
+        """One batch in one transaction; once more on new connections if that failed. A
+        pooled connection that the server ended while idle (a restart, a failover) fails
+        at its first use after the server is back, which is not an outage; when SQL
+        really is away the second try fails too, as fast (the batch id makes a retry of
+        a batch that did commit a no-op)."""
+        try:
+            async with self._engine.begin() as conn:
+                await self._write(conn, batch)
+        except SQL_ERRORS:
+            await self._engine.dispose()  # every pooled connection may be one of those
+            async with self._engine.begin() as conn:
+                await self._write(conn, batch)
 
     def _make_batch(self) -> _Batch:
         segment = self._segments.popleft()

@@ -915,6 +915,37 @@ def test_a_database_starting_up_stops_no_background_work(
         hop.stop()
 
 
+def test_pooled_connections_the_server_ended_are_not_an_outage(
+    start_gateway: Callable[..., GatewayProcess],
+    upstream: SlowStreamsFake,
+    postgres_server: PostgresServer,
+) -> None:
+    """The server ends every connection of the gateway's pool while they sit idle (what
+    a restart or a failover leaves behind) and stays up: the next writes reconnect and
+    write, with no outage logged and nothing lost or doubled."""
+    database = "sor_faults_ended"
+    url = postgres_server.create_database(database)
+    gateway = start_gateway(replica_config(upstream, None, url, list(PG_KEYS.values())))
+    traffic = Traffic({name: str(k["key"]) for name, k in PG_KEYS.items()})
+    for _ in range(3):
+        assert traffic.once(gateway, "pg-open").status == 200
+    settled_records(postgres_server, database, traffic.all())  # the pool holds connections
+    mark = len(gateway.log_text())
+    ended = postgres_server.psql(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        f"WHERE datname = '{database}' AND pid <> pg_backend_pid()"
+    )
+    assert int(ended.strip()) >= 1, ended
+    for _ in range(5):
+        assert traffic.once(gateway, "pg-open").status == 200
+        time.sleep(FLUSH_INTERVAL_S)
+    answers = traffic.all()
+    ledger, expected, log = settled_records(postgres_server, database, answers)
+    assert_one_row_per_answer(answers, log)
+    assert ledger == expected, (ledger, expected)
+    assert "request records wait in memory" not in gateway.log_text()[mark:], gateway.log_path
+
+
 def test_admin_reads_during_traffic_lose_no_records(
     start_gateway: Callable[..., GatewayProcess],
     upstream: SlowStreamsFake,
