@@ -13,7 +13,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route as HTTPRoute
 
-from gateway import jsonutil
 from gateway.api.deps import (
     BytesResponse,
     admit,
@@ -23,7 +22,7 @@ from gateway.api.deps import (
     services_of,
 )
 from gateway.api.disconnect import ClientDisconnectedError, until_disconnect
-from gateway.api.error_handlers import internal_error
+from gateway.api.error_handlers import error_response, internal_error
 from gateway.api.hot import Endpoint
 from gateway.api.prologue import prologue
 from gateway.api.sse_response import SSE_CONTENT_TYPE, SSE_HEADERS, SSEResponse
@@ -50,24 +49,24 @@ def endpoint(dialect: Dialect) -> Endpoint:
         return chat_completions
 
     async def dialect_endpoint(request: Request) -> Response:
+        return await serve(request, dialect)
+
+    return answered_in(dialect, dialect_endpoint)
+
+
+def answered_in(dialect: Dialect, handler: Endpoint) -> Endpoint:
+    """`handler` with every error it raises answered in the dialect's shape, with the
+    error's own status and headers."""
+
+    async def in_dialect(request: Request) -> Response:
         try:
-            return await serve(request, dialect)
+            return await handler(request)
         except Exception as exc:  # noqa: BLE001 (every error is answered in the dialect)
-            return error_in_dialect(request, dialect, exc)
+            error = exc if isinstance(exc, GatewayError) else internal_error(exc)
+            context_of(request).error_code = error.error_code
+            return error_response(error, dialect.error_body(error))
 
-    return dialect_endpoint
-
-
-def error_in_dialect(request: Request, dialect: Dialect, exc: Exception) -> Response:
-    """An error in the dialect's shape, with the error's own status and headers."""
-    error = exc if isinstance(exc, GatewayError) else internal_error(exc)
-    context_of(request).error_code = error.error_code
-    return Response(
-        jsonutil.dumps(dialect.error_body(error)),
-        error.status,
-        error.headers(),
-        media_type="application/json",
-    )
+    return in_dialect
 
 
 async def serve(request: Request, dialect: Dialect) -> Response:

@@ -19,9 +19,11 @@ log = logging.getLogger("gateway")
 Handler = Callable[[Request, Any], Coroutine[Any, Any, Response]]
 
 
-def error_response(error: GatewayError) -> Response:
+def error_response(error: GatewayError, body: dict[str, object] | None = None) -> Response:
+    """`error` with its status and headers; `body`: another dialect's shape of it
+    (default OpenAI's)."""
     return Response(
-        jsonutil.dumps(error.to_openai_body()),
+        jsonutil.dumps(error.to_openai_body() if body is None else body),
         error.status,
         error.headers(),
         media_type="application/json",

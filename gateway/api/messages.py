@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route as HTTPRoute
 
-from gateway.api.chat import endpoint, error_in_dialect
+from gateway.api.chat import answered_in, endpoint
 from gateway.api.deps import json_response
 from gateway.api.prologue import prologue
 from gateway.config import estimate_tokens
@@ -18,14 +18,11 @@ from gateway.dialects import MESSAGES
 async def count_tokens(request: Request) -> Response:
     """`{"input_tokens": N}`: the estimate the gateway plans and admits with (about 4
     characters a token), for the key's own route; not the upstream tokenizer's count."""
-    try:
-        first = await prologue(request, MESSAGES.parse_count)
-        return json_response({"input_tokens": estimate_tokens(first.req.prompt_chars())})
-    except Exception as exc:  # noqa: BLE001 (every error is answered in the dialect)
-        return error_in_dialect(request, MESSAGES, exc)
+    first = await prologue(request, MESSAGES.parse_count)
+    return json_response({"input_tokens": estimate_tokens(first.req.prompt_chars())})
 
 
 routes = [
     HTTPRoute("/v1/messages", endpoint(MESSAGES), methods=["POST"]),
-    HTTPRoute("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
+    HTTPRoute("/v1/messages/count_tokens", answered_in(MESSAGES, count_tokens), methods=["POST"]),
 ]

@@ -67,18 +67,17 @@ class ChatStream:
         self._stats.started(self._d.id)
         outcome = "client_disconnect"
         translator = self._opened.translator
-        raw = self._raw_encoder()
-        relay = self._relay_batch if raw is None else self._relay_native  # chosen once
+        self._raw = self._raw_encoder()
         try:
-            if raw is not None or self._opened.held:
-                piece, failure = self._relay_held() if raw is None else self._relay_held_native()
+            if self._opened.held or self._opened.held_events:
+                piece, failure = self._relay_held()
                 if piece:
                     yield piece
                 if failure is not None:
                     raise failure
             if not translator.done:
                 async for batch in self._opened.events:
-                    piece, failure = relay(batch)
+                    piece, failure = self._relay_batch(batch)
                     if piece:
                         yield piece
                     if failure is not None:
@@ -108,23 +107,36 @@ class ChatStream:
         return self._encoder.error(error)
 
     def _relay_held(self) -> tuple[bytes, ProviderError | None]:
-        """The chunks held back until the commit point, as `_relay_batch`'s."""
+        """The chunks held back until the commit point, as `_relay_batch`'s (a native
+        stream: the events they came from go out as they came)."""
         pieces: list[bytes] = []
         try:
-            for chunk in self._opened.held:
-                pieces.append(self._emit(chunk))
+            if self._raw is None:
+                for chunk in self._opened.held:
+                    pieces.append(self._emit(chunk))
+            else:
+                for chunk in self._opened.held:
+                    self._note(chunk)
+                pieces.extend(map(self._raw, self._opened.held_events or ()))
         except SHAPE_ERRORS:  # a chunk of the wrong shape (see attempt.SHAPE_ERRORS)
             return b"".join(pieces), malformed_event()
         return b"".join(pieces), None
 
     def _relay_batch(self, batch: list[SSEEvent]) -> tuple[bytes, ProviderError | None]:
         """What arrived together, encoded for one write, and the failure it ended with:
-        the content before a failing event still goes out."""
-        translator = self._opened.translator
+        the content before a failing event still goes out. A native stream's events
+        still go through the translator (usage, the end, errors, the observers), then
+        out as they came."""
+        translator, raw = self._opened.translator, self._raw
         pieces: list[bytes] = []
         try:
             for event in batch:
-                pieces.extend(map(self._emit, translator.feed(event)))
+                if raw is None:
+                    pieces.extend(map(self._emit, translator.feed(event)))
+                else:
+                    for chunk in translator.feed(event):
+                        self._note(chunk)
+                    pieces.append(raw(event))
                 if translator.done:
                     break
         except ProviderError as error:
@@ -139,38 +151,7 @@ class ChatStream:
         if self._opened.held_events is None:
             return None
         raw: Callable[[SSEEvent], bytes] | None = getattr(self._encoder, "raw", None)
-        self._raw = raw
         return raw
-
-    def _relay_held_native(self) -> tuple[bytes, ProviderError | None]:
-        """`_relay_held` for a native stream: the held events go out as they came, their
-        chunks only counted and observed."""
-        assert self._raw is not None and self._opened.held_events is not None
-        try:
-            for chunk in self._opened.held:
-                self._note(chunk)
-        except SHAPE_ERRORS:
-            return b"", malformed_event()
-        return b"".join(map(self._raw, self._opened.held_events)), None
-
-    def _relay_native(self, batch: list[SSEEvent]) -> tuple[bytes, ProviderError | None]:
-        """`_relay_batch` for a native stream: each event still goes through the
-        translator (usage, the end, errors, the observers), then out as it came."""
-        translator, raw = self._opened.translator, self._raw
-        assert raw is not None
-        pieces: list[bytes] = []
-        try:
-            for event in batch:
-                for chunk in translator.feed(event):
-                    self._note(chunk)
-                pieces.append(raw(event))
-                if translator.done:
-                    break
-        except ProviderError as error:
-            return b"".join(pieces), error
-        except SHAPE_ERRORS:
-            return b"".join(pieces), malformed_event()
-        return b"".join(pieces), None
 
     def _note(self, chunk: JSONObject) -> None:
         """A chunk the client is sent (or, on a native stream, whose event it is sent):
