@@ -75,6 +75,10 @@ class NativeBody:
     # False: a translated replay of the answer would lose what the client needs (e.g.
     # thinking blocks and their signatures): the answer is neither cached nor shared.
     cacheable: bool = True
+    # Capabilities only a deployment that takes this body natively has (a Responses body
+    # with built-in tools needs `responses_api`): the others are not eligible.
+    requires: frozenset[str] = frozenset()
+    requires_param: str | None = None  # the client's param that needs them (for the 400)
 
 
 @dataclass(slots=True)
@@ -114,6 +118,8 @@ class ChatRequest:
         ]
         if not _PARAMETER_KEYS.isdisjoint(self.body):  # rarely: no allocation otherwise
             needs = needs | _parameters_needed(self.body)
+        if self.native is not None and self.native.requires:
+            needs = needs | self.native.requires
         return needs
 
     def prompt_chars(self) -> int:

@@ -38,6 +38,12 @@ def reference_problems(config: GatewayConfig) -> list[str]:
             problems.append(f"models[{index}].provider: no provider named {model.provider!r}")
         elif model.mode == "embedding" and config.providers[model.provider].kind == "anthropic":
             problems.append(f"models[{index}].mode: Anthropic has no embeddings API")
+        elif model.responses_api and preset_adapter(config, model.provider) != "openai":
+            kind = config.providers[model.provider].kind
+            problems.append(
+                f"models[{index}].responses_api: the Responses API is OpenAI's; provider "
+                f"{model.provider!r} is of kind {kind!r}"
+            )
         deployment_id = model.id or f"{model.provider}/{model.model}"
         if deployment_id in seen:
             problems.append(f"models[{index}]: duplicate deployment id {deployment_id!r}")
@@ -53,6 +59,11 @@ def reference_problems(config: GatewayConfig) -> list[str]:
             "(pip install -e '.[bench]')"
         )
     return problems
+
+
+def preset_adapter(config: GatewayConfig, provider: str) -> str | None:
+    kind = config.providers[provider].kind
+    return PRESETS[kind].adapter if kind in PRESETS else None
 
 
 def _key_problems(config: GatewayConfig) -> list[str]:

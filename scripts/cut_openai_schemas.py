@@ -34,6 +34,7 @@ ROOTS = (
     "Response",
     "ResponseStreamEvent",
     "ResponseItemList",
+    "CreateResponse",  # what the OpenAI fake checks a native /v1/responses request against
 )
 REF = "#/components/schemas/"
 

@@ -34,3 +34,26 @@ def validate(instance: Any, schema_name: str) -> None:
     document = _document()
     schema = {"$ref": f"#/components/schemas/{schema_name}", "components": document["components"]}
     jsonschema.Draft202012Validator(schema).validate(instance)
+
+
+@cache
+def _request_document() -> dict[str, Any]:
+    return _one_of_as_any_of(_document())
+
+
+def _one_of_as_any_of(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_one_of_as_any_of(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    return {("anyOf" if k == "oneOf" else k): _one_of_as_any_of(v) for k, v in node.items()}
+
+
+def validate_request(instance: Any, schema_name: str) -> None:
+    """As `validate`, for a request body: OpenAI's description says `oneOf` where its
+    members overlap (an input message `{"type": "message", "role": "user", "content":
+    [...]}` is both an EasyInputMessage and an InputMessage), which no body could meet
+    strictly; here it means "at least one of"."""
+    document = _request_document()
+    schema = {"$ref": f"#/components/schemas/{schema_name}", "components": document["components"]}
+    jsonschema.Draft202012Validator(schema).validate(instance)

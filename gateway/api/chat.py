@@ -28,7 +28,7 @@ from gateway.api.prologue import prologue
 from gateway.api.sse_response import SSE_CONTENT_TYPE, SSE_HEADERS, SSEResponse
 from gateway.cache import Assembler, CacheEntry, CacheLookup, render_hit
 from gateway.config import Route, estimate_tokens
-from gateway.dialects import CHAT, Dialect
+from gateway.dialects import CHAT, Dialect, NativeAnswers
 from gateway.errors import GatewayError, InvalidRequestError
 from gateway.keys import Caller
 from gateway.limits import has_limits
@@ -150,6 +150,8 @@ async def complete(
         content = response.native
         if content is None:
             content = dialect.answer(response.body, req)
+        elif isinstance(dialect, NativeAnswers):
+            content = dialect.native_answer(content)
         return BytesResponse(content, headers=ctx.response_headers())
     if lookup is None:
         return json_response(response.body, headers=ctx.response_headers())

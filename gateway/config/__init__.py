@@ -6,6 +6,7 @@ This module is the wing's front door: other parts of the gateway import from her
 from __future__ import annotations
 
 from gateway.config.catalog import (
+    RESPONSES_API,
     UNPRICED,
     Catalog,
     Deployment,
@@ -41,6 +42,7 @@ from gateway.config.schema import (
 )
 
 __all__ = [
+    "RESPONSES_API",
     "UNPRICED",
     "DEFAULT_MAX_JSON_DEPTH",
     "RequestLimits",

@@ -22,6 +22,9 @@ log = logging.getLogger("gateway")
 
 DEFAULT_CONTEXT_WINDOW_TOKENS = 128_000
 DEFAULT_CHAT_CAPABILITIES = frozenset({"stream", "tools", "json_schema"})
+# The capability of a deployment with `responses_api: true`, which a /v1/responses request
+# with built-in tools (or other items only OpenAI's Responses API serves) requires.
+RESPONSES_API = "responses_api"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +46,7 @@ class Deployment:
     tpm: int | None = None
     price_source: str = "config"  # config | catalog | none
     simulated: bool = False
+    responses_api: bool = False  # /v1/responses is forwarded to its Responses API as it came
 
     @property
     def has_quota(self) -> bool:
@@ -143,6 +147,7 @@ def _deployment(
         tpm=spec.tpm,
         price_source=source,
         simulated=provider.kind == "simulated",
+        responses_api=spec.responses_api,
     )
 
 
@@ -175,6 +180,12 @@ def _prices(
 
 
 def _capabilities(spec: ModelConfig, entry: CatalogEntry | None, kind: str) -> frozenset[str]:
+    if spec.responses_api:  # what only a native /v1/responses request needs (built-in tools)
+        return _capabilities_of(spec, entry, kind) | {RESPONSES_API}
+    return _capabilities_of(spec, entry, kind)
+
+
+def _capabilities_of(spec: ModelConfig, entry: CatalogEntry | None, kind: str) -> frozenset[str]:
     if spec.mode == "embedding":
         return frozenset(spec.capabilities or {"embeddings"})
     parameters = preset(kind).parameters if kind in PRESETS else frozenset()

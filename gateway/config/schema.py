@@ -98,6 +98,10 @@ class ModelConfig(_Model):
     weight: float = Field(1.0, ge=0)
     rpm: int | None = Field(None, ge=1)
     tpm: int | None = Field(None, ge=1)
+    # OpenAI's own Responses API (`{base_url}/responses`): a `/v1/responses` request routed
+    # here is forwarded natively (built-in tools, files, reasoning items: nothing lost)
+    # instead of through chat completions. OpenAI-compatible kinds only.
+    responses_api: bool = False
 
 
 class RouteCacheConfig(_Model):

@@ -7,7 +7,7 @@ This module is the wing's front door: other parts of the gateway import from her
 from __future__ import annotations
 
 from gateway.dialects.anthropic_messages import MESSAGES
-from gateway.dialects.base import Dialect, StreamEncoder
+from gateway.dialects.base import Dialect, NativeAnswers, StreamEncoder
 from gateway.dialects.openai_chat import (
     CHAT,
     DONE_LINE,
@@ -32,6 +32,7 @@ __all__ = [
     "ResponsesCall",
     "ChatEncoder",
     "Dialect",
+    "NativeAnswers",
     "StreamEncoder",
     "decode_object",
     "encode_chunk",

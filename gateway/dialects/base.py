@@ -10,7 +10,7 @@ shape too.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from gateway.config import RequestLimits
 from gateway.errors import GatewayError
@@ -59,3 +59,12 @@ class Dialect(Protocol):
         """The body of an error response in this dialect's shape (status and headers are
         the error's own)."""
         ...
+
+
+@runtime_checkable
+class NativeAnswers(Protocol):
+    """A dialect whose native answers (an upstream sent the client's own body:
+    `ChatRequest.native`) are not sent quite as they came: the Responses dialect gives
+    the upstream's Response its own id. Without it, they go out unchanged."""
+
+    def native_answer(self, body: bytes) -> bytes: ...

@@ -48,7 +48,13 @@ from gateway.routing import (
 )
 from gateway.telemetry import Metrics
 from gateway.transport import Upstream
-from gateway.types import ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse
+from gateway.types import (
+    ChatRequest,
+    ChatResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    NativeBody,
+)
 from routers import Plan
 
 
@@ -99,7 +105,7 @@ class Pipeline:
         ctx: RequestContext,
     ) -> ChatResponse:
         once = functools.partial(attempts.chat_once, self.s.upstream, req)
-        response = await self.run_plan(ctx, route, plan, once)
+        response = await self.run_plan(ctx, route, plan, once, req.native)
         usage = response.usage
         if usage is None:  # the upstream sent none: estimated from the text
             usage = self.accountant.usage_or_estimate(
@@ -133,7 +139,7 @@ class Pipeline:
                 return await _within(left_s, opening, StreamTimeoutError)
             return await _within(within_s, opening)
 
-        opened = await self.run_plan(ctx, route, plan, once)
+        opened = await self.run_plan(ctx, route, plan, once, req.native)
         d = self.s.catalog.deployments[ctx.deployment_id or ""]
         ctx.ttft_s = opened.first_content_at - ctx.started
         return ChatStream(
@@ -175,10 +181,15 @@ class Pipeline:
         await self.accountant.settle(ctx, caller, d, usage, reservation)
 
     async def run_plan(
-        self, ctx: RequestContext, route: Route, plan: Plan, attempt: Attempt[T]
+        self,
+        ctx: RequestContext,
+        route: Route,
+        plan: Plan,
+        attempt: Attempt[T],
+        native: NativeBody | None = None,
     ) -> T:
         if not plan.ordered:
-            raise no_candidate_error(route, plan)
+            raise no_candidate_error(route, plan, native)
         budget, stats = self.s.retry_budget, self.s.stats
         budget.request_started()
         errors: list[ProviderError] = []
@@ -329,14 +340,19 @@ _CLIENT_REASONS: dict[str, tuple[str, str]] = {  # reason -> (param, code)
 }
 
 
-def no_candidate_error(route: Route, plan: Plan) -> GatewayError:
+def no_candidate_error(route: Route, plan: Plan, native: NativeBody | None = None) -> GatewayError:
     """Why an empty plan is empty: a 400 when every exclusion is the request's own doing,
-    else a 503 (cooling down or over quota: could serve, but not now)."""
+    else a 503 (cooling down or over quota: could serve, but not now). `native`: the
+    request's native body, when its dialect gave it one (what only it needs is named)."""
     message = _why_empty(route, plan)
     if not plan.rejected or any(r.reason not in _CLIENT_REASONS for r in plan.rejected):
         return NoEligibleDeploymentError(message)
     first = plan.rejected[0]
     param, code = _CLIENT_REASONS[first.reason]
+    if first.reason == "capability" and native is not None and native.requires_param:
+        needs = ", ".join(sorted(native.requires))
+        message += f" '{native.requires_param}' is served only by deployments with {needs}."
+        return UnservableRequestError(message, native.requires_param, code)
     if first.reason == "context_window" and first.detail.startswith("max_tokens"):
         param = "max_tokens"
     elif first.reason == "unsupported_parameter":  # "unsupported parameter: logprobs, n"

@@ -3,6 +3,10 @@
 Parameters pass through untouched; only `model` is rewritten to the upstream's id
 and `stream_options.include_usage` is forced on so usage is always captured (the
 usage chunk is then withheld from clients that did not ask for it).
+
+A `/v1/responses` request routed to a deployment with `responses_api: true` goes to its
+Responses API instead, with the body the dialect made (`ChatRequest.native`); its answer
+is read by gateway.providers.openai_responses.
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ from typing import ClassVar
 from gateway import jsonutil
 from gateway.config import Deployment
 from gateway.errors import UpstreamUnavailableError
-from gateway.providers.base import BaseProvider, classify_status, stream_event_json
+from gateway.providers.base import BaseProvider, classify_status, now_s, stream_event_json
+from gateway.providers.openai_responses import ResponsesStream, from_response, is_response
 from gateway.transport import UpstreamRequest
 from gateway.types import (
     ChatRequest,
@@ -37,7 +42,14 @@ class OpenAIProvider(BaseProvider):
     def embeddings_url(self, d: Deployment) -> str:
         return f"{self.base_url}/embeddings"
 
+    def responses_url(self, d: Deployment) -> str:
+        return f"{self.base_url}/responses"
+
     def chat_request(self, req: ChatRequest, d: Deployment) -> UpstreamRequest:
+        if _native_responses(req, d):
+            assert req.native is not None
+            body = {**req.native.body, "model": d.model, "stream": req.stream}
+            return self.upstream_request(self.responses_url(d), self.auth_headers(), body, True)
         body = dict(req.body)
         body["model"] = d.model
         if req.stream:
@@ -48,11 +60,15 @@ class OpenAIProvider(BaseProvider):
 
     def chat_response(self, body: bytes, d: Deployment) -> ChatResponse:
         data = self.parse_json(body)
+        if is_response(data):  # the Responses API's answer to a native request
+            return from_response(data, now_s(), self.classify_error)
         if not isinstance(data.get("choices"), list):
             raise UpstreamUnavailableError("The upstream returned a body without choices.")
         return ChatResponse(data, Usage.from_openai(data.get("usage")))
 
-    def chat_stream(self, req: ChatRequest, d: Deployment) -> OpenAIStream:
+    def chat_stream(self, req: ChatRequest, d: Deployment) -> OpenAIStream | ResponsesStream:
+        if _native_responses(req, d):
+            return ResponsesStream(now_s(), self.classify_error)
         return OpenAIStream(req.include_usage, self)
 
     def embeddings_request(self, req: EmbeddingRequest, d: Deployment) -> UpstreamRequest:
@@ -65,6 +81,14 @@ class OpenAIProvider(BaseProvider):
         if not isinstance(data.get("data"), list):
             raise UpstreamUnavailableError("The upstream returned a body without data.")
         return EmbeddingResponse(data, Usage.from_openai(data.get("usage")))
+
+
+def _native_responses(req: ChatRequest, d: Deployment) -> bool:
+    """A /v1/responses request for a deployment that serves the Responses API itself."""
+    return d.responses_api and req.native is not None and req.native.dialect == NATIVE_DIALECT
+
+
+NATIVE_DIALECT = "responses"  # the client dialect whose body this provider can send as it is
 
 
 class OpenAIStream:

@@ -1,4 +1,5 @@
-"""A fake OpenAI server: `/v1/chat/completions` (JSON and SSE) and `/v1/embeddings`.
+"""A fake OpenAI server: `/v1/chat/completions` (JSON and SSE), `/v1/embeddings` and
+`/v1/responses` (tests.fakes.openai_responses).
 
 It checks what the real API checks (bearer key, model, messages shape, tool
 messages that answer a preceding tool call, stream_options only with stream) and
@@ -13,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fakes.openai_responses import responses_handler, responses_problems
 from tests.fakes.server import Behaviour, FakeServer, Handler, write_sse
 
 FORBIDDEN_HEADERS = ("cookie", "openai-organization", "openai-project", "x-forwarded-for")
@@ -35,6 +37,7 @@ class FakeOpenAI(FakeServer):
         return [
             ("POST", f"{self.prefix}/chat/completions", _chat),
             ("POST", f"{self.prefix}/embeddings", _embeddings),
+            ("POST", f"{self.prefix}/responses", _responses),
         ]
 
     def validate(self, request: web.Request, body: Any) -> list[str]:
@@ -46,6 +49,8 @@ class FakeOpenAI(FakeServer):
             return [*problems, "model missing"]
         if request.path.endswith("/embeddings"):
             return problems + ([] if body.get("input") else ["input missing"])
+        if request.path.endswith("/responses"):
+            return problems + responses_problems(body)
         return problems + _chat_problems(body)
 
     def usage(self) -> dict[str, Any]:
@@ -176,6 +181,13 @@ def _stream_events(fake: FakeOpenAI, body: dict[str, Any], b: Behaviour) -> list
         chunks.append({**env, "choices": [], "usage": fake.usage()})
     events = [f"data: {json.dumps(c)}\n\n".encode() for c in chunks]
     return [*events, b"data: [DONE]\n\n"]
+
+
+async def _responses(
+    request: web.Request, fake: FakeServer, b: Behaviour, body: Any
+) -> web.StreamResponse:
+    assert isinstance(fake, FakeOpenAI)
+    return await responses_handler(request, fake, b, body)
 
 
 async def _embeddings(

@@ -7,18 +7,27 @@ its id, takes the stored conversation a `previous_response_id` continues
 (`continues`), parses into the chat request (instructions as the first system
 message, then the earlier turns, then this input), and keeps the Response it answered
 with (`final`: completed or incomplete) for the store. Errors are OpenAI's shape.
+
+The chat request also carries, as its native body, what a deployment with
+`responses_api: true` is sent instead (`native`); such a deployment's Response and
+events come back as they came, made the gateway's (`native_answer`, the encoder's
+`raw`). A request only the Responses API itself serves (built-in tools, files) needs
+that capability: other deployments are not eligible for it, and it is not cached.
 """
 
 from __future__ import annotations
 
 from gateway import jsonutil
-from gateway.config import RequestLimits
+from gateway.config import RESPONSES_API, RequestLimits
 from gateway.dialects.openai_chat import decode_object, parse_chat_body, reject_forbidden
 from gateway.dialects.openai_responses.events import ResponsesEncoder
+from gateway.dialects.openai_responses.native import own_response, upstream_body
 from gateway.dialects.openai_responses.output import ResponseShell
 from gateway.dialects.openai_responses.request import ResponsesInput, parse_request, to_messages
 from gateway.errors import GatewayError
-from gateway.types import ChatRequest, JSONObject
+from gateway.types import ChatRequest, JSONObject, NativeBody
+
+_NATIVE_ONLY = frozenset({RESPONSES_API})
 
 
 class ResponsesCall:
@@ -68,10 +77,24 @@ class ResponsesCall:
         if parsed.stream:  # usage always: response.completed carries it
             chat["stream"] = True
             chat["stream_options"] = {"include_usage": True}
-        return parse_chat_body(chat, limits)
+        req = parse_chat_body(chat, limits)
+        native_only = parsed.native_only is not None
+        req.native = NativeBody(
+            self.name,
+            upstream_body(parsed.body, self.history, parsed.store),
+            cacheable=not native_only,
+            requires=_NATIVE_ONLY if native_only else frozenset(),
+            requires_param=parsed.native_only,
+        )
+        return req
 
     def answer(self, completion: JSONObject, req: ChatRequest) -> bytes:
         self.final = self.shell.from_completion(completion)
+        return jsonutil.dumps(self.final)
+
+    def native_answer(self, body: bytes) -> bytes:
+        """A Responses API deployment's own Response, made this request's."""
+        self.final = own_response(jsonutil.loads(body), self.shell)
         return jsonutil.dumps(self.final)
 
     def stream(self, req: ChatRequest) -> ResponsesEncoder:

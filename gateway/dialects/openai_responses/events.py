@@ -12,7 +12,12 @@ order, each `event: <type>` + `data: <json>` with a `sequence_number` from 0:
 
 A failure past the commit point is one `response.failed` (its error, the output so
 far) and nothing after it. Only the first choice is streamed (the Responses API has
-no `n`)."""
+no `n`).
+
+A native stream (a deployment with `responses_api: true` was sent the request) is the
+upstream's own events (`raw`), each as it came but for the Response objects some carry,
+made the gateway's (gateway.dialects.openai_responses.native); an in-band failure then
+continues the upstream's sequence numbers and carries the output items it finished."""
 
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway import jsonutil
+from gateway.dialects.openai_responses.native import own_response
 from gateway.dialects.openai_responses.output import (
     ResponseShell,
     finish_status,
@@ -30,7 +36,7 @@ from gateway.dialects.openai_responses.output import (
 )
 from gateway.errors import GatewayError
 from gateway.ids import new_id
-from gateway.types import JSONObject
+from gateway.types import JSONObject, SSEEvent
 
 
 class _Message:
@@ -71,6 +77,30 @@ class ResponsesEncoder:
         self._finish: object = None
         self._usage: Any = None
         self._model: object = None
+        self._native = False
+
+    def raw(self, event: SSEEvent) -> bytes:
+        """An upstream Responses API event (a native stream): as it came, but a Response
+        it carries is made the gateway's; the completed (or incomplete) one is final."""
+        self._native = self._started = True
+        data = jsonutil.loads(event.data)
+        if not isinstance(data, dict):
+            return b"data: " + event.data.encode() + b"\n\n"
+        sequence = data.get("sequence_number")
+        if isinstance(sequence, int) and not isinstance(sequence, bool):
+            self._sequence = sequence + 1
+        kind = data.get("type")
+        if kind == "response.output_item.done" and isinstance(data.get("item"), dict):
+            self._output.append(data["item"])  # for a failure's output so far
+        response = data.get("response")
+        if isinstance(response, dict):
+            data["response"] = response = own_response(response, self._shell)
+            self._model = response.get("model") or self._model
+            if kind in ("response.completed", "response.incomplete"):
+                self._on_final(response)
+        name = event.event or (kind if isinstance(kind, str) else "")
+        head = b"event: " + name.encode() + b"\n" if name else b""
+        return head + b"data: " + jsonutil.dumps(data) + b"\n\n"
 
     def chunk(self, chunk: JSONObject) -> bytes:
         pieces = self._start(chunk)
@@ -91,6 +121,8 @@ class ResponsesEncoder:
         return b"".join(pieces)
 
     def end(self, usage_chunk: JSONObject | None) -> bytes:
+        if self._native:
+            return b""  # the upstream's own response.completed went out
         pieces = self._start(usage_chunk or {})
         if usage_chunk is not None and usage_chunk.get("usage"):
             self._usage = usage_chunk["usage"]

@@ -3,10 +3,15 @@
 `parse_request` checks the body and splits it into what goes upstream (chat fields),
 what the Response object echoes, and this request's input as stored items (each with
 an id, in the shape `GET /v1/responses/{id}/input_items` returns). `to_messages` turns
-items (this request's, or a stored conversation's) into chat messages. What a chat
-model cannot do is a 400 naming the param: built-in tools (web_search, file_search,
-...), `file_id` images, `input_file`, item references, background mode, conversations
-and stored prompts.
+items (this request's, or a stored conversation's) into chat messages.
+
+What only OpenAI's own Responses API can do (built-in tools such as web_search or
+file_search and a tool_choice naming one, their call items, `file_id` images,
+`input_file` and other parts a chat model has no equivalent for, `top_logprobs`, fields
+newer than this gateway) is kept as sent and marks the request `native_only` (with the
+first param that needs it): it is then served only by a deployment with
+`responses_api: true`. Item references, background mode, conversations and stored
+prompts need state kept at OpenAI: a 400 naming the param.
 """
 
 from __future__ import annotations
@@ -56,16 +61,32 @@ class ResponsesInput:
     stream: bool
     store: bool
     previous_response_id: str | None
+    body: JSONObject  # as the client sent it (a native deployment is sent it)
+    native_only: str | None = None  # the first param only the Responses API itself serves
 
 
 def fail(message: str, param: str) -> InvalidRequestError:
     return InvalidRequestError(message, param=param)
 
 
+class _NativeOnly:
+    """The first param of a request that only the Responses API itself serves."""
+
+    __slots__ = ("param",)
+
+    def __init__(self) -> None:
+        self.param: str | None = None
+
+    def note(self, param: str) -> None:
+        if self.param is None:
+            self.param = param
+
+
 def parse_request(body: JSONObject, limits: RequestLimits) -> ResponsesInput:
+    native = _NativeOnly()
     unknown = sorted(set(body) - _KNOWN)
-    if unknown:
-        raise fail(f"Unrecognized request argument supplied: {unknown[0]}.", unknown[0])
+    if unknown:  # a field newer than this gateway: OpenAI's own API may know it
+        native.note(unknown[0])
     _refuse_unsupported(body)
     model = body.get("model")
     if not isinstance(model, str) or not model:
@@ -73,17 +94,21 @@ def parse_request(body: JSONObject, limits: RequestLimits) -> ResponsesInput:
     instructions = body.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
         raise fail("'instructions' must be a string.", "instructions")
-    items = input_items(body.get("input"), limits)
+    items = input_items(body.get("input"), limits, native)
     chat: JSONObject = {k: body[k] for k in _CARRIED if body.get(k) is not None}
     echo: JSONObject = {}
-    _tools(body, chat, echo, limits)
+    _tools(body, chat, echo, limits, native)
     _text(body.get("text"), chat, echo)
     _scalars(body, chat, echo)
+    if body.get("top_logprobs") not in (None, 0):
+        native.note("top_logprobs")
     previous = body.get("previous_response_id")
     if previous is not None and (not isinstance(previous, str) or not previous):
         raise fail("'previous_response_id' must be a non-empty string.", "previous_response_id")
     stream, store = _flag(body, "stream", False), _flag(body, "store", True)
-    return ResponsesInput(model, chat, instructions, items, echo, stream, store, previous)
+    return ResponsesInput(
+        model, chat, instructions, items, echo, stream, store, previous, body, native.param
+    )
 
 
 def _refuse_unsupported(body: JSONObject) -> None:
@@ -96,8 +121,6 @@ def _refuse_unsupported(body: JSONObject) -> None:
                 "Use previous_response_id, or send the whole input.",
                 name,
             )
-    if body.get("top_logprobs") not in (None, 0):
-        raise fail("'top_logprobs' is not supported on /v1/responses.", "top_logprobs")
 
 
 def _flag(body: JSONObject, name: str, default: bool) -> bool:
@@ -109,15 +132,22 @@ def _flag(body: JSONObject, name: str, default: bool) -> bool:
     return value
 
 
-def _tools(body: JSONObject, chat: JSONObject, echo: JSONObject, limits: RequestLimits) -> None:
+def _tools(
+    body: JSONObject,
+    chat: JSONObject,
+    echo: JSONObject,
+    limits: RequestLimits,
+    native: _NativeOnly,
+) -> None:
     tools = body.get("tools")
     if tools is None:
         tools = []
     if not isinstance(tools, list) or len(tools) > limits.max_tools:
         raise fail(f"'tools' must be an array of at most {limits.max_tools} tools.", "tools")
-    echo["tools"] = [_function_tool(tool, f"tools[{i}]") for i, tool in enumerate(tools)]
-    if tools:
-        chat["tools"] = [_chat_tool(tool) for tool in echo["tools"]]
+    echo["tools"] = [_tool(tool, f"tools[{i}]", native) for i, tool in enumerate(tools)]
+    functions = [_chat_tool(tool) for tool in echo["tools"] if tool["type"] == "function"]
+    if functions:
+        chat["tools"] = functions
     choice = body.get("tool_choice")
     echo["tool_choice"] = "auto" if choice is None else choice
     if choice in _TOOL_CHOICES:
@@ -126,31 +156,30 @@ def _tools(body: JSONObject, chat: JSONObject, echo: JSONObject, limits: Request
         if not isinstance(choice.get("name"), str):
             raise fail("'tool_choice.name' is required.", "tool_choice.name")
         chat["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}}
+    elif isinstance(choice, dict) and isinstance(choice.get("type"), str):
+        native.note("tool_choice")  # a built-in tool, allowed_tools, mcp, custom
     elif choice is not None:
         raise fail(
-            "'tool_choice' must be 'none', 'auto', 'required' or a function "
-            '({"type": "function", "name": ...}); built-in tools are not supported.',
+            "'tool_choice' must be 'none', 'auto', 'required' or an object with a 'type'.",
             "tool_choice",
         )
     parallel = body.get("parallel_tool_calls")
     if parallel is not None and not isinstance(parallel, bool):
         raise fail("'parallel_tool_calls' must be a boolean.", "parallel_tool_calls")
     echo["parallel_tool_calls"] = True if parallel is None else parallel
-    if parallel is not None and tools:  # chat refuses it without tools
+    if parallel is not None and functions:  # chat refuses it without tools
         chat["parallel_tool_calls"] = parallel
 
 
-def _function_tool(tool: object, where: str) -> JSONObject:
+def _tool(tool: object, where: str, native: _NativeOnly) -> JSONObject:
     if not isinstance(tool, dict):
         raise fail(f"'{where}' must be an object.", where)
     kind = tool.get("type")
     if kind != "function":
-        raise fail(
-            f"Tool type {kind!r} is not supported: this gateway serves the Responses API "
-            "with chat models of any provider, so only function tools are (built-in tools "
-            "such as web_search, file_search or code_interpreter run at OpenAI).",
-            f"{where}.type",
-        )
+        if not isinstance(kind, str) or not kind:
+            raise fail(f"'{where}.type' is required.", f"{where}.type")
+        native.note(f"{where}.type")  # a built-in tool (web_search, file_search, mcp, ...)
+        return dict(tool)
     name = tool.get("name")
     if not isinstance(name, str) or not name:
         raise fail(f"'{where}.name' is required.", f"{where}.name")
@@ -237,7 +266,7 @@ def _scalars(body: JSONObject, chat: JSONObject, echo: JSONObject) -> None:
 # --- input items -------------------------------------------------------------------------
 
 
-def input_items(value: object, limits: RequestLimits) -> list[JSONObject]:
+def input_items(value: object, limits: RequestLimits, native: _NativeOnly) -> list[JSONObject]:
     """`input` (a string or a list of items) -> stored items, each with an id."""
     if isinstance(value, str):
         return [_message("user", [{"type": "input_text", "text": value}])]
@@ -247,7 +276,7 @@ def input_items(value: object, limits: RequestLimits) -> list[JSONObject]:
         raise fail(f"'input' has more than {limits.max_messages} items.", "input")
     items = []
     for index, item in enumerate(value):
-        stored = _item(item, f"input[{index}]")
+        stored = _item(item, f"input[{index}]", native)
         if stored is not None:
             items.append(stored)
     return items
@@ -263,7 +292,7 @@ def _message(role: str, content: list[JSONObject], item_id: object = None) -> JS
     }
 
 
-def _item(item: object, where: str) -> JSONObject | None:
+def _item(item: object, where: str, native: _NativeOnly) -> JSONObject | None:
     if not isinstance(item, dict):
         raise fail(f"'{where}' must be an object.", where)
     kind = item.get("type") or ("message" if "role" in item else None)
@@ -271,7 +300,8 @@ def _item(item: object, where: str) -> JSONObject | None:
         role = item.get("role")
         if role not in _MESSAGE_ROLES:
             raise fail(f"'{where}.role' must be one of {sorted(_MESSAGE_ROLES)}.", f"{where}.role")
-        return _message(role, _content(role, item.get("content"), where), item.get("id"))
+        content = _content(role, item.get("content"), where, native)
+        return _message(role, content, item.get("id"))
     if kind == "function_call":
         for name in ("call_id", "name", "arguments"):
             if not isinstance(item.get(name), str):
@@ -298,20 +328,24 @@ def _item(item: object, where: str) -> JSONObject | None:
         }
     if kind == "reasoning":
         return None  # another model's opaque reasoning: nothing a chat model can read
-    raise fail(
-        f"Input items of type {kind!r} are not supported: messages, function_call and "
-        "function_call_output are (item references and built-in tool calls are not).",
-        f"{where}.type",
-    )
+    if kind == "item_reference" or not isinstance(kind, str) or not kind:
+        raise fail(
+            f"Input items of type {kind!r} are not supported: item references point at "
+            "state kept at OpenAI; send the items themselves (or use previous_response_id).",
+            f"{where}.type",
+        )
+    native.note(f"{where}.type")  # a built-in tool's call or output, a custom tool's, ...
+    given = item.get("id")
+    return {**item, "id": given if isinstance(given, str) and given else f"item_{new_id()}"}
 
 
-def _content(role: str, content: object, where: str) -> list[JSONObject]:
+def _content(role: str, content: object, where: str, native: _NativeOnly) -> list[JSONObject]:
     text_type = "output_text" if role == "assistant" else "input_text"
     if isinstance(content, str):
         return [_text_part(text_type, content)]
     if not isinstance(content, list):
         raise fail(f"'{where}.content' must be a string or an array.", f"{where}.content")
-    return [_part(role, part, f"{where}.content[{i}]") for i, part in enumerate(content)]
+    return [_part(role, part, f"{where}.content[{i}]", native) for i, part in enumerate(content)]
 
 
 def _text_part(kind: str, text: str) -> JSONObject:
@@ -320,7 +354,7 @@ def _text_part(kind: str, text: str) -> JSONObject:
     return {"type": kind, "text": text}
 
 
-def _part(role: str, part: object, where: str) -> JSONObject:
+def _part(role: str, part: object, where: str, native: _NativeOnly) -> JSONObject:
     if not isinstance(part, dict):
         raise fail(f"'{where}' must be an object.", where)
     kind = part.get("type")
@@ -330,19 +364,15 @@ def _part(role: str, part: object, where: str) -> JSONObject:
         return _text_part("output_text" if role == "assistant" else "input_text", part["text"])
     if kind == "refusal" and role == "assistant" and isinstance(part.get("refusal"), str):
         return {"type": "refusal", "refusal": part["refusal"]}
-    if kind == "input_image" and role == "user":
-        if part.get("file_id") is not None:
-            raise fail(
-                "Images by 'file_id' are not supported (files live at OpenAI): send "
-                "'image_url' with an https URL or a data: URL.",
-                f"{where}.file_id",
-            )
+    if kind == "input_image" and role == "user" and part.get("file_id") is None:
         if not isinstance(part.get("image_url"), str):
             raise fail(f"'{where}.image_url' must be a URL.", f"{where}.image_url")
         return {"type": "input_image", "image_url": part["image_url"],
                 "detail": part.get("detail") or "auto"}  # fmt: skip
-    if kind == "input_file":
-        raise fail("'input_file' parts are not supported by this gateway.", f"{where}.type")
+    if role == "user" and isinstance(kind, str) and kind.startswith("input_"):
+        # A file, an image by file_id (files live at OpenAI), ...
+        native.note(f"{where}.file_id" if kind == "input_image" else f"{where}.type")
+        return dict(part)
     raise fail(f"Content parts of type {kind!r} are not supported in a {role} message.",
                f"{where}.type")  # fmt: skip
 
@@ -392,6 +422,9 @@ def _chat_message(item: JSONObject) -> JSONObject:
     if role == "assistant":
         text = "".join(p.get("text") or p.get("refusal") or "" for p in parts)
         return {"role": "assistant", "content": text}
+    # Parts only the Responses API itself reads (files) have no chat equivalent: such a
+    # request is served natively (`native_only`); its chat form only estimates and plans.
+    parts = [p for p in parts if p["type"] == "input_text" or "image_url" in p]
     if all(p["type"] == "input_text" for p in parts):  # images only come in user messages
         return {"role": role, "content": "\n\n".join(p["text"] for p in parts)}
     return {"role": "user", "content": [_chat_part(p) for p in parts]}
@@ -400,4 +433,5 @@ def _chat_message(item: JSONObject) -> JSONObject:
 def _chat_part(part: JSONObject) -> JSONObject:
     if part["type"] == "input_text":
         return {"type": "text", "text": part["text"]}
-    return {"type": "image_url", "image_url": {"url": part["image_url"], "detail": part["detail"]}}
+    url = {"url": part["image_url"], "detail": part.get("detail") or "auto"}
+    return {"type": "image_url", "image_url": url}

@@ -120,3 +120,19 @@ def test_unknown_kind_and_compatible_without_base_url_are_config_errors() -> Non
     assert reference_problems(config) == [
         "providers.x.base_url: required for kind openai_compatible"
     ]
+
+
+def test_responses_api_is_for_openai_compatible_kinds_only() -> None:
+    """`responses_api: true` forwards /v1/responses to `{base_url}/responses`: a kind
+    translated by another adapter (Anthropic, Gemini, Azure) has no such endpoint here."""
+    text = (
+        "providers: {vllm: {kind: vllm}, claude: {kind: anthropic, api_key: k}}\n"
+        "models:\n"
+        "  - {name: a, provider: vllm, model: m, responses_api: true}\n"
+        "  - {name: b, provider: claude, model: c, responses_api: true}\n"
+    )
+    problems = reference_problems(parse_config(text, "g", {}))
+    assert problems == [
+        "models[1].responses_api: the Responses API is OpenAI's; provider 'claude' is of "
+        "kind 'anthropic'"
+    ]
