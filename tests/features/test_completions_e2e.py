@@ -179,3 +179,42 @@ def test_errors_are_openai_shaped(gateway: GatewayProcess) -> None:
     )  # fmt: skip
     assert unknown.status_code == 404
     validate(unknown.json(), "ErrorResponse")
+
+
+# --- LlamaIndex's OpenAILike (its default mode is the legacy completions API) ----------
+
+
+@pytest.mark.parametrize("route", ["gpt", "claude", "gemini", "gpt-then-claude-then-gemini"])
+def test_llamaindex_openai_like_in_its_default_mode(
+    gateway: GatewayProcess,
+    route: str,
+    fake_openai: FakeOpenAI,
+    fake_anthropic: FakeAnthropic,
+    fake_gemini: FakeGemini,
+) -> None:
+    """OpenAILike without `is_chat_model` calls `/v1/completions` (complete and
+    stream_complete); on the route across providers the first two fail and the third
+    answers."""
+    from llama_index.llms.openai_like import OpenAILike
+
+    paths: list[str] = []
+    http = httpx.Client(event_hooks={"request": [lambda r: paths.append(r.url.path)]})
+    llm = OpenAILike(
+        model=route,
+        api_base=gateway.base_url,
+        api_key=GATEWAY_KEY,
+        max_retries=0,
+        default_headers=NO_CACHE,
+        http_client=http,
+    )
+    assert not llm.metadata.is_chat_model
+    expected = reply_of(route, fake_openai, fake_anthropic, fake_gemini)
+    if route == "gpt-then-claude-then-gemini":
+        fake_openai.script(Behaviour(status=500), Behaviour(status=500))
+        fake_anthropic.script(Behaviour(status=529), Behaviour(status=529))
+        expected = fake_gemini.reply
+    assert llm.complete("Say hello").text == expected
+    streamed = "".join(piece.delta or "" for piece in llm.stream_complete("Say hello"))
+    assert streamed.strip() == expected.strip()
+    http.close()
+    assert paths == ["/v1/completions", "/v1/completions"]
