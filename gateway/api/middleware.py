@@ -20,6 +20,7 @@ from gateway.api.error_handlers import respond_to
 from gateway.api.hot import Endpoint
 from gateway.api.http_protocol import Header, write_whole_response
 from gateway.context import RequestContext
+from gateway.dialects import MESSAGES
 from gateway.errors import GatewayOverloadedError
 from gateway.ids import new_id
 
@@ -61,7 +62,7 @@ class RequestContextMiddleware:
             services = scope.get("state", {}).get("services")
             if services is not None:
                 services.metrics.record_rejection("overloaded")
-            await _overloaded(send)
+            await _overloaded(send, scope["path"])
             return
         ctx = RequestContext(_request_id(scope), endpoint_label(scope["path"]))
         state = scope.setdefault("state", {})
@@ -141,9 +142,12 @@ async def _serve_hot(
         _finished(scope["state"], ctx)
 
 
-async def _overloaded(send: Send) -> None:
-    """Bounded concurrency (rule 14): a retryable, OpenAI-shaped 503 instead of queueing."""
-    body = jsonutil.dumps(GatewayOverloadedError("The gateway is at capacity.").to_openai_body())
+async def _overloaded(send: Send, path: str) -> None:
+    """Bounded concurrency (rule 14): a retryable 503 instead of queueing, in the shape of
+    the path's dialect (Anthropic's `overloaded_error` on /v1/messages, else OpenAI's)."""
+    error = GatewayOverloadedError("The gateway is at capacity.")
+    shaped = MESSAGES.error_body(error) if path.startswith("/v1/messages") else None
+    body = jsonutil.dumps(shaped if shaped is not None else error.to_openai_body())
     headers = [(b"content-type", b"application/json"), (b"retry-after", b"1")]
     await send({"type": "http.response.start", "status": 503, "headers": headers})
     await send({"type": "http.response.body", "body": body})

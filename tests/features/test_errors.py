@@ -303,3 +303,22 @@ def test_concurrency_bound_is_a_retryable_503(
     rejected = [r for r in asyncio.run(burst()) if r.status_code == 503][0]
     assert_openai_error(rejected, 503, code="gateway_overloaded")
     assert rejected.headers["retry-after"] == "1"
+
+    async def messages_burst() -> list[httpx.Response]:
+        """The same bound on Anthropic's Messages API: its own error shape."""
+        async with httpx.AsyncClient(timeout=5) as client:
+            body = {"model": "gpt-test", "max_tokens": 16, "messages": MESSAGES}
+            calls = [
+                client.post(f"{small.base_url}/messages", json=body, headers=AUTH) for _ in range(4)
+            ]
+            return list(await asyncio.gather(*calls))
+
+    fake_openai.script(*[Behaviour(delay_s=0.5)] * 2)
+    answers = asyncio.run(messages_burst())
+    assert sorted(r.status_code for r in answers) == [200, 200, 503, 503]
+    shed = next(r for r in answers if r.status_code == 503)
+    assert shed.json() == {
+        "type": "error",
+        "error": {"type": "overloaded_error", "message": "The gateway is at capacity."},
+    }
+    assert shed.headers["retry-after"] == "1"
