@@ -42,7 +42,9 @@ def replicas(
         {"name": "no-limits", "key": QUOTA_KEY},
     ]
     config = governance_config(redis_server.url, keys, window_s=30)
-    return [start_gateway(config) for _ in range(3)]
+    # The first replica runs two worker processes: limits hold across workers as across
+    # replicas (one Redis).
+    return [start_gateway(config, workers=2 if i == 0 else 1) for i in range(3)]
 
 
 def test_rpm_admits_exactly_the_limit_across_replicas(replicas: list[GatewayProcess]) -> None:
