@@ -17,6 +17,7 @@ from gateway.config.catalog import (
 from gateway.config.catalog_data import ModelCatalog, default_catalog_path
 from gateway.config.presets import PRESETS, preset
 from gateway.config.pricing import cost_usd, estimate_tokens, exact_cost_usd
+from gateway.config.redis_settings import RedisConfig
 from gateway.config.schema import (
     DEFAULT_MAX_JSON_DEPTH,
     AuthConfig,
@@ -29,7 +30,6 @@ from gateway.config.schema import (
     MetricsConfig,
     ProviderConfig,
     ProxySettings,
-    RedisConfig,
     RequestLimits,
     ServerConfig,
     SimulationConfig,

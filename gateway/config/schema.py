@@ -21,7 +21,11 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
+
+from gateway.config.common import FrozenModel as _Model
+from gateway.config.common import redacted_url
+from gateway.config.redis_settings import RedisConfig
 
 # ${NAME}, or ${NAME<op>word} with op one of :- - :? ?
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
@@ -31,10 +35,6 @@ class ConfigError(ValueError):
     def __init__(self, errors: list[str]) -> None:
         super().__init__("\n".join(errors))
         self.errors = errors
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class TimeoutsConfig(_Model):
@@ -186,16 +186,6 @@ class ServerConfig(_Model):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
-class RedisConfig(_Model):
-    url: str  # empty (`url: ${REDIS_URL:-}` unset): no Redis, as without this section
-    socket_timeout_s: float = Field(0.25, gt=0)
-    connect_timeout_s: float = Field(0.25, gt=0)
-    # Whole call, pool wait included; on the pipelined connection, each reply after
-    # its connect (which connect_timeout_s bounds).
-    operation_deadline_s: float = Field(0.5, gt=0)
-    max_connections: int = Field(64, ge=1)
-
-
 class CacheConfig(_Model):
     enabled: bool = False
     backend: Literal["auto", "memory", "redis"] = "auto"
@@ -293,8 +283,10 @@ class GatewayConfig(_Model):
     @field_validator("redis", mode="before")
     @classmethod
     def _no_redis_without_its_url(cls, value: Any) -> Any:
-        """`url: ${REDIS_URL:-}` left empty: no Redis at all, as without the section."""
-        if isinstance(value, Mapping) and "url" in value:
+        """`url: ${REDIS_URL:-}` left empty: no Redis at all, as without the section (in
+        standalone mode; in sentinel mode the sentinels say where Redis is)."""
+        standalone = isinstance(value, Mapping) and value.get("mode") in (None, "standalone")
+        if standalone and "url" in value:
             url = value["url"]
             if url is None or (isinstance(url, str) and not url.strip()):
                 return None
@@ -469,17 +461,6 @@ def proxy_url(url: str) -> str:
             f"not a proxy URL (http://[user:password@]host[:port]): {redacted_url(url)}"
         )
     return url
-
-
-def redacted_url(url: str) -> str:
-    """`url` with any credentials replaced by `***`: http://***@proxy:3128. All that
-    precedes the last `@` goes, so a password with a `/` or `?` in it goes too."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        scheme, rest = "", url
-    if "@" in rest:
-        rest = "***@" + rest.rpartition("@")[2]
-    return f"{scheme}{sep}{rest}"
 
 
 CONFIG_ENV = "GATEWAY_CONFIG"

@@ -1,5 +1,10 @@
 """The one Redis connection pool, with explicit short timeouts and no hidden retries.
 
+`redis.mode: standalone` connects to `redis.url`; `sentinel` to the master that the
+sentinels name (`redis.sentinels`, `redis.master_name`), found again after a failover:
+redis-py's Sentinel pool asks the sentinels at each new connection, the pipelined
+connection at each reconnect (gateway/redis/pipe.py).
+
 Every call goes through `SharedRedis.run`, which bounds it by an overall deadline,
 counts failures in `gateway_redis_errors_total{operation}`, and logs once per
 outage transition (down, then recovered: once Redis answers a PING), never once per
@@ -17,13 +22,15 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.connection import SSLConnection, parse_url
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from gateway.config import RedisConfig
-from gateway.redis.pipe import RedisPipe
+from gateway.redis.pipe import RedisPipe, close_sentinels
 from gateway.telemetry import Metrics
 
 log = logging.getLogger("gateway")
@@ -62,27 +69,91 @@ async def absorb_foreign_cancel(work: Awaitable[T]) -> T | None:
 def make_redis(config: RedisConfig) -> Redis:
     """A pool of at most `redis.max_connections`. A call that finds every connection busy
     waits for one within the operation deadline (back-pressure, rule 17): a busy pool is
-    not an outage."""
-    pool = BlockingConnectionPool.from_url(
-        config.url,
-        socket_timeout=config.socket_timeout_s,
-        socket_connect_timeout=config.connect_timeout_s,
-        retry=Retry(NoBackoff(), 0),  # no hidden retries: a slow Redis must not stall requests
-        max_connections=config.max_connections,
+    not an outage. In sentinel mode each new connection asks the sentinels where the
+    master is (redis-py's Sentinel pool, made blocking: `_BlockingSentinelPool`)."""
+    options: dict[str, Any] = {
+        "socket_timeout": config.socket_timeout_s,
+        "socket_connect_timeout": config.connect_timeout_s,
+        # no hidden retries: a slow Redis must not stall requests
+        "retry": Retry(NoBackoff(), 0),
+        "max_connections": config.max_connections,
         # Waits a little less than the call's deadline, so that a pool still busy then is
         # told apart from a Redis that does not answer (see `SharedRedis._failed`).
-        timeout=config.operation_deadline_s * 0.9,
-        health_check_interval=0,
-    )
+        "timeout": config.operation_deadline_s * 0.9,
+        "health_check_interval": 0,
+    }
+    if config.mode == "sentinel":
+        sentinel = sentinels_of(config)
+        master: _SentinelMaster = sentinel.master_for(
+            config.master_name or "",
+            redis_class=_SentinelMaster,
+            connection_pool_class=_BlockingSentinelPool,
+            **master_options(config.url),
+            **options,
+        )
+        master.owned_sentinel = sentinel
+        return master  # aclose() closes the pool and the sentinels' connections
+    pool = BlockingConnectionPool.from_url(config.url or "", **options)
     return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """redis-py's Sentinel pool with BlockingConnectionPool's wait for a free connection.
+
+    SentinelConnectionPool alone derives from ConnectionPool, which raises at once when
+    every connection is in use: under load, a busy pool would count as an outage (rule
+    17). The Sentinel side only adds the master's address to connecting (asked anew
+    for each connection; idle connections dropped when it changed) and the READONLY
+    check on replies; checking out and in is BlockingConnectionPool's, unchanged."""
+
+
+class _SentinelMaster(Redis):
+    """The client of a `_BlockingSentinelPool`: it owns the `Sentinel` too."""
+
+    owned_sentinel: Sentinel | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        try:
+            await super().aclose(close_connection_pool)
+        finally:
+            if self.owned_sentinel is not None:
+                await close_sentinels(self.owned_sentinel)
+
+
+def sentinels_of(config: RedisConfig) -> Sentinel:
+    """redis-py's client of `redis.sentinels`: each asked in turn for the master, within
+    the connect timeout to reach it and the socket timeout for its answer, no retries."""
+    return Sentinel(
+        config.sentinel_addresses(),
+        sentinel_kwargs={
+            "socket_timeout": config.socket_timeout_s,
+            "socket_connect_timeout": config.connect_timeout_s,
+            "retry": Retry(NoBackoff(), 0),
+            "health_check_interval": 0,
+            "username": config.sentinel_username,
+            "password": config.sentinel_password,
+        },
+    )
+
+
+def master_options(url: str | None) -> dict[str, Any]:
+    """The master's credentials, database and TLS from a sentinel-mode `redis.url`
+    (which has no host: the sentinels name it), as redis-py's Sentinel pool takes them."""
+    options: dict[str, Any] = dict(parse_url(url or "redis://"))
+    if options.pop("connection_class", None) is SSLConnection:
+        options["ssl"] = True  # the pool picks its TLS connection class
+    return options
 
 
 def shared_redis(config: RedisConfig, metrics: Metrics) -> SharedRedis:
     """redis-py's pool for most calls, one pipelined connection for the hot path's."""
+    sentinel = config.mode == "sentinel"
     pipe = RedisPipe(
-        config.url,
+        config.url or "redis://",
         connect_timeout_s=config.connect_timeout_s,
         reply_deadline_s=config.operation_deadline_s,
+        sentinel=sentinels_of(config) if sentinel else None,
+        master_name=config.master_name or "",
     )
     return SharedRedis(make_redis(config), metrics, config.operation_deadline_s, pipe)
 

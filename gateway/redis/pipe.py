@@ -16,6 +16,14 @@ drops a connection whose call timed out; one timer per connection watches the ol
 command, instead of a timeout per call (a few microseconds each, on every request). A
 lost connection fails every waiting command and the next command connects again; past
 `max_in_flight` waiting commands the connection is dropped rather than queued on.
+
+With a `sentinel` (redis.mode: sentinel) each connect first asks the sentinels where the
+master is (redis-py's `Sentinel.discover_master`: each sentinel in turn, each within
+the connect timeout), then checks with ROLE that what it reached is a master. After a
+failover the old connection is closed by Redis (Sentinel kills the clients of the
+master it demotes) or answers READONLY: either drops it, and the next command connects
+to the new master. All of it at connect time: sending and reading commands cost the
+same in both modes, but for one call per reply in sentinel mode (the READONLY check).
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from typing import Any
 
 import hiredis
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
+from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -44,7 +53,7 @@ class _ReplyProtocol(asyncio.Protocol):
         # per call on Python 3.11 (its fork check).
         self.loop = asyncio.get_running_loop()
         self.waiting: deque[tuple[_Sink, float]] = deque()  # (where the reply goes, due)
-        self._reader = hiredis.Reader(replyError=ResponseError)
+        self._reader: hiredis.Reader | _DemotionWatch = hiredis.Reader(replyError=ResponseError)
         self._deadline_s = reply_deadline_s
         self._timer: asyncio.TimerHandle | None = None
         self._out: list[bytes] = []  # commands of this event-loop turn, not yet written
@@ -128,6 +137,38 @@ class _ReplyProtocol(asyncio.Protocol):
                 sink.exception()  # a caller that gave up will not retrieve it
 
 
+class _MasterProtocol(_ReplyProtocol):
+    """A connection to the master that the sentinels named: a READONLY reply (it has
+    been demoted to a replica since) drops the connection (`_DemotionWatch`)."""
+
+    def __init__(self, reply_deadline_s: float) -> None:
+        super().__init__(reply_deadline_s)
+        self._reader = _DemotionWatch(hiredis.Reader(replyError=ResponseError), self)
+
+
+class _DemotionWatch:
+    """hiredis' reader, with a READONLY error reply turned into the connection's loss:
+    every command waiting on it fails with a ConnectionError (what the callers get when
+    the master goes away), and the next command connects again, asking the sentinels."""
+
+    __slots__ = ("_reader", "_protocol")
+
+    def __init__(self, reader: hiredis.Reader, protocol: _ReplyProtocol) -> None:
+        self._reader = reader
+        self._protocol = protocol
+
+    def feed(self, data: bytes) -> None:
+        self._reader.feed(data)
+
+    def gets(self) -> Any:
+        reply = self._reader.gets()
+        if isinstance(reply, ResponseError) and str(reply).startswith("READONLY"):
+            demoted = "Redis master demoted to a replica (READONLY): connecting again."
+            self._protocol.fail(RedisConnectionError(demoted))
+            return False  # the connection is gone: no more replies from it
+        return reply
+
+
 class RedisPipe:
     """Lazily connected; `execute` sends one command, `execute_many` several in one write."""
 
@@ -138,8 +179,16 @@ class RedisPipe:
         connect_timeout_s: float,
         reply_deadline_s: float,
         max_in_flight: int = 10_000,
+        sentinel: Sentinel | None = None,
+        master_name: str = "",
     ) -> None:
+        """`url`: where to connect; with a `sentinel`, only how (credentials, database,
+        TLS): the master the sentinels name `master_name` is where. The pipe owns the
+        sentinel (`aclose` closes its connections)."""
         self._options: dict[str, Any] = dict(parse_url(url))
+        self._sentinel = sentinel
+        self._master_name = master_name
+        self._protocol_class = _ReplyProtocol if sentinel is None else _MasterProtocol
         self._connect_timeout_s = connect_timeout_s
         self._reply_deadline_s = reply_deadline_s
         self._max_in_flight = max_in_flight
@@ -203,6 +252,10 @@ class RedisPipe:
 
     async def _open(self) -> _ReplyProtocol:
         try:
+            if self._sentinel is not None:
+                # A master not found raises MasterNotFoundError, a ConnectionError.
+                address = await self._sentinel.discover_master(self._master_name)
+                self._options["host"], self._options["port"] = address
             async with asyncio.timeout(self._connect_timeout_s):
                 protocol = await self._create_connection(self._new_protocol)
                 await self._handshake(protocol)
@@ -213,7 +266,7 @@ class RedisPipe:
         return protocol
 
     def _new_protocol(self) -> _ReplyProtocol:
-        return _ReplyProtocol(self._reply_deadline_s)
+        return self._protocol_class(self._reply_deadline_s)
 
     async def _create_connection(self, factory: Any) -> _ReplyProtocol:
         loop, options = asyncio.get_running_loop(), self._options
@@ -233,22 +286,44 @@ class RedisPipe:
             commands.append(("AUTH", user, password) if user else ("AUTH", password))
         if int(options.get("db") or 0):
             commands.append(("SELECT", int(options["db"])))
+        if self._sentinel is not None:
+            # The sentinels may name a master that has just been demoted (their view lags
+            # a failover by up to a second or two): connect only to a master.
+            commands.append(("ROLE",))
         if not commands:
             return
         try:
             replies = await self._send_many(protocol, commands)
         except RedisConnectionError as error:
             replies = [error]
-        for reply in replies:
-            if isinstance(reply, BaseException):
-                if protocol.transport is not None:
-                    protocol.transport.close()
-                raise RedisConnectionError(f"Redis refused the connection setup: {reply}")
+        refused: object = next((r for r in replies if isinstance(r, BaseException)), None)
+        if refused is None and self._sentinel is not None and _role(replies[-1]) != "master":
+            where, role = f"{options['host']}:{options['port']}", _role(replies[-1])
+            refused = f"{where}, named master of {self._master_name!r}, is a {role}"
+        if refused is not None:
+            if protocol.transport is not None:
+                protocol.transport.close()
+            raise RedisConnectionError(f"Redis refused the connection setup: {refused}")
 
     async def aclose(self) -> None:
         protocol, self._protocol = self._protocol, None
         if protocol is not None and protocol.transport is not None:
             protocol.transport.close()
+        if self._sentinel is not None:
+            await close_sentinels(self._sentinel)
+
+
+def _role(reply: Any) -> str:
+    """The role in a ROLE reply: master, slave or sentinel."""
+    role = reply[0] if isinstance(reply, list) and reply else reply
+    return role.decode(errors="replace") if isinstance(role, bytes) else str(role)
+
+
+async def close_sentinels(sentinel: Sentinel) -> None:
+    """Close the connections of redis-py's clients of each sentinel (`Sentinel.aclose`
+    is not in every redis-py version the project allows)."""
+    clients = sentinel.sentinels
+    await asyncio.gather(*(client.aclose() for client in clients), return_exceptions=True)
 
 
 class _Replies:

@@ -21,7 +21,7 @@ import redis
 import yaml
 from prometheus_client import CollectorRegistry
 
-from gateway.config.schema import RedisConfig
+from gateway.config import RedisConfig
 from gateway.redis.client import shared_redis
 from gateway.routing.cooldowns import clear_shared, read_shared
 from gateway.routing.stats import StatsStore

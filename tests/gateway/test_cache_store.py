@@ -12,7 +12,7 @@ from redis import Redis as SyncRedis
 
 from gateway.cache.coalesce import SingleFlight
 from gateway.cache.store import CacheEntry, MemoryCache, RedisCache
-from gateway.config.schema import RedisConfig
+from gateway.config import RedisConfig
 from gateway.redis.client import shared_redis
 from gateway.telemetry.metrics import Metrics
 from gateway.types import Usage

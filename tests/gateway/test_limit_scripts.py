@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from gateway.config.schema import RedisConfig
+from gateway.config import RedisConfig
 from gateway.keys.store import Caller
 from gateway.limits.scripts import RedisLimitStore
 from gateway.limits.store import (

@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from redis import Redis as SyncRedis
 
-from gateway.config.schema import RedisConfig
+from gateway.config import RedisConfig
 from gateway.redis.client import shared_redis
 from gateway.routing.stats import StatsStore
 from gateway.routing.stats_sync import EWMA_PREFIX, REPLICAS_KEY, StatsSync

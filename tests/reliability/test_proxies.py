@@ -29,7 +29,7 @@ import pytest
 from aiohttp import web
 
 from gateway.config import ConfigError, ProviderConfig, ProxySettings, environment_proxies
-from gateway.config.schema import redacted_url
+from gateway.config.common import redacted_url
 from gateway.transport.proxy import NoProxy, ProxyChooser, parse_proxy
 from tests.conftest import GATEWAY_KEY, OPENAI_KEY
 from tests.fakes.openai_fake import FakeOpenAI
