@@ -6,9 +6,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import signal
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from types import FrameType
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -43,7 +46,7 @@ from gateway.records import (
 )
 from gateway.redis import shared_redis
 from gateway.routing import Planner, RetryBudget, StatsStore, StatsSync
-from gateway.services import Services
+from gateway.services import Lifecycle, Services
 from gateway.telemetry import AccessLog, Metrics, build_trimmer, configure_logging
 from gateway.transport import DispatchingUpstream, http_upstream
 from gateway.validate_config import pricing_problems, reference_problems
@@ -151,6 +154,7 @@ def create_app(config: GatewayConfig) -> RequestContextMiddleware:
     async def lifespan(app: Any) -> AsyncIterator[dict[str, Any]]:
         services = build_services(config)
         _announce(services)
+        delay_shutdown(config.server.shutdown_delay_s, services.lifecycle)
         database = services.database
         await database.start(config.database)
         sync = None
@@ -201,6 +205,35 @@ async def _cut_requests_finished(in_flight: dict[str, int]) -> None:
     deadline = time.monotonic() + CUT_REQUESTS_BOUND_S
     while any(in_flight.values()) and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
+
+
+SignalHandler = Callable[[int, FrameType | None], Any]
+
+
+def delay_shutdown(delay_s: float, lifecycle: Lifecycle) -> None:
+    """`server.shutdown_delay_s`: a SIGTERM marks the process draining at once (/readyz
+    503) and reaches uvicorn's own handler (stop accepting, drain) `delay_s` later; a
+    second SIGTERM reaches it at once. Installed from the lifespan, inside uvicorn's
+    signal capture (it puts its own handlers back when the server stops)."""
+    uvicorn_handler = signal.getsignal(signal.SIGTERM)
+    if delay_s <= 0 or not callable(uvicorn_handler):
+        return
+    if threading.current_thread() is not threading.main_thread():
+        return  # signals are the main thread's (a test client's lifespan runs elsewhere)
+    loop = asyncio.get_running_loop()
+
+    def received(sig: int, frame: FrameType | None) -> None:
+        if lifecycle.draining:
+            uvicorn_handler(sig, frame)
+            return
+        lifecycle.draining = True
+        loop.call_soon_threadsafe(later, sig, frame)  # the loop's work, not a handler's
+
+    def later(sig: int, frame: FrameType | None) -> None:
+        log.warning("SIGTERM: not ready; accepting for %.1f s more, then draining", delay_s)
+        loop.call_later(delay_s, uvicorn_handler, sig, frame)
+
+    signal.signal(signal.SIGTERM, received)
 
 
 def create_app_from_env() -> RequestContextMiddleware:

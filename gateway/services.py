@@ -5,7 +5,7 @@ handlers use: the pipeline is handed the same object, and sees only its parts.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.cache import ResponseCache
 from gateway.config import RequestLimits
@@ -14,6 +14,16 @@ from gateway.pipeline import PipelineParts
 from gateway.records import Database
 from gateway.redis import SharedRedis
 from gateway.telemetry import AccessLog
+
+
+class Lifecycle:
+    """Where the process is in its life. `draining`: a SIGTERM came and the process is
+    about to stop accepting (`server.shutdown_delay_s`): /readyz answers 503."""
+
+    __slots__ = ("draining",)
+
+    def __init__(self) -> None:
+        self.draining = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,3 +35,4 @@ class Services(PipelineParts):
     database: Database  # the system of record: keys, ledger, request log (SQL)
     redis: SharedRedis | None = None
     cache: ResponseCache | None = None  # None: no route caches
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)

@@ -22,18 +22,23 @@ async def healthz(request: Request) -> Response:
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
 async def readyz(request: Request) -> Response:
-    """Config loaded; Redis reachable when configured (503 otherwise)."""
+    """Whether this process should get traffic: 200 `ready` once its config is loaded,
+    503 `draining` from a SIGTERM on. Redis is checked and reported; unreachable, the
+    status is `degraded` but still 200: the gateway serves through a Redis outage (the
+    cache and rate limits fail open, budgets per `limits.on_redis_error`), and a load
+    balancer that took every replica out for it would make a degraded service none."""
     services = services_of(request)
     checks: dict[str, str] = {"config": "ok"}
-    ready = True
+    status = "ready"
     redis = services.redis
     if redis is not None:
         ok = await redis.ping()
         checks["redis"] = "ok" if ok else "unreachable"
-        ready = ok
+        status = "ready" if ok else "degraded"
+    if services.lifecycle.draining:
+        status = "draining"
     return json_response(
-        {"status": "ready" if ready else "not_ready", "checks": checks},
-        status=200 if ready else 503,
+        {"status": status, "checks": checks}, status=503 if status == "draining" else 200
     )
 
 

@@ -67,7 +67,7 @@ class RoutePlan(BaseModel):
 
 
 class Readiness(BaseModel):
-    status: Literal["ready", "not_ready"]
+    status: Literal["ready", "degraded", "draining"]
     checks: dict[str, str]
 
 

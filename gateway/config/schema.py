@@ -169,6 +169,12 @@ class ServerConfig(_Model):
     # running (each billed for what it produced) and exits. Below Kubernetes' default
     # grace period (30 s before its SIGKILL), leaving time for the final writes.
     drain_timeout_s: float = Field(25.0, gt=0)
+    # Before that: on SIGTERM /readyz answers 503 at once, and the gateway goes on
+    # accepting and serving for this long, so that a load balancer checking /readyz
+    # takes it out of rotation before its listener closes (a request already sent to a
+    # closed listener is lost). Behind HAProxy, nginx or a cloud LB: longer than their
+    # check interval x fall count. Kubernetes: its preStop sleep does this instead.
+    shutdown_delay_s: float = Field(0.0, ge=0)
     max_concurrent_requests: int = Field(4096, ge=1)  # beyond: 503 with retry-after
     docs: bool = True  # the management API's /docs and /openapi.json
     body_timeout_s: float = Field(30.0, gt=0)  # reading a request body; beyond: 408

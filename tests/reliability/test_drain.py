@@ -39,9 +39,11 @@ def fake() -> Iterator[FakeOpenAI]:
     yield from own_fake(REPLY)
 
 
-def start(fake: FakeOpenAI, workdir: Path, drain_s: float, workers: int) -> GatewayProcess:
+def start(
+    fake: FakeOpenAI, workdir: Path, drain_s: float, workers: int, delay_s: float = 0.0
+) -> GatewayProcess:
     config = {
-        "server": {"drain_timeout_s": drain_s},
+        "server": {"drain_timeout_s": drain_s, "shutdown_delay_s": delay_s},
         "auth": {"mode": "keys", "keys": [{"name": "k", "key": GATEWAY_KEY}]},
         "providers": {
             "fake": {"kind": "openai", "base_url": f"{fake.base_url}/v1", "api_key": OPENAI_KEY}
@@ -169,3 +171,33 @@ def test_a_stream_longer_than_the_drain_is_cut_billed_and_the_process_exits(
     assert row["output_tokens"] > 0
     cost = (row["input_tokens"] * 1.0 + row["output_tokens"] * 2.0) / 1e6
     assert row["cost_usd"] == pytest.approx(cost)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_shutdown_delay_reports_draining_and_serves_before_the_listener_closes(
+    fake: FakeOpenAI, tmp_path: Path, workers: int
+) -> None:
+    """`server.shutdown_delay_s`: from the SIGTERM on, /readyz answers 503 `draining`
+    (a load balancer takes the replica out) while new connections are still accepted
+    and served; then the listener closes, and the process drains and exits."""
+    delay_s = 2.0
+    gateway = start(fake, tmp_path, 1.0, workers, delay_s)
+    try:
+        assert httpx.get(f"{gateway.url}/readyz", timeout=5).status_code == 200
+        assert gateway.proc is not None
+        sent_at = time.monotonic()
+        gateway.proc.send_signal(signal.SIGTERM)
+        deadline = sent_at + delay_s / 2
+        while (ready := httpx.get(f"{gateway.url}/readyz", timeout=5)).status_code != 503:
+            assert time.monotonic() < deadline, "still ready after the SIGTERM"
+            time.sleep(0.02)
+        assert ready.json()["status"] == "draining"
+        with openai.OpenAI(base_url=gateway.base_url, api_key=GATEWAY_KEY, max_retries=0) as sdk:
+            fake.script(Behaviour())
+            answer = sdk.chat.completions.create(model="m", messages=ASK)  # a new connection
+        assert answer.choices[0].message.content == REPLY
+        assert time.monotonic() - sent_at < delay_s  # served within the delay
+        gateway.proc.wait(delay_s + 1.0 + SLACK_S + 2)
+        assert time.monotonic() - sent_at >= delay_s  # the delay was kept
+    finally:
+        gateway.stop()
