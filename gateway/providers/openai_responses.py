@@ -28,15 +28,12 @@ Stream events -> chunks:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from gateway import jsonutil
 from gateway.errors import ProviderError, UpstreamUnavailableError
-from gateway.providers.base import stream_event_json
-from gateway.providers.openai_side import chunk_envelope
-from gateway.types import ChatResponse, JSONObject, SSEEvent, Usage
-
-Classifier = Callable[[int, bytes, Mapping[str, str]], ProviderError]
+from gateway.providers.event_stream import Classifier, EventStream
+from gateway.types import ChatResponse, JSONObject, Usage
 
 # A failed Response's error code -> the HTTP status the same failure has outside a stream.
 _ERROR_STATUS: Mapping[str, int] = {
@@ -146,29 +143,14 @@ def from_response(data: JSONObject, created_s: int, classify: Classifier) -> Cha
     return ChatResponse(body, usage)
 
 
-class ResponsesStream:
+class ResponsesStream(EventStream):
     """Per-stream state: the Response's id and model, tool-call numbering."""
 
-    __slots__ = ("_calls", "_classify", "_created_s", "_id", "_model", "done", "usage")
+    __slots__ = ("_calls",)
 
     def __init__(self, created_s: int, classify: Classifier) -> None:
-        self._classify = classify
-        self._created_s = created_s
-        self._id = ""
-        self._model = ""
+        super().__init__(created_s, classify)
         self._calls: dict[str, int] = {}  # function_call item id -> tool-call index
-        self.usage: Usage | None = None
-        self.done = False
-
-    def feed(self, event: SSEEvent) -> list[JSONObject]:
-        data = stream_event_json(event)
-        handler = _HANDLERS.get(str(data.get("type") or event.event))
-        return handler(self, data) if handler is not None else []
-
-    def usage_chunk(self) -> JSONObject | None:
-        if self.usage is None:
-            return None
-        return {**self._envelope(), "choices": [], "usage": self.usage.to_openai()}
 
     # --- event handlers ---------------------------------------------------------------
     def _created(self, data: JSONObject) -> list[JSONObject]:
@@ -218,18 +200,8 @@ class ResponsesStream:
     def _error(self, data: JSONObject) -> list[JSONObject]:
         raise failure(data, self._classify)
 
-    # --- chunk shape --------------------------------------------------------------------
-    def _envelope(self) -> JSONObject:
-        return chunk_envelope(self._id, self._created_s, self._model)
 
-    def _chunk(self, delta: JSONObject, finish: str | None = None) -> JSONObject:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return {**self._envelope(), "choices": [choice]}
-
-
-_Handler = Callable[[ResponsesStream, JSONObject], list[JSONObject]]
-
-_HANDLERS: dict[str, _Handler] = {
+ResponsesStream.handlers = {
     "response.created": ResponsesStream._created,
     "response.output_item.added": ResponsesStream._item_added,
     "response.output_text.delta": ResponsesStream._text,

@@ -5,12 +5,17 @@ falls over between them."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
+
+import httpx
+import openai
 
 from tests.conftest import ANTHROPIC_KEY, GATEWAY_KEY, GEMINI_KEY, OPENAI_KEY
 from tests.fakes.anthropic_fake import FakeAnthropic
 from tests.fakes.gemini_fake import FakeGemini
 from tests.fakes.openai_fake import FakeOpenAI
+from tests.gatewayproc import GatewayProcess
 
 TIMEOUTS = {"connect_s": 1.0, "read_s": 2.0}
 CAPABILITIES = ["tools", "vision", "json_schema", "stream"]
@@ -83,3 +88,43 @@ def reply_of(route: str, openai: FakeOpenAI, anthropic: FakeAnthropic, gemini: F
     """The text the route's first deployment answers with."""
     first = ROUTES[route][0]
     return {"gpt": openai.reply, "claude": anthropic.reply, "gemini": gemini.reply}[first]
+
+
+def logged(gateway: GatewayProcess, request_id: str, admin_key: str) -> dict[str, Any]:
+    """The request log's row of one request (`GET /admin/requests/{id}`)."""
+    found = httpx.get(
+        f"{gateway.url}/admin/requests/{request_id}",
+        headers={"authorization": f"Bearer {admin_key}"},
+        timeout=10,
+    )
+    assert found.status_code == 200, found.text
+    (row,) = found.json()["data"]
+    return dict(row)
+
+
+def run_weather_agent(gateway: GatewayProcess, model: str) -> tuple[Any, list[str]]:
+    """The OpenAI Agents SDK's default model (OpenAIResponsesModel, on `/v1/responses`)
+    running an agent with one function tool: its result, and the tool's arguments."""
+    import agents
+
+    seen: list[str] = []
+
+    @agents.function_tool
+    def get_weather(city: str) -> str:
+        """Weather for a city."""
+        seen.append(city)
+        return f"Sunny in {city}"
+
+    async def run() -> Any:
+        sdk = openai.AsyncOpenAI(base_url=gateway.base_url, api_key=GATEWAY_KEY, max_retries=0)
+        try:
+            agents.set_default_openai_client(sdk, use_for_tracing=False)
+            agents.set_tracing_disabled(True)
+            agent = agents.Agent(
+                name="weather", instructions="Use the tool.", model=model, tools=[get_weather]
+            )
+            return await agents.Runner.run(agent, "Weather in Paris?")
+        finally:
+            await sdk.close()
+
+    return asyncio.run(run()), seen

@@ -22,6 +22,7 @@ from tests.fakes.anthropic_fake import SIGNATURE, THINKING, FakeAnthropic, _stre
 from tests.fakes.gemini_fake import FakeGemini
 from tests.fakes.openai_fake import FakeOpenAI
 from tests.fakes.server import Behaviour
+from tests.features import dialects
 from tests.features.dialects import three_provider_config
 from tests.gatewayproc import GatewayProcess
 
@@ -72,14 +73,7 @@ pytestmark = pytest.mark.usefixtures("no_fake_violations")
 
 
 def logged(gateway: GatewayProcess, request_id: str) -> dict[str, Any]:
-    found = httpx.get(
-        f"{gateway.url}/admin/requests/{request_id}",
-        headers={"authorization": f"Bearer {ADMIN_KEY}"},
-        timeout=10,
-    )
-    assert found.status_code == 200, found.text
-    (row,) = found.json()["data"]
-    return dict(row)
+    return dialects.logged(gateway, request_id, ADMIN_KEY)
 
 
 def assert_sent_headers(fake: FakeAnthropic, beta: str | None) -> None:

@@ -6,7 +6,6 @@ DELETE) scoped to the caller's tenant, in SQL."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +20,7 @@ from tests.fakes.anthropic_fake import TOOL_PREAMBLE, FakeAnthropic
 from tests.fakes.gemini_fake import FakeGemini
 from tests.fakes.openai_fake import TOOL_ARGUMENTS, FakeOpenAI
 from tests.fakes.server import Behaviour
-from tests.features.dialects import ROUTES, reply_of, three_provider_config
+from tests.features.dialects import ROUTES, reply_of, run_weather_agent, three_provider_config
 from tests.gatewayproc import GatewayProcess
 from tests.openai_schema import validate
 from tests.pgserver import PostgresServer
@@ -627,29 +626,7 @@ def test_an_agent_runs_with_a_function_tool(
     """The Agents SDK's default model (OpenAIResponsesModel, on `/v1/responses`): the
     upstream asks for the tool, the agent runs it and sends its output back, the upstream
     answers."""
-    import agents
-
-    seen: list[str] = []
-
-    @agents.function_tool
-    def get_weather(city: str) -> str:
-        """Weather for a city."""
-        seen.append(city)
-        return f"Sunny in {city}"
-
-    async def run() -> Any:
-        sdk = openai.AsyncOpenAI(base_url=gateway.base_url, api_key=GATEWAY_KEY, max_retries=0)
-        try:
-            agents.set_default_openai_client(sdk, use_for_tracing=False)
-            agents.set_tracing_disabled(True)
-            agent = agents.Agent(
-                name="weather", instructions="Use the tool.", model=route, tools=[get_weather]
-            )
-            return await agents.Runner.run(agent, "Weather in Paris?")
-        finally:
-            await sdk.close()
-
-    result = asyncio.run(run())
+    result, seen = run_weather_agent(gateway, route)
     assert seen == ["Paris"]
     assert result.final_output == reply_of(route, fake_openai, fake_anthropic, fake_gemini)
     assert isinstance(result.last_response_id, str) and result.last_response_id.startswith("resp_")

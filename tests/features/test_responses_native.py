@@ -10,7 +10,6 @@ The official openai SDK and the OpenAI Agents SDK -> the real gateway -> the fak
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -25,7 +24,14 @@ from tests.fakes.gemini_fake import FakeGemini
 from tests.fakes.openai_fake import FakeOpenAI
 from tests.fakes.openai_responses import CITED_URL, ENCRYPTED, TOOL_ARGUMENTS
 from tests.fakes.server import Behaviour
-from tests.features.dialects import IN_USD, OUT_USD, deployment, three_provider_config
+from tests.features import dialects
+from tests.features.dialects import (
+    IN_USD,
+    OUT_USD,
+    deployment,
+    run_weather_agent,
+    three_provider_config,
+)
 from tests.gatewayproc import GatewayProcess
 from tests.openai_schema import validate
 
@@ -79,14 +85,7 @@ def sent_upstream(fake: FakeOpenAI) -> list[dict[str, Any]]:
 
 
 def logged(gateway: GatewayProcess, request_id: str) -> dict[str, Any]:
-    found = httpx.get(
-        f"{gateway.url}/admin/requests/{request_id}",
-        headers={"authorization": f"Bearer {ADMIN_KEY}"},
-        timeout=10,
-    )
-    assert found.status_code == 200, found.text
-    (row,) = found.json()["data"]
-    return dict(row)
+    return dialects.logged(gateway, request_id, ADMIN_KEY)
 
 
 def raw_events(gateway: GatewayProcess, body: dict[str, Any]) -> tuple[list[Any], httpx.Headers]:
@@ -356,29 +355,7 @@ def test_native_answers_are_cached_unless_a_built_in_tool_ran(
 def test_an_agent_runs_a_function_tool_on_a_native_deployment(
     gateway: GatewayProcess, fake_openai: FakeOpenAI
 ) -> None:
-    import agents
-
-    seen: list[str] = []
-
-    @agents.function_tool
-    def get_weather(city: str) -> str:
-        """Weather for a city."""
-        seen.append(city)
-        return f"Sunny in {city}"
-
-    async def run() -> Any:
-        sdk = openai.AsyncOpenAI(base_url=gateway.base_url, api_key=GATEWAY_KEY, max_retries=0)
-        try:
-            agents.set_default_openai_client(sdk, use_for_tracing=False)
-            agents.set_tracing_disabled(True)
-            agent = agents.Agent(
-                name="weather", instructions="Use the tool.", model="native", tools=[get_weather]
-            )
-            return await agents.Runner.run(agent, "Weather in Paris?")
-        finally:
-            await sdk.close()
-
-    result = asyncio.run(run())
+    result, seen = run_weather_agent(gateway, "native")
     assert seen == ["Paris"] and result.final_output == fake_openai.reply
     first, second = sent_upstream(fake_openai)
     assert first["tools"][0]["name"] == "get_weather"

@@ -26,13 +26,12 @@ event types may appear and should be tolerated).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from gateway import jsonutil
-from gateway.errors import ProviderError, UpstreamUnavailableError
-from gateway.providers.base import stream_event_json
-from gateway.providers.openai_side import chunk_envelope
-from gateway.types import ChatResponse, JSONObject, SSEEvent, Usage
+from gateway.errors import UpstreamUnavailableError
+from gateway.providers.event_stream import Classifier, EventStream
+from gateway.types import ChatResponse, JSONObject, Usage
 
 # Anthropic stop_reason -> OpenAI finish_reason.
 FINISH_REASONS: Mapping[str, str] = {
@@ -58,8 +57,6 @@ ERROR_STATUS: Mapping[str, int] = {
     "timeout_error": 504,
     "overloaded_error": 529,
 }
-
-Classifier = Callable[[int, bytes, Mapping[str, str]], ProviderError]
 
 
 def finish_reason(stop_reason: object) -> str:
@@ -135,39 +132,15 @@ def _assistant_message(content: list[object]) -> JSONObject:
     return message
 
 
-class AnthropicStream:
+class AnthropicStream(EventStream):
     """Per-stream state: message id and model, input usage, tool-call numbering."""
 
-    __slots__ = (
-        "_classify",
-        "_created_s",
-        "_id",
-        "_model",
-        "_start_usage",
-        "_tool_index",
-        "done",
-        "usage",
-    )
+    __slots__ = ("_start_usage", "_tool_index")
 
     def __init__(self, created_s: int, classify: Classifier) -> None:
-        self._classify = classify
-        self._created_s = created_s
-        self._id = ""
-        self._model = ""
+        super().__init__(created_s, classify)
         self._start_usage: JSONObject = {}
         self._tool_index: dict[int, int] = {}  # Anthropic block index -> OpenAI tool index
-        self.usage: Usage | None = None
-        self.done = False
-
-    def feed(self, event: SSEEvent) -> list[JSONObject]:
-        data = stream_event_json(event)
-        handler = _HANDLERS.get(str(data.get("type") or event.event))
-        return handler(self, data) if handler is not None else []
-
-    def usage_chunk(self) -> JSONObject | None:
-        if self.usage is None:
-            return None
-        return {**self._envelope(), "choices": [], "usage": self.usage.to_openai()}
 
     # --- event handlers ---------------------------------------------------------------
     def _message_start(self, data: JSONObject) -> list[JSONObject]:
@@ -244,18 +217,8 @@ class AnthropicStream:
     def _ignore(self, data: JSONObject) -> list[JSONObject]:
         return []
 
-    # --- chunk shape --------------------------------------------------------------------
-    def _envelope(self) -> JSONObject:
-        return chunk_envelope(self._id, self._created_s, self._model)
 
-    def _chunk(self, delta: JSONObject, finish: str | None = None) -> JSONObject:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return {**self._envelope(), "choices": [choice]}
-
-
-_Handler = Callable[[AnthropicStream, JSONObject], list[JSONObject]]
-
-_HANDLERS: dict[str, _Handler] = {
+AnthropicStream.handlers = {
     "message_start": AnthropicStream._message_start,
     "content_block_start": AnthropicStream._block_start,
     "content_block_delta": AnthropicStream._block_delta,

@@ -25,11 +25,12 @@ the matching ProviderError.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from gateway import jsonutil
-from gateway.errors import ProviderError, UpstreamUnavailableError
+from gateway.errors import UpstreamUnavailableError
 from gateway.providers.base import error_object, stream_event_json
+from gateway.providers.event_stream import Classifier
 from gateway.providers.openai_side import chunk_envelope
 from gateway.types import ChatResponse, EmbeddingResponse, JSONObject, SSEEvent, Usage
 
@@ -48,8 +49,6 @@ FINISH_REASONS: Mapping[str, str] = {
     "IMAGE_PROHIBITED_CONTENT": FILTERED,
     "IMAGE_RECITATION": FILTERED,
 }
-
-Classifier = Callable[[int, bytes, Mapping[str, str]], ProviderError]
 
 
 def finish_reason(reason: object, called_tools: bool) -> str:
