@@ -363,3 +363,22 @@ def test_an_agent_runs_a_function_tool_on_a_native_deployment(
     assert call["type"] == "function_call" and call["arguments"] == TOOL_ARGUMENTS
     assert output == {"type": "function_call_output", "call_id": call["call_id"],
                       "output": "Sunny in Paris"}  # fmt: skip
+
+
+def test_explain_shows_why_a_built_in_tool_skips_a_chat_deployment(
+    gateway: GatewayProcess, fake_openai: FakeOpenAI
+) -> None:
+    body = {"model": "chat-then-native", "input": "hi", "tools": [WEB_SEARCH]}
+    answer = httpx.post(
+        f"{gateway.base_url}/route/explain",
+        params={"dialect": "responses"},
+        json=body,
+        headers={"authorization": f"Bearer {GATEWAY_KEY}"},
+        timeout=10,
+    )
+    assert answer.status_code == 200, answer.text
+    plan = answer.json()
+    assert [c["deployment_id"] for c in plan["ordered"]] == ["gpt-native"]
+    (rejected,) = plan["rejected"]
+    assert rejected["deployment_id"] == "gpt" and "responses_api" in rejected["detail"]
+    assert fake_openai.calls == 0
