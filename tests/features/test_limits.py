@@ -94,7 +94,9 @@ def test_a_limitless_key_is_billed_exactly_in_tallies(replicas: list[GatewayProc
 
 
 def test_deployment_at_its_rpm_is_skipped_not_failed(replicas: list[GatewayProcess]) -> None:
-    first, second = replicas[0], replicas[1]
+    # Single-process replicas: a deployment's use reaches other processes (another
+    # replica, or another worker of the same) with the next sync, 0.1 s later.
+    first, second = replicas[1], replicas[2]
 
     def via(gateway: GatewayProcess) -> str:
         response = httpx.post(
