@@ -387,9 +387,14 @@ def test_stream_dropped_after_content_ends_in_an_error(
     # Cut after the second text delta; the delay lets the first one arrive for certain
     # (bytes still buffered when a connection drops may be lost with it).
     fake_anthropic.script(Behaviour(drop_after_chunks=5, chunk_delay_s=0.05))
-    stream = client.chat.completions.create(model="claude-errors", messages=ask(), stream=True)
     received = []
-    with pytest.raises(openai.APIError):
+    # Closed when done: openai 2.x leaves a stream that raised open (a ResourceWarning).
+    with (
+        client.chat.completions.create(
+            model="claude-errors", messages=ask(), stream=True
+        ) as stream,
+        pytest.raises(openai.APIError),
+    ):
         for chunk in stream:
             received.append(chunk.choices[0].delta.content or "")
     text = "".join(received)  # what came before the drop, then an error: never a clean end

@@ -279,9 +279,14 @@ def test_stream_dropped_after_content_ends_in_an_error(
 ) -> None:
     # Cut after the second word; the delay lets the first one arrive for certain.
     fake_gemini.script(Behaviour(drop_after_chunks=2, chunk_delay_s=0.05))
-    stream = client.chat.completions.create(model="gemini-errors", messages=ask(), stream=True)
     received = []
-    with pytest.raises(openai.APIError):
+    # Closed when done: openai 2.x leaves a stream that raised open (a ResourceWarning).
+    with (
+        client.chat.completions.create(
+            model="gemini-errors", messages=ask(), stream=True
+        ) as stream,
+        pytest.raises(openai.APIError),
+    ):
         for chunk in stream:
             received.append(chunk.choices[0].delta.content or "")
     text = "".join(received)  # what came before the drop, then an error: never a clean end
