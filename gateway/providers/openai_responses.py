@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from gateway import jsonutil
 from gateway.errors import ProviderError, UpstreamUnavailableError
 from gateway.providers.event_stream import Classifier, EventStream
+from gateway.providers.openai_side import one_choice_completion
 from gateway.types import ChatResponse, JSONObject, Usage
 
 # A failed Response's error code -> the HTTP status the same failure has outside a stream.
@@ -128,19 +129,11 @@ def from_response(data: JSONObject, created_s: int, classify: Classifier) -> Cha
     }
     if calls:
         message["tool_calls"] = calls
-    choice = {"index": 0, "message": message, "logprobs": None,
-              "finish_reason": finish_reason(data, bool(calls))}  # fmt: skip
-    body: JSONObject = {
-        "id": data.get("id"),
-        "object": "chat.completion",
-        "created": created_s,
-        "model": data.get("model"),
-        "choices": [choice],
-    }
+    finish = finish_reason(data, bool(calls))
     usage = usage_from_responses(data.get("usage"))
-    if usage is not None:
-        body["usage"] = usage.to_openai()
-    return ChatResponse(body, usage)
+    return one_choice_completion(
+        data.get("id"), created_s, data.get("model"), message, finish, usage
+    )
 
 
 class ResponsesStream(EventStream):

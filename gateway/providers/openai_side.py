@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from gateway.errors import InvalidRequestError
-from gateway.types import JSONObject
+from gateway.types import ChatResponse, JSONObject, Usage
 
 
 class UnsupportedByProviderError(InvalidRequestError):
@@ -58,3 +58,21 @@ def chunk_envelope(completion_id: str, created_s: int, model: str) -> JSONObject
         "created": created_s,
         "model": model,
     }
+
+
+def one_choice_completion(
+    completion_id: object, created_s: int, model: object, message: JSONObject, finish: str,
+    usage: Usage | None,
+) -> ChatResponse:  # fmt: skip
+    """A `chat.completion` with one choice (what a translated answer becomes)."""
+    choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+    body: JSONObject = {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created_s,
+        "model": model,
+        "choices": [choice],
+    }
+    if usage is not None:
+        body["usage"] = usage.to_openai()
+    return ChatResponse(body, usage)

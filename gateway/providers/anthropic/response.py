@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from gateway import jsonutil
 from gateway.errors import UpstreamUnavailableError
 from gateway.providers.event_stream import Classifier, EventStream
+from gateway.providers.openai_side import one_choice_completion
 from gateway.types import ChatResponse, JSONObject, Usage
 
 # Anthropic stop_reason -> OpenAI finish_reason.
@@ -91,23 +92,12 @@ def from_anthropic(data: JSONObject, created_s: int) -> ChatResponse:
     content = data.get("content")
     if not isinstance(content, list):
         raise UpstreamUnavailableError("The upstream returned a message without content.")
-    choice = {
-        "index": 0,
-        "message": _assistant_message(content),
-        "logprobs": None,
-        "finish_reason": finish_reason(data.get("stop_reason")),
-    }
-    body: JSONObject = {
-        "id": data.get("id"),
-        "object": "chat.completion",
-        "created": created_s,
-        "model": data.get("model"),
-        "choices": [choice],
-    }
+    message = _assistant_message(content)
+    finish = finish_reason(data.get("stop_reason"))
     usage = usage_from_anthropic(data.get("usage"))
-    if usage is not None:
-        body["usage"] = usage.to_openai()
-    return ChatResponse(body, usage)
+    return one_choice_completion(
+        data.get("id"), created_s, data.get("model"), message, finish, usage
+    )
 
 
 def _assistant_message(content: list[object]) -> JSONObject:
