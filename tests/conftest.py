@@ -17,6 +17,7 @@ from tests.fakes.gemini_fake import FakeGemini
 from tests.fakes.openai_fake import FakeOpenAI
 from tests.gatewayproc import GatewayProcess, RedisServer
 from tests.pgserver import PostgresServer
+from tests.redis_cluster import RedisBackend, RedisClusterDeployment, backend_of
 
 # tests/container needs the image and a Docker Engine: scripts/test-container builds and
 # starts both, then runs it (GATEWAY_CONTAINER_IMAGE set). The main suite leaves it out.
@@ -107,6 +108,21 @@ def redis_server(session_dir: Path) -> Iterator[RedisServer]:
     server = RedisServer(session_dir).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(session_dir: Path) -> Iterator[RedisClusterDeployment]:
+    """A real Redis Cluster, 3 masters with a replica each (tests/redis_cluster.py),
+    started the first time a test asks for it. Tests that kill a node start their own."""
+    cluster = RedisClusterDeployment(session_dir / "redis-cluster").start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["standalone", "cluster"])
+def redis_backend(request: pytest.FixtureRequest) -> RedisBackend:
+    """The test's shared Redis: one `redis-server`, then (a second run) a Redis Cluster."""
+    return backend_of(request)
 
 
 @pytest.fixture(scope="session")

@@ -267,13 +267,13 @@ class RedisCache:
         for key in [k for k in self._pending if k.startswith(prefix)]:
             value, _ = self._pending.pop(key)
             self._pending_bytes -= _size(key, value)
-        cursor, removed = 0, 0
-        while True:
-            cursor, keys = await self._or_unavailable(_scan(cursor, prefix))
-            if keys:
+        removed = 0
+        try:
+            async for keys in self._redis.scan("cache", prefix + "*", _PURGE_BATCH):
                 removed += int(await self._or_unavailable(_unlink(keys)))
-            if cursor == 0:
-                return removed
+        except RedisUnavailableError:
+            raise CacheUnavailableError("The cache backend (Redis) is unreachable.") from None
+        return removed
 
     async def _call(self, commands: list[Command]) -> list[Any] | None:
         """The replies on the pipelined connection; None when Redis failed or is resting."""
@@ -300,10 +300,6 @@ class RedisCache:
             return await self._redis.run_or_raise("cache", call)
         except RedisUnavailableError:
             raise CacheUnavailableError("The cache backend (Redis) is unreachable.") from None
-
-
-def _scan(cursor: int, prefix: str) -> Callable[[Any], Any]:
-    return lambda r: r.scan(cursor, match=prefix + "*", count=_PURGE_BATCH)
 
 
 def _unlink(keys: list[bytes]) -> Callable[[Any], Any]:

@@ -231,6 +231,8 @@ class LimitsConfig(_Model):
     on_redis_error: RedisFailureConfig = Field(default_factory=RedisFailureConfig)
     key_sync_interval_s: float = Field(0.5, gt=0)  # bound on revocation reaching every replica
     deployment_sync_interval_s: float = Field(0.25, gt=0)  # sharing of deployment rpm/tpm use
+    # No longer used: the usage report is the SQL ledger's (database:). Still accepted,
+    # so that a config written for an earlier version loads.
     usage_retention_days: int = Field(400, ge=1)
     pending_writes_max: int = Field(10_000, ge=1)  # settlements held while Redis is down
 

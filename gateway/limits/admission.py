@@ -32,7 +32,7 @@ several.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 
 from gateway.config import Deployment, GatewayConfig
 from gateway.context import RequestContext
@@ -52,7 +52,6 @@ from gateway.limits.store import (
     MemoryLimitStore,
     Release,
     Settlement,
-    UsageRow,
     budget_period,
     new_admission,
     usage_day,
@@ -194,10 +193,6 @@ class Limits:
     def deployment_used(self, deployment_id: str, tokens: int) -> None:
         self._quotas.used(deployment_id, 1, tokens)
 
-    async def usage(self, days: Sequence[str]) -> list[UsageRow]:
-        await self._writes.apply_tallies()
-        return await self.store.usage(days)
-
     async def spend(self, key_id: str, period_kind: str) -> tuple[str, float, float]:
         """(period id, spent USD, reserved USD) of a key's current budget period."""
         period, _ = budget_period(period_kind)
@@ -253,8 +248,7 @@ def build_limits(
     redis_store = None
     store: LimitStore
     if redis is not None:
-        usage_ttl_s = config.limits.usage_retention_days * 86_400
-        redis_store = RedisLimitStore(redis, window_s, reservation_ttl_s(config), usage_ttl_s)
+        redis_store = RedisLimitStore(redis, window_s, reservation_ttl_s(config))
         store = redis_store
     else:
         store = MemoryLimitStore(window_s, reservation_ttl_s(config))

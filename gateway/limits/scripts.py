@@ -6,25 +6,32 @@ so replicas with skewed clocks still share one window. Settlements and releases 
 batched in one pipeline from a background writer; both are idempotent per request
 id, because a write that timed out may have been applied (rule 7).
 
-Keys (one Redis, not a Cluster: scripts touch keys of several slots):
-    gw:lim:<key id>:req                sliding log of admitted requests (zset rid -> ms)
-    gw:lim:<key id>:tok / :tokn        token reservations (zset rid -> ms; hash rid -> n, '#')
-    gw:lim:<key id>:b:<period>         budget: spent, reserved (hash, USD)
-    gw:lim:<key id>:b:<period>:resv    open reservations (hash rid -> USD held; the settle marker)
-    gw:lim:<key id>:b:<period>:resvt   their admission times (zset), to give up on dead ones
-    gw:lim:<key id>:b:<period>:lost    given-up reservations a late settle still bills (zset)
-    gw:lim:done:<rid>                  settle marker of a write that reserved nothing (a tally
+Keys. Every key a script touches carries the same hash tag, `{<key id>}` (a gateway
+key's) or `{<deployment id>}`, so each script's keys share one slot of a Redis Cluster
+(`redis.mode: cluster`): a script may only touch keys of one slot there. Per gateway
+key, not per team: a team of many busy keys spreads over the cluster's masters, and
+only one key's own traffic lands on one master (a team's budget is checked from its
+keys' records, not from one Redis counter).
+    gw:lim:{<key id>}:req              sliding log of admitted requests (zset rid -> ms)
+    gw:lim:{<key id>}:tok / :tokn      token reservations (zset rid -> ms; hash rid -> n, '#')
+    gw:lim:{<key id>}:b:<period>       budget: spent, reserved (hash, USD)
+    gw:lim:{<key id>}:b:<period>:resv  open reservations (hash rid -> USD held; the settle marker)
+    gw:lim:{<key id>}:b:<period>:resvt their admission times (zset), to give up on dead ones
+    gw:lim:{<key id>}:b:<period>:lost  given-up reservations a late settle still bills (zset)
+    gw:lim:{<key id>}:done:<rid>       settle marker of a write that reserved nothing (a tally
                                        of a limitless key's requests, or a request admitted
                                        during an outage), kept `_MARKER_TTL_S`: while a
                                        write may still be retried
-    gw:usage:<YYYY-MM-DD>              usage report: [key id, team, route]|metric -> number
-    gw:usage:keys                      key id -> key name, for the report
-    gw:dep:<deployment id>:<unix s>    per-second deployment use: r (requests), t (tokens)
+    gw:dep:{<deployment id>}           deployment use per second: r<unix s>, t<unix s>
+
+(The usage report that earlier versions kept in Redis, gw:usage:*, is the SQL ledger's
+now: gateway/records.)
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -32,22 +39,11 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from gateway import jsonutil
-from gateway.limits.store import (
-    Admission,
-    Decision,
-    Headroom,
-    Release,
-    Settlement,
-    UsageRow,
-    Write,
-)
+from gateway.limits.store import Admission, Decision, Headroom, Release, Write
 from gateway.redis import Command, SharedRedis
 
 log = logging.getLogger("gateway")
 
-USAGE_PREFIX = "gw:usage:"
-USAGE_NAMES = "gw:usage:keys"
 # A marker per request that reserved nothing: one Redis key each, so memory is the
 # request rate times this. It need only outlive the retries of a write whose reply was
 # lost (every 0.5 s while Redis is unreachable); a write retried after a longer outage
@@ -169,10 +165,8 @@ return {0, 0, '', req_left, req_reset, tok_left, tok_reset}
 )
 
 # KEYS: 1 token log, 2 token amounts, 3 budget, 4 reservations, 5 reservation times,
-#       6 given-up reservations, 7 settle marker, 8 usage of the day, 9 key names
-# ARGV: 1 rid, 2 reserved (1|0), 3 real tokens, 4 cost USD, 5 period ttl s, 6 usage field
-#       prefix, 7 input tokens, 8 output tokens, 9 key id, 10 key name, 11 usage ttl s,
-#       12 marker ttl s, 13 requests (more than one: a tally, see gateway.limits.sync)
+#       6 given-up reservations, 7 settle marker
+# ARGV: 1 rid, 2 reserved (1|0), 3 real tokens, 4 cost USD, 5 period ttl s, 6 marker ttl s
 # Returns 1 applied | 0 applied before (a retried write)
 SETTLE = (
     _UNHOLD
@@ -187,7 +181,7 @@ end
 -- Nothing reserved (a key without limits, or admitted during an outage): the marker
 -- settles it once, even when an outage's admission ran late in Redis and was found
 -- held above (a retry finds none).
-if ARGV[2] ~= '1' and not redis.call('SET', KEYS[7], '1', 'NX', 'EX', tonumber(ARGV[12])) then
+if ARGV[2] ~= '1' and not redis.call('SET', KEYS[7], '1', 'NX', 'EX', tonumber(ARGV[6])) then
   return 0
 end
 redis.call('HINCRBYFLOAT', KEYS[3], 'spent', ARGV[4])
@@ -198,13 +192,6 @@ if estimate then
   redis.call('HSET', KEYS[2], rid, ARGV[3])
   redis.call('HINCRBY', KEYS[2], '#', tonumber(ARGV[3]) - tonumber(estimate))
 end
-local prefix = ARGV[6]
-redis.call('HINCRBY', KEYS[8], prefix .. 'requests', tonumber(ARGV[13]))
-redis.call('HINCRBY', KEYS[8], prefix .. 'input_tokens', ARGV[7])
-redis.call('HINCRBY', KEYS[8], prefix .. 'output_tokens', ARGV[8])
-redis.call('HINCRBYFLOAT', KEYS[8], prefix .. 'cost_usd', ARGV[4])
-redis.call('EXPIRE', KEYS[8], tonumber(ARGV[11]))
-redis.call('HSET', KEYS[9], ARGV[9], ARGV[10])
 return 1
 """
 )
@@ -233,33 +220,29 @@ return 1
 """
 )
 
-# ARGV: 1 window s, then (deployment id, requests, tokens) triples: this replica's use
-# since its last sync. Returns, per deployment, requests and tokens in the window
-# across every replica. Buckets are whole seconds, so the window is counted a little
-# long (by under a second): conservative for a provider quota.
-DEPLOYMENTS = """
+# KEYS: 1 the deployment's use per second. ARGV: 1 window s, 2 requests, 3 tokens: this
+# replica's use since its last sync. Returns requests and tokens in the window across
+# every replica. Buckets are whole seconds, so the window is counted a little long (by
+# under a second): conservative for a provider quota.
+DEPLOYMENT = """
 local window = tonumber(ARGV[1])
 local now = tonumber(redis.call('TIME')[1])
-local out = {}
-for i = 2, #ARGV, 3 do
-  local prefix = 'gw:dep:' .. ARGV[i] .. ':'
-  local requests, tokens = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
-  if requests > 0 or tokens > 0 then
-    local bucket = prefix .. now
-    redis.call('HINCRBY', bucket, 'r', requests)
-    redis.call('HINCRBY', bucket, 't', tokens)
-    redis.call('EXPIRE', bucket, window + 2)
-  end
-  local r, t = 0, 0
-  for s = now - window + 1, now do
-    local v = redis.call('HMGET', prefix .. s, 'r', 't')
-    r = r + tonumber(v[1] or '0')
-    t = t + tonumber(v[2] or '0')
-  end
-  out[#out + 1] = r
-  out[#out + 1] = t
+local requests, tokens = tonumber(ARGV[2]), tonumber(ARGV[3])
+if requests > 0 or tokens > 0 then
+  redis.call('HINCRBY', KEYS[1], 'r' .. now, requests)
+  redis.call('HINCRBY', KEYS[1], 't' .. now, tokens)
+  redis.call('EXPIRE', KEYS[1], window + 2)
 end
-return out
+local r, t, old = 0, 0, {}
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  local name = fields[i]
+  if tonumber(string.sub(name, 2)) <= now - window then old[#old + 1] = name
+  elseif string.sub(name, 1, 1) == 'r' then r = r + tonumber(fields[i + 1])
+  else t = t + tonumber(fields[i + 1]) end
+end
+if #old > 0 then redis.call('HDEL', KEYS[1], unpack(old)) end
+return {r, t}
 """
 
 
@@ -275,7 +258,7 @@ def _no_script(result: Any) -> bool:
 
 
 def _key_base(key_id: str) -> str:
-    return f"gw:lim:{key_id}"
+    return f"gw:lim:{{{key_id}}}"  # the hash tag: one slot for all of a key's counters
 
 
 def _budget_keys(a: Admission) -> list[str]:
@@ -288,29 +271,27 @@ def _rate_keys(a: Admission) -> list[str]:
     return [f"{base}:req", f"{base}:tok", f"{base}:tokn"]
 
 
-@functools.lru_cache(maxsize=4096)  # a few per key: no JSON encoding per settle
-def usage_field_prefix(key_id: str, team: str | None, route: str) -> str:
-    return jsonutil.dumps([key_id, team, route]).decode() + "|"
+def deployment_key(deployment_id: str) -> str:
+    return f"gw:dep:{{{deployment_id}}}"
+
+
+@functools.cache
+def _sha(script: str) -> str:
+    return hashlib.sha1(script.encode()).hexdigest()
 
 
 class RedisLimitStore:
-    """Runs the scripts through `SharedRedis` (deadline, no hidden retries, outage logging)."""
+    """Runs the scripts on the pipelined connection of `SharedRedis` (deadline, no hidden
+    retries, outage logging), by their SHA1 (`EVALSHA`), loading them when Redis lost
+    them (restarted, flushed; a new master of a cluster)."""
 
     shared = True
 
-    def __init__(
-        self, redis: SharedRedis, window_s: float, reservation_ttl_s: float, usage_ttl_s: int
-    ) -> None:
+    def __init__(self, redis: SharedRedis, window_s: float, reservation_ttl_s: float) -> None:
         self._redis = redis
         self._window_ms = max(1, math.ceil(window_s * 1000))
         self._window_whole_s = max(1, math.ceil(window_s))
         self._reservation_ttl_ms = math.ceil(reservation_ttl_s * 1000)
-        self._usage_ttl_s = usage_ttl_s
-        client = redis.client
-        self._admit = client.register_script(ADMIT)
-        self._settle = client.register_script(SETTLE)
-        self._release = client.register_script(RELEASE)
-        self._deployments = client.register_script(DEPLOYMENTS)
 
     async def admit(self, a: Admission) -> Decision:
         keys = [*_rate_keys(a), *_budget_keys(a)]
@@ -326,17 +307,10 @@ class RedisLimitStore:
             a.period_ttl_s,
             repr(a.floor_usd),
         ]
-        command: Command = ("EVALSHA", self._admit.sha, len(keys), *keys, *args)
-        result = await self._redis.run_piped("limits", lambda p: p.execute_many([command]))
-        if _no_script(result[0]):  # Redis lost its scripts (restarted, flushed): load, again
-            load: Command = ("SCRIPT", "LOAD", ADMIT)
-            result = await self._redis.run_piped(
-                "limits", lambda p: p.execute_many([load, command])
-            )
-            result = result[1:]
-        if isinstance(result[0], ResponseError):
-            raise result[0]  # a script error is a bug: a 500 with the error logged
-        reply = result[0]
+        command: Command = ("EVALSHA", _sha(ADMIT), len(keys), *keys, *args)
+        reply = (await self._run([command], (ADMIT,)))[0]
+        if isinstance(reply, ResponseError):
+            raise reply  # a script error is a bug: a 500 with the error logged
         code, wait_ms, reason = int(reply[0]), int(reply[1]), reply[2]
         if code == 0:
             return Decision(None, 0.0, _left(reply[3], reply[4]), _left(reply[5], reply[6]))
@@ -344,21 +318,25 @@ class RedisLimitStore:
             return Decision("budget", budget_used_usd=float(reply[3]))
         return Decision(reason.decode(), max(0, wait_ms) / 1000)
 
-    async def apply(self, writes: Sequence[Write]) -> None:
-        """Every write's EVALSHA in one write on the pipelined connection (background
-        work: a write whose answer never came is retried, and its script's marker makes
-        the retry a no-op). A Redis that lost its scripts (restarted, flushed) answers
-        NOSCRIPT: load both (one loaded and not the other would run a release before
-        the settle resent after it), then resend just those writes, which did not run."""
-        commands = [self._evalsha(write) for write in writes]
+    async def _run(self, commands: list[Command], scripts: Sequence[str]) -> list[Any]:
+        """The replies of `commands` (EVALSHAs of `scripts`), in one write on the pipelined
+        connection. A Redis that lost its scripts (restarted, flushed) answers NOSCRIPT:
+        load them all (one loaded and not another would run a release before the settle
+        resent after it), then resend just those commands, which did not run."""
         results = await self._redis.run_piped("limits", lambda p: p.execute_many(commands))
         unrun = [i for i, result in enumerate(results) if _no_script(result)]
         if unrun:
-            loads: list[Command] = [("SCRIPT", "LOAD", text) for text in (SETTLE, RELEASE)]
+            loads: list[Command] = [("SCRIPT", "LOAD", text) for text in scripts]
             again = [commands[i] for i in unrun]
             replies = await self._redis.run_piped("limits", lambda p: p.execute_many(loads + again))
             for i, result in zip(unrun, replies[len(loads) :], strict=True):
                 results[i] = result
+        return results
+
+    async def apply(self, writes: Sequence[Write]) -> None:
+        """Every write's EVALSHA in one write (background work: a write whose answer never
+        came is retried, and its script's marker makes the retry a no-op)."""
+        results = await self._run([self._evalsha(write) for write in writes], (SETTLE, RELEASE))
         for result in results:
             if isinstance(result, ResponseError):
                 # A script error is a bug, not an outage: retrying would block the queue.
@@ -368,98 +346,31 @@ class RedisLimitStore:
         if isinstance(write, Release):
             a = write.admission
             keys: list[str] = [*_rate_keys(a), *_budget_keys(a)]
-            return ("EVALSHA", self._release.sha, len(keys), *keys, a.request_id)
-        keys = self._settle_keys(write)
-        return ("EVALSHA", self._settle.sha, len(keys), *keys, *self._settle_args(write))
-
-    def _settle_keys(self, s: Settlement) -> list[str]:
-        a = s.admission
+            return ("EVALSHA", _sha(RELEASE), len(keys), *keys, a.request_id)
+        a = write.admission
         base = _key_base(a.key_id)
-        return [
-            f"{base}:tok",
-            f"{base}:tokn",
-            *_budget_keys(a),
-            f"gw:lim:done:{a.request_id}",
-            USAGE_PREFIX + s.day,
-            USAGE_NAMES,
-        ]
-
-    def _settle_args(self, s: Settlement) -> list[str | int]:
-        a = s.admission
-        return [
-            a.request_id,
-            1 if s.reserved else 0,
-            s.tokens,
-            repr(s.cost_usd),
-            a.period_ttl_s,
-            usage_field_prefix(a.key_id, a.team, s.route),
-            s.input_tokens,
-            s.output_tokens,
-            a.key_id,
-            a.key_name,
-            self._usage_ttl_s,
-            _MARKER_TTL_S,
-            s.requests,
-        ]
+        keys = [f"{base}:tok", f"{base}:tokn", *_budget_keys(a), f"{base}:done:{a.request_id}"]
+        args = (a.request_id, 1 if write.reserved else 0, write.tokens, repr(write.cost_usd))
+        return ("EVALSHA", _sha(SETTLE), len(keys), *keys, *args, a.period_ttl_s, _MARKER_TTL_S)
 
     async def sync_deployments(
         self, used: Mapping[str, tuple[int, int]]
     ) -> dict[str, tuple[int, int]]:
+        """One script per deployment (its own key, and slot), all in one write."""
         ids = list(used)
-        args: list[str | int] = [self._window_whole_s]
-        for deployment_id in ids:
-            args += [deployment_id, *used[deployment_id]]
-        result = await self._redis.run_or_raise(
-            "limits", lambda _: self._deployments(keys=[], args=args)
-        )
-        return {d: (int(result[2 * i]), int(result[2 * i + 1])) for i, d in enumerate(ids)}
-
-    async def usage(self, days: Sequence[str]) -> list[UsageRow]:
-        return await self._redis.run_or_raise("usage", lambda client: read_usage(client, days))
+        sha, window = _sha(DEPLOYMENT), self._window_whole_s
+        commands: list[Command] = [
+            ("EVALSHA", sha, 1, deployment_key(d), window, *used[d]) for d in ids
+        ]
+        results = await self._run(commands, (DEPLOYMENT,))
+        for result in results:
+            if isinstance(result, ResponseError):
+                raise result  # a bug, as in `admit`
+        return {d: (int(r[0]), int(r[1])) for d, r in zip(ids, results, strict=True)}
 
     async def spend(self, key_id: str, period: str) -> tuple[float, float]:
         key = f"{_key_base(key_id)}:b:{period}"
-        spent, reserved = await self._redis.run_or_raise(
-            "limits", lambda client: client.hmget(key, "spent", "reserved")
+        spent, reserved = await self._redis.run_piped(
+            "limits", lambda p: p.execute("HMGET", key, "spent", "reserved")
         )
         return float(spent or 0), float(reserved or 0)
-
-
-async def read_usage(client: Any, days: Sequence[str]) -> list[UsageRow]:
-    """The usage report rows of `days` (also used by `gateway usage`, without a gateway)."""
-    async with client.pipeline(transaction=False) as pipe:
-        for day in days:
-            pipe.hgetall(USAGE_PREFIX + day)
-        pipe.hgetall(USAGE_NAMES)
-        tables = await pipe.execute()
-    names = {k.decode(): v.decode() for k, v in tables[-1].items()}
-    rows: list[UsageRow] = []
-    for day, table in zip(days, tables[:-1], strict=True):
-        rows += _rows_of_day(day, table, names)
-    return rows
-
-
-def _rows_of_day(
-    day: str, table: Mapping[bytes, bytes], names: Mapping[str, str]
-) -> list[UsageRow]:
-    cells: dict[str, dict[str, float]] = {}
-    for field, value in table.items():
-        prefix, _, metric = field.decode().rpartition("|")
-        cells.setdefault(prefix, {})[metric] = float(value)
-    rows = []
-    for prefix, metrics in cells.items():
-        key_id, team, route = jsonutil.loads(prefix)
-        rows.append(
-            UsageRow(
-                day=day,
-                key_id=key_id,
-                key=names.get(key_id, key_id),
-                team=team,
-                route=route,
-                requests=int(metrics.get("requests", 0)),
-                input_tokens=int(metrics.get("input_tokens", 0)),
-                output_tokens=int(metrics.get("output_tokens", 0)),
-                cost_usd=metrics.get("cost_usd", 0.0),
-            )
-        )
-    return rows

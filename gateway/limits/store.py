@@ -125,8 +125,6 @@ class LimitStore(Protocol):
 
     async def apply(self, writes: Sequence[Write]) -> None: ...
 
-    async def usage(self, days: Sequence[str]) -> list[UsageRow]: ...
-
     async def spend(self, key_id: str, period: str) -> tuple[float, float]: ...
 
 
@@ -190,14 +188,6 @@ class _Budget:
     lost: dict[str, float] = field(default_factory=dict)  # rid -> t
 
 
-@dataclass(slots=True)
-class _Usage:
-    requests: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: float = 0.0
-
-
 class MemoryLimitStore:
     """The rules above for one process (dicts keep insertion order = time order)."""
 
@@ -217,8 +207,6 @@ class MemoryLimitStore:
         # defaultdicts, not setdefault(key, _Budget()): that builds (and throws away) a
         # new object on every call, every request.
         self._budgets: defaultdict[tuple[str, str], _Budget] = defaultdict(_Budget)
-        self._usage: defaultdict[tuple[str, str, str | None, str], _Usage] = defaultdict(_Usage)
-        self._names: dict[str, str] = {}
 
     async def admit(self, a: Admission) -> Decision:
         now = self._clock()
@@ -334,12 +322,6 @@ class MemoryLimitStore:
         tokens = self._tokens.get(a.key_id, {})
         if a.request_id in tokens:
             tokens[a.request_id] = (tokens[a.request_id][0], s.tokens)
-        row = self._usage[s.day, a.key_id, a.team, s.route]
-        row.requests += s.requests
-        row.input_tokens += s.input_tokens
-        row.output_tokens += s.output_tokens
-        row.cost_usd += s.cost_usd
-        self._names[a.key_id] = a.key_name
 
     def _release(self, a: Admission) -> None:
         budget = self._budgets[a.key_id, a.period]
@@ -350,24 +332,6 @@ class MemoryLimitStore:
         budget.reserved_usd -= held[1]
         self._requests.get(a.key_id, {}).pop(a.request_id, None)
         self._tokens.get(a.key_id, {}).pop(a.request_id, None)
-
-    async def usage(self, days: Sequence[str]) -> list[UsageRow]:
-        wanted = set(days)
-        return [
-            UsageRow(
-                day,
-                key_id,
-                self._names.get(key_id, key_id),
-                team,
-                route,
-                u.requests,
-                u.input_tokens,
-                u.output_tokens,
-                u.cost_usd,
-            )
-            for (day, key_id, team, route), u in self._usage.items()
-            if day in wanted
-        ]
 
     async def spend(self, key_id: str, period: str) -> tuple[float, float]:
         budget = self._budgets.get((key_id, period), _Budget())

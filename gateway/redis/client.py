@@ -3,7 +3,9 @@
 `redis.mode: standalone` connects to `redis.url`; `sentinel` to the master that the
 sentinels name (`redis.sentinels`, `redis.master_name`), found again after a failover:
 redis-py's Sentinel pool asks the sentinels at each new connection, the pipelined
-connection at each reconnect (gateway/redis/pipe.py).
+connection at each reconnect (gateway/redis/pipe.py); `cluster` to the masters of a
+Redis Cluster: redis-py's cluster client, and one pipelined connection per master
+(gateway/redis/cluster.py).
 
 Every call goes through `SharedRedis.run`, which bounds it by an overall deadline,
 counts failures in `gateway_redis_errors_total{operation}`, and logs once per
@@ -18,18 +20,21 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from functools import partial
 from typing import Any, TypeVar
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.connection import SSLConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import MaxConnectionsError, RedisClusterException, RedisError
 
 from gateway.config import RedisConfig
+from gateway.redis.cluster import ClusterPipe
 from gateway.redis.pipe import RedisPipe, close_sentinels
 from gateway.telemetry import Metrics
 
@@ -43,6 +48,9 @@ WRITE_LINGER_S = 0.005
 
 # What BlockingConnectionPool raises when no connection came free within its wait.
 POOL_BUSY = "No connection available."
+# What a call may raise when Redis cannot answer it: RedisClusterException (the cluster
+# client's "no node reachable", "slot not covered") is not a RedisError.
+FAILURES = (RedisError, RedisClusterException, OSError, TimeoutError)
 
 
 class RedisUnavailableError(Exception):
@@ -70,7 +78,10 @@ def make_redis(config: RedisConfig) -> Redis:
     """A pool of at most `redis.max_connections`. A call that finds every connection busy
     waits for one within the operation deadline (back-pressure, rule 17): a busy pool is
     not an outage. In sentinel mode each new connection asks the sentinels where the
-    master is (redis-py's Sentinel pool, made blocking: `_BlockingSentinelPool`)."""
+    master is (redis-py's Sentinel pool, made blocking: `_BlockingSentinelPool`). In
+    cluster mode, redis-py's cluster client (`cluster_client`)."""
+    if config.mode == "cluster":
+        return cluster_client(config)  # type: ignore[return-value]  # the same commands
     options: dict[str, Any] = {
         "socket_timeout": config.socket_timeout_s,
         "socket_connect_timeout": config.connect_timeout_s,
@@ -95,6 +106,27 @@ def make_redis(config: RedisConfig) -> Redis:
         return master  # aclose() closes the pool and the sentinels' connections
     pool = BlockingConnectionPool.from_url(config.url or "", **options)
     return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
+
+
+def cluster_client(config: RedisConfig) -> RedisCluster:
+    """redis-py's Redis Cluster client: it learns the layout from the seeds, sends each
+    command to its slot's master and follows MOVED and ASK itself. At most
+    `redis.max_connections` per node; a node whose connections are all busy raises at
+    once (no wait: only background and admin calls use this client, never a request)."""
+    options: dict[str, Any] = dict(parse_url(config.url or ""))
+    options.pop("host", None), options.pop("port", None), options.pop("db", None)
+    if options.pop("connection_class", None) is SSLConnection:
+        options["ssl"] = True
+    seeds = [ClusterNode(host, port) for host, port in config.cluster_seeds()]
+    return RedisCluster(
+        startup_nodes=seeds,
+        socket_timeout=config.socket_timeout_s,
+        socket_connect_timeout=config.connect_timeout_s,
+        retry=Retry(NoBackoff(), 0),  # no hidden retries; redirections are followed
+        max_connections=config.max_connections,
+        health_check_interval=0,
+        **options,
+    )
 
 
 class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
@@ -146,7 +178,16 @@ def master_options(url: str | None) -> dict[str, Any]:
 
 
 def shared_redis(config: RedisConfig, metrics: Metrics) -> SharedRedis:
-    """redis-py's pool for most calls, one pipelined connection for the hot path's."""
+    """redis-py's pool for most calls, one pipelined connection for the hot path's (one
+    per master of a cluster)."""
+    if config.mode == "cluster":
+        pipe: RedisPipe | ClusterPipe = ClusterPipe(
+            config.url or "",
+            config.cluster_seeds(),
+            connect_timeout_s=config.connect_timeout_s,
+            reply_deadline_s=config.operation_deadline_s,
+        )
+        return SharedRedis(make_redis(config), metrics, config.operation_deadline_s, pipe)
     sentinel = config.mode == "sentinel"
     pipe = RedisPipe(
         config.url or "redis://",
@@ -170,7 +211,9 @@ class SharedRedis:
     admission of that moment at once.
     """
 
-    def __init__(self, client: Redis, metrics: Metrics, deadline_s: float, pipe: RedisPipe) -> None:
+    def __init__(
+        self, client: Redis, metrics: Metrics, deadline_s: float, pipe: RedisPipe | ClusterPipe
+    ) -> None:
         self.client = client
         self.pipe = pipe
         self._metrics = metrics
@@ -197,13 +240,26 @@ class SharedRedis:
         return self._guarded(operation, functools.partial(call, self.client), self._deadline_s)
 
     def run_piped(
-        self, operation: str, call: Callable[[RedisPipe], Awaitable[T]]
+        self, operation: str, call: Callable[[RedisPipe | ClusterPipe], Awaitable[T]]
     ) -> Coroutine[Any, Any, T]:
         """`run_or_raise` on the pipelined connection, with the same accounting. The
         pipe bounds each reply by the same deadline itself (after its connect, which
         `redis.connect_timeout_s` bounds), with one timer for every command in flight:
         no timeout here (on every cache read and write)."""
         return self._guarded(operation, functools.partial(call, self.pipe), None)
+
+    async def scan(self, operation: str, match: str, count: int) -> AsyncIterator[list[bytes]]:
+        """The keys that match `match`, a batch per SCAN step (each within the deadline),
+        from every master of a cluster in turn. Raises RedisUnavailableError."""
+        for node in await self.run_or_raise(operation, _scan_targets):
+            cursor = 0
+            while True:
+                step = functools.partial(_scan_step, node=node, cursor=cursor, match=match)
+                cursor, keys = await self.run_or_raise(operation, partial(step, count=count))
+                if keys:
+                    yield keys
+                if cursor == 0:
+                    break
 
     async def _guarded(
         self, operation: str, work: Callable[[], Awaitable[T]], deadline_s: float | None
@@ -215,7 +271,7 @@ class SharedRedis:
             else:
                 async with asyncio.timeout(deadline_s):
                     result = await work()
-        except (RedisError, OSError, TimeoutError) as exc:
+        except FAILURES as exc:
             await self._failed(operation, exc, started)
             raise RedisUnavailableError(operation) from None
         self._succeeded(started)
@@ -227,10 +283,11 @@ class SharedRedis:
         # logged, one more cache pause each). Dropped at a connection error only: a timeout
         # (a frozen Redis, or this process's own event loop running late under overload)
         # leaves the sockets sound, and reconnecting all of them would add to the load.
+        pool = getattr(self.client, "connection_pool", None)
+        if pool is None:
+            return  # the cluster client drops a failed node's connections itself
         try:
-            await absorb_foreign_cancel(
-                self.client.connection_pool.disconnect(inuse_connections=False)
-            )
+            await absorb_foreign_cancel(pool.disconnect(inuse_connections=False))
         except (RedisError, OSError):
             pass
 
@@ -239,8 +296,11 @@ class SharedRedis:
         started = time.monotonic()
         try:
             async with asyncio.timeout(self._deadline_s):
-                await self.client.ping()
-        except (RedisError, OSError, TimeoutError) as exc:
+                if isinstance(self.client, RedisCluster):  # every master answers
+                    await self.client.ping(target_nodes=RedisCluster.PRIMARIES)
+                else:
+                    await self.client.ping()
+        except FAILURES as exc:
             await self._failed("ping", exc, started)
             return False
         if not self.healthy and started >= self._changed_at:
@@ -250,7 +310,9 @@ class SharedRedis:
 
     async def _failed(self, operation: str, exc: BaseException, started: float) -> None:
         self._metrics.redis_errors.labels(operation).inc()
-        if isinstance(exc, RedisConnectionError) and str(exc) == POOL_BUSY:
+        if isinstance(exc, MaxConnectionsError) or (
+            isinstance(exc, RedisConnectionError) and str(exc) == POOL_BUSY
+        ):
             return  # every connection busy for the whole wait: load, not an outage
         if self.healthy and started >= self._changed_at:
             self.healthy, self._changed_at = False, time.monotonic()
@@ -281,3 +343,21 @@ class SharedRedis:
             await asyncio.gather(confirming, return_exceptions=True)
         await self.pipe.aclose()
         await self.client.aclose()
+
+
+async def _scan_targets(client: Redis | RedisCluster) -> list[Any]:
+    """What to SCAN: the one Redis (None), or each master of a cluster."""
+    if isinstance(client, RedisCluster):
+        await client.initialize()  # the layout, if no call has asked for it yet
+        return list(client.get_primaries())
+    return [None]
+
+
+async def _scan_step(
+    client: Any, *, node: Any, cursor: int, match: str, count: int
+) -> tuple[int, list[bytes]]:
+    if node is None:
+        next_cursor, keys = await client.scan(cursor, match=match, count=count)
+        return int(next_cursor), list(keys)
+    cursors, keys = await client.scan(cursor, match=match, count=count, target_nodes=node)
+    return int(cursors[node.name]), list(keys)

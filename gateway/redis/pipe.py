@@ -181,11 +181,15 @@ class RedisPipe:
         max_in_flight: int = 10_000,
         sentinel: Sentinel | None = None,
         master_name: str = "",
+        address: tuple[str, int] | None = None,
     ) -> None:
         """`url`: where to connect; with a `sentinel`, only how (credentials, database,
         TLS): the master the sentinels name `master_name` is where. The pipe owns the
-        sentinel (`aclose` closes its connections)."""
+        sentinel (`aclose` closes its connections). `address`: (host, port) instead of
+        the URL's (a cluster node, see gateway/redis/cluster.py)."""
         self._options: dict[str, Any] = dict(parse_url(url))
+        if address is not None:
+            self._options["host"], self._options["port"] = address
         self._sentinel = sentinel
         self._master_name = master_name
         self._protocol_class = _ReplyProtocol if sentinel is None else _MasterProtocol

@@ -2,11 +2,13 @@
 the clear `DELETE /admin/cooldowns` writes, and `gateway cooldowns` (which reads Redis
 directly).
 
-The state shared through Redis (written by `stats_sync` and by clears):
+The state shared through Redis (written by `stats_sync` and by clears), every key with
+the hash tag `{stats}`: one slot of a Redis Cluster, so that one script reads or writes
+them together (a few small hashes, read once per `routing.stats_sync_interval_s`):
 
-    gw:stats:cooldown  deployment -> the latest cooldown deadline a replica began (unix s)
-    gw:stats:reason    deployment -> the outcome of the failure that began that cooldown
-    gw:stats:cleared   deployment -> the time of the latest clear (unix s)
+    gw:{stats}:cooldown  deployment -> the latest cooldown deadline a replica began (unix s)
+    gw:{stats}:reason    deployment -> the outcome of the failure that began that cooldown
+    gw:{stats}:cleared   deployment -> the time of the latest clear (unix s)
 
 A clear records its time and deletes the deployment's deadline, in one script. A replica
 publishes a cooldown only when it began it after the latest clear (its publish script
@@ -20,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -32,10 +34,24 @@ from gateway.config import Deployment, GatewayConfig, RedisConfig
 from gateway.redis import make_redis
 from gateway.routing.stats import StatsStore
 
-COOLDOWN_KEY = "gw:stats:cooldown"
-REASON_KEY = "gw:stats:reason"
-CLEARED_KEY = "gw:stats:cleared"
+STATS_TAG = "gw:{stats}:"
+COOLDOWN_KEY = STATS_TAG + "cooldown"
+REASON_KEY = STATS_TAG + "reason"
+CLEARED_KEY = STATS_TAG + "cleared"
 SHARED_KEYS = (COOLDOWN_KEY, REASON_KEY, CLEARED_KEY)
+
+# KEYS = hashes, then sets. ARGV: 1 how many of KEYS are hashes. Returns each one's
+# fields and values (a hash) or members (a set), flat: one consistent snapshot (a
+# script runs alone), unlike reads apart, and in one slot unlike MULTI/EXEC in a
+# cluster client.
+READ_SCRIPT = """
+local out = {}
+for i = 1, #KEYS do
+  if i <= tonumber(ARGV[1]) then out[i] = redis.call('HGETALL', KEYS[i])
+  else out[i] = redis.call('SMEMBERS', KEYS[i]) end
+end
+return out
+"""
 
 # KEYS = cooldown, reason, cleared; ARGV = deployment, deadline, began at, reason, ...
 # A cooldown begun before the deployment's latest clear is the one the clear ended.
@@ -82,19 +98,31 @@ class SharedCooldowns:
     cleared: dict[str, float]
 
     @classmethod
-    def decode(cls, deadlines: Any, reasons: Any, cleared: Any) -> SharedCooldowns:
+    def decode(
+        cls, deadlines: list[bytes], reasons: list[bytes], cleared: list[bytes]
+    ) -> SharedCooldowns:
+        """From READ_SCRIPT's flat field, value lists."""
         return cls(
-            {k.decode(): float(v) for k, v in deadlines.items()},
-            {k.decode(): v.decode() for k, v in reasons.items()},
-            {k.decode(): float(v) for k, v in cleared.items()},
+            {k.decode(): float(v) for k, v in pairs(deadlines)},
+            {k.decode(): v.decode() for k, v in pairs(reasons)},
+            {k.decode(): float(v) for k, v in pairs(cleared)},
         )
 
 
+def pairs(flat: list[bytes]) -> Iterator[tuple[bytes, bytes]]:
+    """(field, value) of an HGETALL reply read in a script (a flat list)."""
+    return zip(flat[::2], flat[1::2], strict=True)
+
+
+async def read_snapshot(client: Any, sets: Sequence[str] = ()) -> list[list[bytes]]:
+    """The shared hashes, then `sets`' members, read in one script (one snapshot)."""
+    keys = [*SHARED_KEYS, *sets]
+    result: list[list[bytes]] = await client.eval(READ_SCRIPT, len(keys), *keys, len(SHARED_KEYS))
+    return result
+
+
 async def read_shared(client: Any) -> SharedCooldowns:
-    async with client.pipeline(transaction=True) as pipe:  # one snapshot: MULTI/EXEC
-        for key in SHARED_KEYS:
-            pipe.hgetall(key)
-        deadlines, reasons, cleared = await pipe.execute()
+    deadlines, reasons, cleared = await read_snapshot(client)
     return SharedCooldowns.decode(deadlines, reasons, cleared)
 
 

@@ -23,13 +23,20 @@ import uuid
 from typing import Any
 
 from gateway.redis import SharedRedis
-from gateway.routing.cooldowns import PUBLISH_SCRIPT, SHARED_KEYS, SharedCooldowns
+from gateway.routing.cooldowns import (
+    PUBLISH_SCRIPT,
+    SHARED_KEYS,
+    STATS_TAG,
+    SharedCooldowns,
+    read_snapshot,
+)
 from gateway.routing.stats import StatsStore
 
 log = logging.getLogger("gateway")
 
-EWMA_PREFIX = "gw:stats:ewma:"
-REPLICAS_KEY = "gw:stats:replicas"
+# With the cooldown keys' hash tag: one slot of a Redis Cluster for all the stats.
+EWMA_PREFIX = STATS_TAG + "ewma:"
+REPLICAS_KEY = STATS_TAG + "replicas"
 _FIELDS = ("ttft_ewma_s", "per_token_ewma_s", "error_rate")
 
 
@@ -94,13 +101,9 @@ class StatsSync:
             await pipe.execute()
 
     async def _read(self, client: Any) -> tuple[SharedCooldowns, list[dict[str, float]]]:
-        # One snapshot (MULTI/EXEC): deadlines and clears read apart could pair a deadline
+        # One snapshot (a script): deadlines and clears read apart could pair a deadline
         # with a clear made after it was read (see `_merge`).
-        async with client.pipeline(transaction=True) as pipe:
-            for key in SHARED_KEYS:
-                pipe.hgetall(key)
-            pipe.smembers(REPLICAS_KEY)
-            deadlines, reasons, cleared, members = await pipe.execute()
+        deadlines, reasons, cleared, members = await read_snapshot(client, [REPLICAS_KEY])
         replicas = sorted(members)
         async with client.pipeline(transaction=False) as pipe:
             for replica in replicas:

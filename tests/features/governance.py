@@ -11,6 +11,7 @@ import httpx
 import redis
 
 from tests.gatewayproc import GatewayProcess
+from tests.redis_cluster import RedisBackend
 
 ADMIN_KEY = "gw-admin-key-CANARY-5e21"
 ASK = [{"role": "user", "content": "Count my tokens."}]
@@ -21,8 +22,9 @@ COST_PER_REQUEST_USD = 1.0
 
 
 def governance_config(
-    redis_url: str | None, keys: list[dict[str, Any]], **limits: Any
+    redis_url: str | RedisBackend | None, keys: list[dict[str, Any]], **limits: Any
 ) -> dict[str, Any]:
+    """`redis_url`: one Redis's URL, or a `RedisBackend` (one Redis or a cluster)."""
     config: dict[str, Any] = {
         "server": {"request_timeout_s": 10},
         "auth": {"mode": "keys", "keys": keys, "admin_keys": [ADMIN_KEY]},
@@ -47,7 +49,9 @@ def governance_config(
     if redis_url is not None:
         # Generous timeouts: on a loaded test machine a slow answer must not count as an
         # outage (the outage test stops Redis: refused connections fail at once anyway).
-        config["redis"] = {"url": redis_url, "socket_timeout_s": 2, "operation_deadline_s": 3}
+        backend = redis_url if isinstance(redis_url, RedisBackend) else None
+        backend = backend or RedisBackend("standalone", str(redis_url))
+        config["redis"] = backend.section(socket_timeout_s=2, operation_deadline_s=3)
     return config
 
 

@@ -19,6 +19,7 @@ from tests.conftest import GATEWAY_KEY, OPENAI_KEY
 from tests.fakes.openai_fake import TOOL_ARGUMENTS, FakeOpenAI
 from tests.fakes.server import Behaviour
 from tests.gatewayproc import GatewayProcess, RedisServer
+from tests.redis_cluster import RedisBackend, backend_of
 
 TEAM_A2_KEY = "gw-test-key-team-a-second"
 TEAM_B_KEY = "gw-test-key-team-b-000000"
@@ -39,7 +40,9 @@ WEATHER_TOOL = {
 }
 
 
-def cache_config(fake: FakeOpenAI, redis_url: str | None, enabled: bool = True) -> dict[str, Any]:
+def cache_config(
+    fake: FakeOpenAI, backend: RedisBackend | None, enabled: bool = True
+) -> dict[str, Any]:
     config: dict[str, Any] = {
         "auth": {
             "mode": "keys",
@@ -70,21 +73,29 @@ def cache_config(fake: FakeOpenAI, redis_url: str | None, enabled: bool = True) 
             {"name": "cached", "models": ["gpt-test"], "cache": {"enabled": True}},
         ],
     }
-    if redis_url is not None:
-        config["redis"] = {
-            "url": redis_url,
-            "socket_timeout_s": 0.1,
-            "connect_timeout_s": 0.1,
-            "operation_deadline_s": 0.2,
-        }
+    if backend is not None:
+        config["redis"] = backend.section(
+            socket_timeout_s=0.1, connect_timeout_s=0.1, operation_deadline_s=0.2
+        )
     return config
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["standalone", "cluster"])
 def gateway(
+    request: pytest.FixtureRequest,
+    start_gateway: Callable[..., GatewayProcess],
+    fake_openai: FakeOpenAI,
+) -> GatewayProcess:
+    """On one Redis, then on a Redis Cluster (entries spread over its masters)."""
+    return start_gateway(cache_config(fake_openai, backend_of(request)))
+
+
+@pytest.fixture(scope="module")
+def standalone_gateway(
     start_gateway: Callable[..., GatewayProcess], fake_openai: FakeOpenAI, redis_server: RedisServer
 ) -> GatewayProcess:
-    return start_gateway(cache_config(fake_openai, redis_server.url))
+    """On the `redis_server` that the outage tests stop and freeze."""
+    return start_gateway(cache_config(fake_openai, RedisBackend("standalone", redis_server.url)))
 
 
 @pytest.fixture(scope="module")
@@ -264,8 +275,9 @@ def assert_same_answer(a: Any, b: Any, with_tools: bool) -> None:
 
 
 def test_redis_outage_fails_open_and_recovers(
-    gateway: GatewayProcess, fake_openai: FakeOpenAI, redis_server: RedisServer
+    standalone_gateway: GatewayProcess, fake_openai: FakeOpenAI, redis_server: RedisServer
 ) -> None:
+    gateway = standalone_gateway
     client, messages = client_for(gateway), ask()
     assert chat(client, messages)[0]["x-gateway-cache"] == "MISS"
     log_start = len(gateway.log_text())
@@ -287,8 +299,9 @@ def test_redis_outage_fails_open_and_recovers(
 
 
 def test_frozen_redis_costs_one_short_timeout_not_one_per_request(
-    gateway: GatewayProcess, fake_openai: FakeOpenAI, redis_server: RedisServer
+    standalone_gateway: GatewayProcess, fake_openai: FakeOpenAI, redis_server: RedisServer
 ) -> None:
+    gateway = standalone_gateway
     client, messages = client_for(gateway), ask()
     chat(client, messages)
     errors = metric(gateway, "gateway_redis_errors_total", '{operation="cache"}')

@@ -32,12 +32,15 @@ from tests.fakes.openai_fake import FakeOpenAI
 from tests.fakes.server import Behaviour
 from tests.features.governance import ADMIN_KEY, admin, bearer, error_of
 from tests.gatewayproc import REPO, GatewayProcess, RedisServer
+from tests.redis_cluster import RedisBackend
 
 SYNC_S = 0.2  # routing.stats_sync_interval_s
 STEADY = "sim/steady-model"
 
 
-def cooldown_config(fake: FakeOpenAI, flaky: str, redis_url: str | None = None) -> dict[str, Any]:
+def cooldown_config(
+    fake: FakeOpenAI, flaky: str, backend: RedisBackend | None = None
+) -> dict[str, Any]:
     """Route `chain`: the flaky deployment (the fake OpenAI, scripted) first, a simulated
     one behind it. Two failures cool the flaky one down for a minute."""
     config: dict[str, Any] = {
@@ -75,8 +78,8 @@ def cooldown_config(fake: FakeOpenAI, flaky: str, redis_url: str | None = None) 
         ],
         "routes": [{"name": "chain", "policy": "fallback", "models": ["m-flaky", "m-steady"]}],
     }
-    if redis_url is not None:
-        config["redis"] = {"url": redis_url, "socket_timeout_s": 2, "operation_deadline_s": 3}
+    if backend is not None:
+        config["redis"] = backend.section(socket_timeout_s=2, operation_deadline_s=3)
     return config
 
 
@@ -208,11 +211,11 @@ def test_cooldowns_are_for_admins_and_unknown_deployments_are_404(
 def test_a_clear_reaches_every_replica_and_stays(
     start_gateway: Callable[..., GatewayProcess],
     fake_openai: FakeOpenAI,
-    redis_server: RedisServer,
+    redis_backend: RedisBackend,
 ) -> None:
     flaky = unique_provider()
     flaky_id = f"{flaky}/flaky-model"
-    config = cooldown_config(fake_openai, flaky, redis_server.url)
+    config = cooldown_config(fake_openai, flaky, redis_backend)
     first, second = start_gateway(config), start_gateway(config)
 
     trip(first, fake_openai, flaky_id)
@@ -232,9 +235,9 @@ def test_a_clear_reaches_every_replica_and_stays(
     # Several sync rounds later, no replica brought the old deadline back.
     time.sleep(SYNC_S * 5)
     assert flaky_id not in cooldowns(first) and flaky_id not in cooldowns(second)
-    with redis.Redis.from_url(redis_server.url) as client:
-        assert client.hget("gw:stats:cooldown", flaky_id) is None
-        assert float(client.hget("gw:stats:cleared", flaky_id) or 0) > 0
+    with redis_backend.client() as client:
+        assert client.hget("gw:{stats}:cooldown", flaky_id) is None
+        assert float(client.hget("gw:{stats}:cleared", flaky_id) or 0) > 0
     assert served_by(first) == flaky_id and served_by(second) == flaky_id
     assert fake_openai.calls == calls + 2
 
@@ -256,12 +259,12 @@ def cli(config_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_cli_lists_and_ends_the_shared_cooldowns(
     start_gateway: Callable[..., GatewayProcess],
     fake_openai: FakeOpenAI,
-    redis_server: RedisServer,
+    redis_backend: RedisBackend,
     tmp_path: Path,
 ) -> None:
     flaky = unique_provider()
     flaky_id = f"{flaky}/flaky-model"
-    gateway = start_gateway(cooldown_config(fake_openai, flaky, redis_server.url))
+    gateway = start_gateway(cooldown_config(fake_openai, flaky, redis_backend))
     trip(gateway, fake_openai, flaky_id)
 
     def listed() -> dict[str, dict[str, Any]]:

@@ -24,6 +24,7 @@ from tests.features.governance import (
     usage_of,
 )
 from tests.gatewayproc import GatewayProcess, RedisServer
+from tests.redis_cluster import backend_of
 
 RPM_KEY = "gw-rpm-five-CANARY-11aa"
 BUDGET_KEY = "gw-budget-key-CANARY-22bb"
@@ -32,16 +33,17 @@ RPM_LIMIT = 5
 BUDGET_USD = 3.5  # three 1.00 USD requests fit, a fourth would pass it
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["standalone", "cluster"])
 def replicas(
-    start_gateway: Callable[..., GatewayProcess], redis_server: RedisServer
+    request: pytest.FixtureRequest, start_gateway: Callable[..., GatewayProcess]
 ) -> list[GatewayProcess]:
+    """Three replicas on one Redis, then on a Redis Cluster."""
     keys = [
         {"name": "rpm-five", "key": RPM_KEY, "team": "red", "rpm": RPM_LIMIT},
         {"name": "budget-key", "key": BUDGET_KEY, "budget_usd": BUDGET_USD, "budget_period": "day"},
         {"name": "no-limits", "key": QUOTA_KEY},
     ]
-    config = governance_config(redis_server.url, keys, window_s=30)
+    config = governance_config(backend_of(request), keys, window_s=30)
     # The first replica runs two worker processes: limits hold across workers as across
     # replicas (one Redis).
     return [start_gateway(config, workers=2 if i == 0 else 1) for i in range(3)]

@@ -274,7 +274,7 @@ def key_id(gateway: GatewayProcess, name: str) -> str:
 
 def budget_hash(url: str, gateway: GatewayProcess, name: str) -> tuple[float, float, int]:
     """(spent, reserved, open reservations) of a key's all-time budget, read from Redis."""
-    base = f"gw:lim:{key_id(gateway, name)}:b:total"
+    base = f"gw:lim:{{{key_id(gateway, name)}}}:b:total"
     with redis.Redis.from_url(url) as client:
         spent, reserved = client.hmget(base, "spent", "reserved")
         return float(spent or 0), float(reserved or 0), int(client.hlen(f"{base}:resv"))
@@ -576,7 +576,7 @@ def test_settlement_applied_but_unanswered_is_billed_once(
     slow: list[httpx.Response] = []
     request = threading.Thread(target=lambda: slow.append(chat(gateway, api_key, model="sim-slow")))
     request.start()
-    reservations = f"gw:lim:{key_id(gateway, 'lossy')}:b:total:resv"
+    reservations = f"gw:lim:{{{key_id(gateway, 'lossy')}}}:b:total:resv"
     with redis.Redis.from_url(own_redis.url) as client:
         while not client.hlen(reservations):  # wait for the admission: then arm
             assert request.is_alive(), slow[0].text  # ttft 1 s: still upstream
