@@ -159,6 +159,7 @@ def create_app(config: GatewayConfig) -> RequestContextMiddleware:
         await database.start(config.database)
         sync = None
         if services.redis is not None:
+            services.redis.start()
             interval_s = config.routing.stats_sync_interval_s
             sync = StatsSync(services.stats, services.redis, interval_s)
             sync.start()

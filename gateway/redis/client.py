@@ -36,6 +36,7 @@ from redis.exceptions import MaxConnectionsError, RedisClusterException, RedisEr
 from gateway.config import RedisConfig
 from gateway.redis.cluster import ClusterPipe
 from gateway.redis.pipe import RedisPipe, close_sentinels
+from gateway.redis.switch import SwitchWatch
 from gateway.telemetry import Metrics
 
 log = logging.getLogger("gateway")
@@ -196,7 +197,10 @@ def shared_redis(config: RedisConfig, metrics: Metrics) -> SharedRedis:
         sentinel=sentinels_of(config) if sentinel else None,
         master_name=config.master_name or "",
     )
-    return SharedRedis(make_redis(config), metrics, config.operation_deadline_s, pipe)
+    shared = SharedRedis(make_redis(config), metrics, config.operation_deadline_s, pipe)
+    if sentinel:
+        shared.switch_watch = SwitchWatch(config, shared.master_switched)
+    return shared
 
 
 class SharedRedis:
@@ -224,6 +228,25 @@ class SharedRedis:
         # flap of transitions within milliseconds.
         self._changed_at = 0.0
         self._confirming: asyncio.Task[bool] | None = None  # the PING that may end an outage
+        self.switch_watch: SwitchWatch | None = None  # sentinel mode: +switch-master
+
+    def start(self) -> None:
+        """Background work of the mode (sentinel: listen for failovers), if any."""
+        if self.switch_watch is not None:
+            self.switch_watch.start()
+
+    async def master_switched(self, address: tuple[str, int]) -> None:
+        """The sentinels made `address` the master (gateway/redis/switch.py): the
+        pipelined connection to the old one is retired, the pool's connections dropped;
+        both connect to the new master at their next command."""
+        if isinstance(self.pipe, RedisPipe) and self.pipe.master_switched(address):
+            log.warning("redis master switched to %s:%d; reconnecting", *address)
+        pool = getattr(self.client, "connection_pool", None)
+        if pool is not None:
+            try:
+                await absorb_foreign_cancel(pool.disconnect())
+            except FAILURES:
+                pass
 
     async def run(self, operation: str, call: Callable[[Redis], Awaitable[T]]) -> T | None:
         """The call's result, or None when Redis failed (already logged and counted)."""
@@ -337,6 +360,8 @@ class SharedRedis:
             self._confirming = None
 
     async def aclose(self) -> None:
+        if self.switch_watch is not None:
+            await self.switch_watch.aclose()
         confirming = self._confirming
         if confirming is not None:
             confirming.cancel()

@@ -22,7 +22,9 @@ master is (redis-py's `Sentinel.discover_master`: each sentinel in turn, each wi
 the connect timeout), then checks with ROLE that what it reached is a master. After a
 failover the old connection is closed by Redis (Sentinel kills the clients of the
 master it demotes) or answers READONLY: either drops it, and the next command connects
-to the new master. All of it at connect time: sending and reading commands cost the
+to the new master. Sooner, when the sentinels announce the switch (gateway/redis/
+switch.py): `master_switched` retires the connection (it closes once its replies are
+in) and the next command connects to the master named. All of it at connect time: sending and reading commands cost the
 same in both modes, but for one call per reply in sentinel mode (the READONLY check).
 """
 
@@ -139,11 +141,27 @@ class _ReplyProtocol(asyncio.Protocol):
 
 class _MasterProtocol(_ReplyProtocol):
     """A connection to the master that the sentinels named: a READONLY reply (it has
-    been demoted to a replica since) drops the connection (`_DemotionWatch`)."""
+    been demoted to a replica since) drops the connection (`_DemotionWatch`). Retired
+    (the sentinels switched to another master), it takes no new command and closes once
+    the replies it waits for are in."""
 
     def __init__(self, reply_deadline_s: float) -> None:
         super().__init__(reply_deadline_s)
         self._reader = _DemotionWatch(hiredis.Reader(replyError=ResponseError), self)
+        self.retired = False
+
+    def retire(self) -> None:
+        self.retired = True
+        self._close_if_done()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.retired:
+            self._close_if_done()
+
+    def _close_if_done(self) -> None:
+        if not self.waiting and self.transport is not None:
+            self.transport.close()
 
 
 class _DemotionWatch:
@@ -197,6 +215,7 @@ class RedisPipe:
         self._reply_deadline_s = reply_deadline_s
         self._max_in_flight = max_in_flight
         self._protocol: _ReplyProtocol | None = None
+        self._switched_to: tuple[str, int] | None = None  # `master_switched`'s address
         self._connecting: asyncio.Task[_ReplyProtocol] | None = None
 
     async def execute(self, *command: str | bytes | int | float) -> Any:
@@ -235,6 +254,19 @@ class RedisPipe:
         protocol.expect(sinks)
         protocol.send(b"".join([_pack(c) for c in commands]))
 
+    def master_switched(self, address: tuple[str, int]) -> bool:
+        """The sentinels made `address` the master: a connection to another one is
+        retired (its waiting commands still get their replies) and the next command
+        connects anew, asking the sentinels. True if it was retired."""
+        protocol = self._protocol
+        connected_to = (self._options.get("host"), int(self._options.get("port") or 0))
+        if not isinstance(protocol, _MasterProtocol) or connected_to == address:
+            return False
+        self._protocol = None
+        self._switched_to = address  # not every sentinel may name it yet: connect there
+        protocol.retire()
+        return True
+
     def _open_protocol(self) -> _ReplyProtocol | None:
         """The open connection; None once the last was lost or dropped (connect again)."""
         protocol = self._protocol
@@ -258,7 +290,10 @@ class RedisPipe:
         try:
             if self._sentinel is not None:
                 # A master not found raises MasterNotFoundError, a ConnectionError.
-                address = await self._sentinel.discover_master(self._master_name)
+                address = self._switched_to or await self._sentinel.discover_master(
+                    self._master_name
+                )
+                self._switched_to = None  # once: if it is no master, the sentinels tell
                 self._options["host"], self._options["port"] = address
             async with asyncio.timeout(self._connect_timeout_s):
                 protocol = await self._create_connection(self._new_protocol)
