@@ -208,8 +208,7 @@ class ClusterPipe:
             masters[address] = None
         self._slots, self._masters, self._stale = slots, list(masters), False
         for address in [a for a in self._pipes if a not in masters and a not in self._seeds]:
-            pipe = self._pipes.pop(address)
-            asyncio.ensure_future(pipe.aclose())  # a master no more (or not yet)
+            self._pipes.pop(address).close()  # a master no more (or not yet)
 
     async def aclose(self) -> None:
         pipes, self._pipes = list(self._pipes.values()), {}

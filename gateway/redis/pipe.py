@@ -24,8 +24,9 @@ failover the old connection is closed by Redis (Sentinel kills the clients of th
 master it demotes) or answers READONLY: either drops it, and the next command connects
 to the new master. Sooner, when the sentinels announce the switch (gateway/redis/
 switch.py): `master_switched` retires the connection (it closes once its replies are
-in) and the next command connects to the master named. All of it at connect time: sending and reading commands cost the
-same in both modes, but for one call per reply in sentinel mode (the READONLY check).
+in) and the next command connects to the master named. All of it at connect time:
+sending and reading commands cost the same in both modes, but for one call per reply
+in sentinel mode (the READONLY check).
 """
 
 from __future__ import annotations
@@ -344,10 +345,14 @@ class RedisPipe:
                 protocol.transport.close()
             raise RedisConnectionError(f"Redis refused the connection setup: {refused}")
 
-    async def aclose(self) -> None:
+    def close(self) -> None:
+        """Closes the connection (commands waiting on it fail); the next one connects."""
         protocol, self._protocol = self._protocol, None
         if protocol is not None and protocol.transport is not None:
             protocol.transport.close()
+
+    async def aclose(self) -> None:
+        self.close()
         if self._sentinel is not None:
             await close_sentinels(self._sentinel)
 
