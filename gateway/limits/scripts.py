@@ -111,7 +111,8 @@ end
 if tpm > 0 then
   local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - window)
   for _, old in ipairs(gone) do
-    redis.call('HINCRBY', KEYS[3], '#', -tonumber(redis.call('HGET', KEYS[3], old) or '0'))
+    local n = tonumber(redis.call('HGET', KEYS[3], old) or '0')
+    if n ~= 0 then redis.call('HINCRBY', KEYS[3], '#', -n) end  -- never -0: not an integer
     redis.call('HDEL', KEYS[3], old)
   end
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
@@ -214,7 +215,7 @@ local tokens = redis.call('HGET', KEYS[3], rid)
 if tokens then
   redis.call('HDEL', KEYS[3], rid)
   redis.call('ZREM', KEYS[2], rid)
-  redis.call('HINCRBY', KEYS[3], '#', -tonumber(tokens))
+  if tonumber(tokens) ~= 0 then redis.call('HINCRBY', KEYS[3], '#', -tonumber(tokens)) end
 end
 return 1
 """

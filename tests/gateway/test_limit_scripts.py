@@ -191,6 +191,30 @@ def test_tpm_reserves_the_estimate_and_settles_the_real_count(run: Callable[...,
     run(scenario)
 
 
+def test_requests_of_zero_tokens_leave_the_window_cleanly(run: Callable[..., None]) -> None:
+    """A request that settled 0 tokens (cut before any usage) slides out of the window
+    like any other. In Lua, minus zero is -0, which Redis' HINCRBY refuses as "not an
+    integer": the script stopped there, left the entry in the window, and every later
+    admission of the key failed the same way, a 500 each, for as long as the key had
+    traffic (the window's keys expire only after a quiet window)."""
+
+    async def scenario(store: LimitStore) -> None:
+        first = admission(tpm=1000, tokens=0)
+        assert (await store.admit(first)).reason is None
+        await store.apply([settlement(first, 0.0, tokens=0)])
+        for _ in range(4):  # traffic keeps the window's keys alive as `first` leaves it
+            await asyncio.sleep(0.12)
+            nxt = another(first, tokens=5)
+            assert (await store.admit(nxt)).reason is None
+            await store.apply([settlement(nxt, 0.0, tokens=0)])
+        released = another(first, tokens=0)
+        assert (await store.admit(released)).reason is None
+        await store.apply([Release(released)])
+        assert (await store.admit(another(first, tokens=1000))).reason is None
+
+    run(scenario, window_s=0.2)
+
+
 def test_an_oversized_request_passes_an_empty_window_only(run: Callable[..., None]) -> None:
     async def scenario(store: LimitStore) -> None:
         first = admission(tpm=100, tokens=500)
