@@ -33,6 +33,7 @@ from typing import Any, NoReturn
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.redis.pipe import Command, RedisPipe
 
@@ -120,8 +121,8 @@ class ClusterPipe:
     ) -> None:
         try:
             answers = await self._pipe(address).execute_many([commands[i] for i in indexes])
-        except RedisConnectionError:
-            self._stale = True  # the master may be gone: its replica promoted
+        except (RedisConnectionError, RedisTimeoutError):
+            self._stale = True  # the master may be gone (or cut off): its replica promoted
             self._failed_at[address] = time.monotonic()
             raise
         for i, answer in zip(indexes, answers, strict=True):
@@ -188,7 +189,7 @@ class ClusterPipe:
             try:
                 async with asyncio.timeout(self._connect_timeout_s + self._reply_deadline_s):
                     layout = await self._pipe(address).execute("CLUSTER", "SLOTS")
-            except (RedisConnectionError, ResponseError, TimeoutError) as exc:
+            except (RedisConnectionError, RedisTimeoutError, ResponseError, TimeoutError) as exc:
                 self._failed_at[address] = time.monotonic()
                 error = exc
                 continue

@@ -12,6 +12,7 @@ it gave: the proof that the gateway sent each command where it belonged.
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 import uuid
 from collections import Counter
@@ -22,6 +23,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.config import ConfigError, RedisConfig
 from gateway.config.schema import parse_config
@@ -252,6 +254,47 @@ def test_a_migrating_slot_is_asked_of_its_new_master(cluster: RedisClusterDeploy
             set_slot([source, *cluster.masters()], slot, "NODE", node_id(source))
 
     asyncio.run(main())
+
+
+def test_a_frozen_master_times_out_then_its_replica_is_found(
+    cluster: RedisClusterDeployment,
+) -> None:
+    """SIGSTOP on a master: alive but silent, as a master cut off by the network. A call
+    to its slots times out within the deadline (Redis unavailable, not a hang); once the
+    cluster promoted its replica, the same pipe finds it by itself; resumed, the old
+    master rejoins as a replica."""
+    name = f"frozen:{uuid.uuid4().hex}"
+    victim = cluster.master_of(name)
+    assert victim.proc is not None
+
+    async def main() -> None:
+        pipe = new_pipe(cluster)
+        try:
+            assert await pipe.execute("SET", name, "before") == b"OK"
+            victim.proc.send_signal(signal.SIGSTOP)
+            started = time.monotonic()
+            with pytest.raises(RedisTimeoutError):
+                await pipe.execute("GET", name)
+            assert time.monotonic() - started < 2 * REDIS_TIMEOUTS["operation_deadline_s"]
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    assert await pipe.execute("SET", name, "after") == b"OK"
+                    break
+                except (RedisConnectionError, RedisTimeoutError):
+                    assert time.monotonic() < deadline, "the replica was never found"
+                    await asyncio.sleep(0.1)
+        finally:
+            victim.proc.send_signal(signal.SIGCONT)
+            await pipe.aclose()
+
+    try:
+        asyncio.run(main())
+    finally:
+        victim.proc.send_signal(signal.SIGCONT)
+        cluster.wait_ok()
+    assert cluster.master_of(name).port != victim.port
+    wait_for(lambda: victim.role() == "slave", "the resumed master to become a replica")
 
 
 # --- a master killed under traffic -----------------------------------------------------
