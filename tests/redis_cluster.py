@@ -289,7 +289,9 @@ class RedisClusterDeployment:
 
     def restart(self, node: RedisNode, timeout_s: float = 30) -> None:
         """Start a killed node again with its port, directory and arguments: it rejoins
-        with the identity in its nodes.conf (as a replica of whoever took its slots over)."""
+        with the identity in its nodes.conf (as a replica of whoever took its slots over;
+        on a loaded machine that can take longer than `timeout_s`: tests restart only
+        nodes whose slots nobody took over)."""
         if node.alive:
             raise AssertionError(f"{node.name} is still running")
         node.start(*self._args[node.name])
