@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import redis
 
 from tests.gatewayproc import GatewayProcess
 from tests.redis_cluster import RedisBackend
@@ -96,12 +97,10 @@ def error_of(response: httpx.Response) -> dict[str, Any]:
     return error
 
 
-def redis_dump(url: str | RedisBackend) -> list[bytes]:
-    """Every key name and every stored value (all types) of a Redis database (or of
-    every master of a cluster)."""
+def redis_dump(url: str) -> list[bytes]:
+    """Every key name and every stored value (all types) of a Redis database."""
     out: list[bytes] = []
-    backend = url if isinstance(url, RedisBackend) else RedisBackend("standalone", url)
-    with backend.client() as client:
+    with redis.Redis.from_url(url) as client:
         for key in client.scan_iter(count=500):
             out.append(key)
             kind = client.type(key)

@@ -25,8 +25,7 @@ from tests.features.governance import (
     redis_dump,
     usage_of,
 )
-from tests.gatewayproc import REPO, GatewayProcess
-from tests.redis_cluster import RedisBackend, backend_of
+from tests.gatewayproc import REPO, GatewayProcess, RedisServer
 
 CONFIG_KEY = "gw-config-user-CANARY-99cc"
 REVOCABLE_CONFIG_KEY = "gw-config-revocable-CANARY-aa11"
@@ -34,21 +33,15 @@ SYNC_INTERVAL_S = 0.2  # limits.key_sync_interval_s in governance_config
 PROPAGATION_BOUND_S = SYNC_INTERVAL_S + 0.6  # the interval plus a reload and requests
 
 
-@pytest.fixture(scope="module", params=["standalone", "cluster"])
-def backend(request: pytest.FixtureRequest) -> RedisBackend:
-    """One Redis, then a Redis Cluster, under the three replicas."""
-    return backend_of(request)
-
-
 @pytest.fixture(scope="module")
 def replicas(
-    start_gateway: Callable[..., GatewayProcess], backend: RedisBackend
+    start_gateway: Callable[..., GatewayProcess], redis_server: RedisServer
 ) -> list[GatewayProcess]:
     keys = [
         {"name": "config-user", "key": CONFIG_KEY, "team": "ops"},
         {"name": "config-revocable", "key": REVOCABLE_CONFIG_KEY},
     ]
-    config = governance_config(backend, keys, window_s=30)
+    config = governance_config(redis_server.url, keys, window_s=30)
     return [start_gateway(config) for _ in range(3)]
 
 
@@ -186,7 +179,7 @@ def test_a_live_name_cannot_be_taken_twice(replicas: list[GatewayProcess]) -> No
 
 
 def test_secrets_never_stored_or_logged_in_clear(
-    replicas: list[GatewayProcess], backend: RedisBackend
+    replicas: list[GatewayProcess], redis_server: RedisServer
 ) -> None:
     created = create_key(replicas[0], name="svc-secret-check", budget_usd=50)
     rotated = admin(replicas[0], "POST", f"/admin/keys/{created['id']}/rotate", json={}).json()
@@ -195,7 +188,7 @@ def test_secrets_never_stored_or_logged_in_clear(
         assert chat(gateway, CONFIG_KEY).status_code == 200
     usage_of(replicas[0], "svc-secret-check", 3)
     secrets = [created["key"], rotated["key"], CONFIG_KEY, ADMIN_KEY]
-    stored = b"\n".join(redis_dump(backend))
+    stored = b"\n".join(redis_dump(redis_server.url))
     assert stored  # the scan did see the records and counters
     for secret in secrets:
         assert secret.encode() not in stored
