@@ -89,17 +89,36 @@ def session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def start_gateway(session_dir: Path) -> Iterator[Callable[..., GatewayProcess]]:
-    """Start gateways on demand; all are stopped at the end of the session."""
+def _started_gateways() -> Iterator[list[GatewayProcess]]:
     started: list[GatewayProcess] = []
+    yield started
+    for gateway in started:
+        gateway.stop()
+
+
+@pytest.fixture(scope="session")
+def start_gateway(
+    session_dir: Path, _started_gateways: list[GatewayProcess]
+) -> Callable[..., GatewayProcess]:
+    """Start gateways on demand; each is stopped at the end of the module that started
+    it (`_stop_the_modules_gateways`), the rest at the end of the session."""
 
     def start(config: dict[str, Any], **kwargs: Any) -> GatewayProcess:
         gateway = GatewayProcess(config, session_dir, **kwargs).start()
-        started.append(gateway)
+        _started_gateways.append(gateway)
         return gateway
 
-    yield start
-    for gateway in started:
+    return start
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_the_modules_gateways(_started_gateways: list[GatewayProcess]) -> Iterator[None]:
+    """Gateways a module started stop with it: each idle one still costs about 2% of a
+    core (its sync loops), and a session that kept a hundred alive starved the
+    start-up of later ones on a 2-core machine."""
+    before = len(_started_gateways)
+    yield
+    for gateway in _started_gateways[before:]:
         gateway.stop()
 
 
