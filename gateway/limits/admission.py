@@ -54,7 +54,6 @@ from gateway.limits.store import (
     Settlement,
     budget_period,
     new_admission,
-    usage_day,
 )
 from gateway.limits.sync import DeploymentQuotas, PendingWrites
 from gateway.redis import RedisUnavailableError, SharedRedis
@@ -164,21 +163,11 @@ class Limits:
         output_tokens = usage.completion_tokens if usage else 0
         if ctx.deployment_id is not None:
             self._quotas.used(ctx.deployment_id, 0, input_tokens + output_tokens)
-        cost_usd, route = ctx.cost_usd or 0.0, ctx.route or "unknown"
+        tokens, cost_usd = input_tokens + output_tokens, ctx.cost_usd or 0.0
         if held is None:  # nothing reserved, nothing in the store: billed in its key's tally
-            self._writes.bill(caller, route, input_tokens, output_tokens, cost_usd)
+            self._writes.bill(caller, tokens, cost_usd)
             return
-        settlement = Settlement(
-            admission=held.admission,
-            reserved=held.reserved,
-            tokens=input_tokens + output_tokens,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            cost_usd=cost_usd,
-            route=route,
-            day=usage_day(),
-        )
-        await self._writes.submit(settlement)
+        await self._writes.submit(Settlement(held.admission, held.reserved, tokens, cost_usd))
 
     async def release(self, reservation: Reservation | None) -> None:
         """The request ends without usage to bill: its reservation is given back."""

@@ -100,24 +100,31 @@ if budget >= 0 then
   if used >= budget or used + cost > budget + 1e-9 then return {2, 0, 'budget', tostring(used)} end
 end
 
+-- Each call from Lua costs a few µs of Redis' time, and this script is on every limited
+-- request's path: what is already known is not asked again.
+local requests = 0
 if rpm > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-  if redis.call('ZCARD', KEYS[1]) >= rpm then
+  requests = redis.call('ZCARD', KEYS[1])
+  if requests >= rpm then
     local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
     return {1, tonumber(oldest[2]) + window - now, 'rpm'}
   end
 end
 
+local used = 0
 if tpm > 0 then
   local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - window)
-  for _, old in ipairs(gone) do
-    local n = tonumber(redis.call('HGET', KEYS[3], old) or '0')
-    if n ~= 0 then redis.call('HINCRBY', KEYS[3], '#', -n) end  -- never -0: not an integer
-    redis.call('HDEL', KEYS[3], old)
+  if #gone > 0 then
+    for _, old in ipairs(gone) do
+      local n = tonumber(redis.call('HGET', KEYS[3], old) or '0')
+      if n ~= 0 then redis.call('HINCRBY', KEYS[3], '#', -n) end  -- never -0: not an integer
+      redis.call('HDEL', KEYS[3], old)
+    end
+    redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
+    if redis.call('ZCARD', KEYS[2]) == 0 then redis.call('DEL', KEYS[3]) end
   end
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
-  if redis.call('ZCARD', KEYS[2]) == 0 then redis.call('DEL', KEYS[3]) end
-  local used = tonumber(redis.call('HGET', KEYS[3], '#') or '0')
+  used = tonumber(redis.call('HGET', KEYS[3], '#') or '0')
   if used > 0 and used + tokens > tpm then
     local need, wait = used + tokens - tpm, 0
     local entries = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
@@ -136,8 +143,7 @@ if rpm > 0 then
 end
 if tpm > 0 then
   redis.call('ZADD', KEYS[2], now, rid)
-  redis.call('HSET', KEYS[3], rid, tokens)
-  redis.call('HINCRBY', KEYS[3], '#', tokens)
+  redis.call('HSET', KEYS[3], rid, tokens, '#', string.format('%d', used + tokens))
   redis.call('PEXPIRE', KEYS[2], window)
   redis.call('PEXPIRE', KEYS[3], window)
 end
@@ -147,17 +153,22 @@ redis.call('HSET', KEYS[5], rid, held)
 redis.call('ZADD', KEYS[6], now, rid)
 if held ~= 0 then redis.call('HINCRBYFLOAT', KEYS[4], 'reserved', held) end
 local keep = tonumber(ARGV[9])
-if keep > 0 then
-  for i = 4, 7 do redis.call('EXPIRE', KEYS[i], keep) end
+if keep > 0 then  -- what this admission wrote lives as long as its period's counters
+  redis.call('EXPIRE', KEYS[5], keep)
+  redis.call('EXPIRE', KEYS[6], keep)
+  if budget >= 0 then redis.call('EXPIRE', KEYS[4], keep) end
+  if #stale > 0 then redis.call('EXPIRE', KEYS[7], keep) end
 end
 local req_left, req_reset, tok_left, tok_reset = -1, -1, -1, -1
 if rpm > 0 then
-  req_left = rpm - redis.call('ZCARD', KEYS[1])
-  local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  req_reset = tonumber(first[2]) + window - now
+  req_left = rpm - requests - 1
+  req_reset = window  -- this request is the window's oldest, unless one came before
+  if requests > 0 then
+    req_reset = tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2]) + window - now
+  end
 end
 if tpm > 0 then
-  tok_left = math.max(0, tpm - tonumber(redis.call('HGET', KEYS[3], '#') or '0'))
+  tok_left = math.max(0, tpm - used - tokens)
   local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
   tok_reset = tonumber(first[2]) + window - now
 end
@@ -262,14 +273,22 @@ def _key_base(key_id: str) -> str:
     return f"gw:lim:{{{key_id}}}"  # the hash tag: one slot for all of a key's counters
 
 
-def _budget_keys(a: Admission) -> list[str]:
-    budget = f"{_key_base(a.key_id)}:b:{a.period}"
-    return [budget, f"{budget}:resv", f"{budget}:resvt", f"{budget}:lost"]
-
-
-def _rate_keys(a: Admission) -> list[str]:
-    base = _key_base(a.key_id)
-    return [f"{base}:req", f"{base}:tok", f"{base}:tokn"]
+@functools.lru_cache(maxsize=4096)
+def _limit_keys(key_id: str, period: str) -> tuple[str, ...]:
+    """A gateway key's counters in one budget period (the KEYS of ADMIT and RELEASE):
+    request log, token log, token amounts, budget, reservations, their times, given up.
+    Made once per key and period, not per request."""
+    base = _key_base(key_id)
+    budget = f"{base}:b:{period}"
+    return (
+        f"{base}:req",
+        f"{base}:tok",
+        f"{base}:tokn",
+        budget,
+        f"{budget}:resv",
+        f"{budget}:resvt",
+        f"{budget}:lost",
+    )
 
 
 def deployment_key(deployment_id: str) -> str:
@@ -295,7 +314,7 @@ class RedisLimitStore:
         self._reservation_ttl_ms = math.ceil(reservation_ttl_s * 1000)
 
     async def admit(self, a: Admission) -> Decision:
-        keys = [*_rate_keys(a), *_budget_keys(a)]
+        keys = _limit_keys(a.key_id, a.period)
         args: list[str | int] = [
             a.request_id,
             self._window_ms,
@@ -346,11 +365,11 @@ class RedisLimitStore:
     def _evalsha(self, write: Write) -> Command:
         if isinstance(write, Release):
             a = write.admission
-            keys: list[str] = [*_rate_keys(a), *_budget_keys(a)]
+            keys = _limit_keys(a.key_id, a.period)
             return ("EVALSHA", _sha(RELEASE), len(keys), *keys, a.request_id)
         a = write.admission
-        base = _key_base(a.key_id)
-        keys = [f"{base}:tok", f"{base}:tokn", *_budget_keys(a), f"{base}:done:{a.request_id}"]
+        done = f"{_key_base(a.key_id)}:done:{a.request_id}"
+        keys = (*_limit_keys(a.key_id, a.period)[1:], done)
         args = (a.request_id, 1 if write.reserved else 0, write.tokens, repr(write.cost_usd))
         return ("EVALSHA", _sha(SETTLE), len(keys), *keys, *args, a.period_ttl_s, _MARKER_TTL_S)
 

@@ -86,13 +86,8 @@ class Headroom:
 class Settlement:
     admission: Admission
     reserved: bool  # False: nothing reserved (no limits, or admitted during an outage)
-    tokens: int
-    input_tokens: int
-    output_tokens: int
+    tokens: int  # input and output
     cost_usd: float
-    route: str
-    day: str  # YYYY-MM-DD (UTC) of the usage report row
-    requests: int = 1  # more than one: a tally of requests that reserved nothing
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass sets each field by a call

@@ -4,7 +4,7 @@
 task writes them in batches (one pipeline per batch); while Redis is down they wait,
 bounded, and are retried: safe because every write is idempotent per request id.
 Requests that reserved nothing (keys without limits: most traffic) are not written
-one by one: `bill` adds each to its key's tally per route and day, and each tally
+one by one: `bill` adds each to its key's tally per day, and each tally
 goes out as one settlement (with its own id) in the next batch. One script call and
 one short-lived settle marker in Redis per tally instead of per request; a Redis
 script call and its marker per request were a tenth of a cache-missing request's
@@ -51,27 +51,16 @@ _RETRY_S = 0.5
 
 @dataclass(slots=True)
 class _Tally:
-    """Requests of one key, route and day that reserved nothing, not written yet."""
+    """Requests of one key and day that reserved nothing, not written yet."""
 
     caller: Caller
     period: tuple[str, int]  # the budget period their cost is spent in
-    requests: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
+    tokens: int = 0
     cost_usd: float = 0.0
 
-    def settlement(self, route: str, day: str) -> Settlement:
-        return Settlement(
-            admission=new_admission(self.caller, 0, 0.0, self.period),
-            reserved=False,
-            tokens=self.input_tokens + self.output_tokens,
-            input_tokens=self.input_tokens,
-            output_tokens=self.output_tokens,
-            cost_usd=self.cost_usd,
-            route=route,
-            day=day,
-            requests=self.requests,
-        )
+    def settlement(self) -> Settlement:
+        admission = new_admission(self.caller, 0, 0.0, self.period)
+        return Settlement(admission, False, self.tokens, self.cost_usd)
 
 
 class PendingWrites:
@@ -80,7 +69,7 @@ class PendingWrites:
         self._max_pending = max_pending
         self._metrics = metrics
         self._queue: deque[Write] = deque()
-        self._tallies: dict[tuple[str, str, str], _Tally] = {}  # (key id, route, day)
+        self._tallies: dict[tuple[str, str], _Tally] = {}  # (key id, day)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._dropping = False
@@ -95,18 +84,15 @@ class PendingWrites:
             return
         self.enqueue(write)
 
-    def bill(
-        self, caller: Caller, route: str, input_tokens: int, output_tokens: int, cost_usd: float
-    ) -> None:
-        """One request that reserved nothing, into its tally (written in the background)."""
+    def bill(self, caller: Caller, tokens: int, cost_usd: float) -> None:
+        """One request that reserved nothing, into its tally (written in the background).
+        A tally per day: a day's (or month's) budget period never gets another's cost."""
         day = usage_day()
-        tally = self._tallies.get((caller.key_id, route, day))
+        tally = self._tallies.get((caller.key_id, day))
         if tally is None:
             tally = _Tally(caller, budget_period(caller.budget_period))
-            self._tallies[caller.key_id, route, day] = tally
-        tally.requests += 1
-        tally.input_tokens += input_tokens
-        tally.output_tokens += output_tokens
+            self._tallies[caller.key_id, day] = tally
+        tally.tokens += tokens
         tally.cost_usd += cost_usd
         self._wake.set()
 
@@ -118,7 +104,7 @@ class PendingWrites:
 
     def _settle_tallies(self) -> list[Settlement]:
         tallies, self._tallies = self._tallies, {}
-        return [t.settlement(route, day) for (_, route, day), t in tallies.items()]
+        return [tally.settlement() for tally in tallies.values()]
 
     def enqueue(self, write: Write) -> None:
         """Queue for the background writer (shared stores); never waits."""

@@ -114,11 +114,7 @@ def settlement(a: Admission, cost_usd: float, tokens: int = 10, **overrides: Any
         "admission": a,
         "reserved": True,
         "tokens": tokens,
-        "input_tokens": tokens // 2,
-        "output_tokens": tokens - tokens // 2,
         "cost_usd": cost_usd,
-        "route": "gpt-test",
-        "day": "2025-01-31",
     }
     return Settlement(**{**fields, **overrides})
 
@@ -134,6 +130,28 @@ def test_rpm_admits_exactly_the_limit_then_says_when(run: Callable[..., None]) -
         assert reasons == [None, None, None, "rpm"]
         refused = await store.admit(another(first))
         assert 25 < refused.retry_after_s <= 30  # the oldest entry leaves a 30 s window
+
+    run(scenario)
+
+
+def test_each_admission_says_what_is_left_of_both_limits(run: Callable[..., None]) -> None:
+    """The x-ratelimit-* headers' numbers: what is left after this admission, and when
+    the window's oldest entry leaves it (the script counts them without asking Redis
+    again; the memory store must agree)."""
+
+    async def scenario(store: LimitStore) -> None:
+        first = admission(rpm=5, tpm=100, tokens=10)
+        seen = []
+        for a in [first, another(first, tokens=20), another(first, tokens=30)]:
+            d = await store.admit(a)
+            assert d.reason is None and d.requests is not None and d.tokens is not None
+            assert 25 < d.requests.reset_s <= 30 and 25 < d.tokens.reset_s <= 30
+            seen.append((d.requests.left, d.tokens.left))
+        assert seen == [(4, 90), (3, 70), (2, 40)]
+        await store.apply([Release(first)])
+        d = await store.admit(another(first, tokens=0))
+        assert d.requests is not None and d.tokens is not None
+        assert (d.requests.left, d.tokens.left) == (2, 50)
 
     run(scenario)
 
@@ -306,9 +324,44 @@ def test_unreserved_settles_bill_once_by_a_short_lived_marker(backend: Backend) 
     asyncio.run(main())
 
 
+def test_every_key_an_admission_writes_expires(backend: Backend) -> None:
+    """Rate windows expire with the window, per-period records with the period: a key
+    that goes quiet leaves nothing in Redis for ever (the admission sets expiries only on
+    what it wrote)."""
+
+    async def main() -> None:
+        async with redis_store(backend.url, 30.0, 0.2, backend.mode) as store:
+            budgeted = admission(rpm=5, tpm=100, budget_usd=10.0, cost_usd=0.5)
+            assert (await store.admit(budgeted)).reason is None  # never settled
+            await asyncio.sleep(0.3)  # past the reservation's life: the next gives it up
+            assert (await store.admit(another(budgeted))).reason is None
+            plain = admission(rpm=5, tpm=100)
+            assert (await store.admit(plain)).reason is None
+            client = store._redis.client
+            present = {}
+            for a in (budgeted, plain):
+                base, budget = f"gw:lim:{{{a.key_id}}}", f"gw:lim:{{{a.key_id}}}:b:{a.period}"
+                names = [f"{base}:req", f"{base}:tok", f"{base}:tokn", budget]
+                names += [f"{budget}:resv", f"{budget}:resvt", f"{budget}:lost"]
+                ttls = {name: await client.ttl(name) for name in names}
+                present[a.key_id] = {n[len(base) + 1 :]: t for n, t in ttls.items() if t != -2}
+                assert all(t > 0 for t in present[a.key_id].values()), ttls
+            period = budgeted.period
+            assert set(present[budgeted.key_id]) == {
+                "req", "tok", "tokn", f"b:{period}", f"b:{period}:resv", f"b:{period}:resvt",
+                f"b:{period}:lost",
+            }  # fmt: skip
+            assert set(present[plain.key_id]) == {
+                "req", "tok", "tokn", f"b:{period}:resv", f"b:{period}:resvt",
+            }  # fmt: skip
+            assert all(t <= 30 for n, t in present[plain.key_id].items() if ":" not in n)
+
+    asyncio.run(main())
+
+
 def test_requests_that_reserve_nothing_are_billed_in_tallies(run: Callable[..., None]) -> None:
-    """Per key, route and day: every request counted, one write (and, in Redis, one
-    settle marker) per tally instead of per request."""
+    """Per key and day: every request counted, one write (and, in Redis, one settle
+    marker) per tally instead of per request, whatever routes the requests took."""
 
     async def scenario(store: LimitStore) -> None:
         writes = PendingWrites(store, max_pending=100, metrics=Metrics(CollectorRegistry()))
@@ -316,8 +369,8 @@ def test_requests_that_reserve_nothing_are_billed_in_tallies(run: Callable[..., 
         caller = Caller(key_id="k-" + uuid.uuid4().hex[:10], name="tallied", team="t")
         markers_before = await _markers(store)
         for _ in range(50):
-            writes.bill(caller, "route-a", 3, 7, 0.5)
-        writes.bill(caller, "route-b", 1, 1, 0.25)
+            writes.bill(caller, 10, 0.5)
+        writes.bill(caller, 2, 0.25)
         month = budget_period("month")[0]
         if not store.shared:  # its tallies are applied before a read (Limits.spend)
             await writes.apply_tallies()
@@ -325,7 +378,7 @@ def test_requests_that_reserve_nothing_are_billed_in_tallies(run: Callable[..., 
         await writes.aclose()
         assert await store.spend(caller.key_id, month) == (25.25, 0.0)
         if isinstance(store, RedisLimitStore):  # new ones (others' may expire meanwhile)
-            assert len(await _markers(store) - markers_before) == 2
+            assert len(await _markers(store) - markers_before) == 1
 
     run(scenario)
 
