@@ -7,6 +7,7 @@ to the shared handlers (gateway.api.error_handlers), which give the same OpenAI 
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 from starlette.requests import Request
@@ -16,6 +17,7 @@ from starlette.routing import Route as HTTPRoute
 from gateway.api.deps import (
     BytesResponse,
     admit,
+    concluded,
     context_of,
     json_response,
     pipeline_of,
@@ -28,11 +30,14 @@ from gateway.api.prologue import prologue
 from gateway.api.sse_response import SSE_CONTENT_TYPE, SSE_HEADERS, SSEResponse
 from gateway.cache import Assembler, CacheEntry, CacheLookup, render_hit
 from gateway.config import Route, estimate_tokens
+from gateway.context import RequestContext
 from gateway.dialects import CHAT, Dialect, NativeAnswers
 from gateway.errors import GatewayError, InvalidRequestError
 from gateway.keys import Caller
-from gateway.limits import has_limits
+from gateway.limits import Reservation, has_limits
+from gateway.pipeline import Pipeline
 from gateway.routing import RoutingControls
+from gateway.services import Services
 from gateway.types import ChatRequest
 from routers import Plan
 
@@ -81,17 +86,23 @@ async def serve(request: Request, dialect: Dialect) -> Response:
     ctx.stream = req.stream
     if req.native is not None and req.native.forward:  # chat: one attribute check
         req.native.headers = forwarded_headers(request.scope["headers"], req.native.forward)
-    cache = first.services.cache
+    services = first.services
+    cache = services.cache
     lookup = None
+    both_in_redis = False  # the cache read and an admission can go out in one write
     if cache is not None:
         lookup = cache.lookup(req, route, caller, routing, first.cache, ctx, dialect.name)
+        both_in_redis = cache.reads_now and services.limits.store.shared
     if lookup is None:
         return await complete(request, dialect, req, route, routing, caller, None)
+    ahead = None
     try:
+        if both_in_redis and lookup.read and has_limits(caller):
+            ahead = AdmissionAhead(services, ctx, caller, pipeline_of(request), req, route, routing)
         entry = await lookup.find(lambda wait: until_disconnect(request, wait))
         if entry is not None:
-            return await serve_hit(request, dialect, entry, req, caller)
-        return await complete(request, dialect, req, route, routing, caller, lookup)
+            return await serve_hit(request, dialect, entry, req, caller, ahead)
+        return await complete(request, dialect, req, route, routing, caller, lookup, ahead)
     except ClientDisconnectedError:
         return Response(status_code=CLIENT_CLOSED_REQUEST)  # left while waiting: nothing ran
     except BaseException as error:
@@ -99,6 +110,65 @@ async def serve(request: Request, dialect: Dialect) -> Response:
         raise
     finally:
         lookup.close()
+        if ahead is not None:
+            ahead.close()
+
+
+class AdmissionAhead:
+    """A caller's admission sent with its cache read, in the same write to Redis: one
+    round trip for both, not two in a row (a miss, the common case, needs both; at low
+    load each round trip is a few hundred µs of a request's latency). Only when the read
+    goes out at once (`ResponseCache.reads_now`): under load reads wait to go in one
+    MGET for many requests, and admissions sent ahead of them would each take a write
+    of their own instead of sharing one when the MGET's answers come back.
+
+    Acted on once the read is known: a miss goes upstream with it, or its refusal; a
+    hit takes it if it admitted (settled at zero, as a hit's own admission is; its
+    token estimate is not counted in the x-ratelimit headers), else is admitted as any
+    hit is (only rpm counts for a hit: a refusal for tokens or budget never refuses an
+    answer the cache has). A request that waits for an identical one in flight holds
+    its reservation meanwhile, as it would upstream (it goes there if the first fails);
+    never acted on (its client left), what it reserved is given back."""
+
+    __slots__ = ("plan", "_services", "_ctx", "_caller", "_task", "_taken")
+
+    def __init__(
+        self,
+        services: Services,
+        ctx: RequestContext,
+        caller: Caller,
+        pipeline: Pipeline,
+        req: ChatRequest,
+        route: Route,
+        routing: RoutingControls,
+    ) -> None:
+        self.plan = pipeline.plan_chat(req, route, routing)  # what the estimate comes from
+        self._services, self._ctx, self._caller = services, ctx, caller
+        # A task: it sends before the cache read's write goes out (the end of this turn).
+        self._task = asyncio.ensure_future(services.limits.ask(caller, *estimate(self.plan, req)))
+        self._taken = False
+
+    async def for_upstream(self) -> Reservation:
+        """The reservation (or the refusal raised) of a request that goes upstream."""
+        self._taken = True
+        return await concluded(self._services, self._ctx, self._caller, await self._task)
+
+    async def for_hit(self) -> Reservation | None:
+        """The reservation if the admission went through; else None (given back)."""
+        self._taken = True
+        answer = await self._task
+        if answer.admitted:
+            return await concluded(self._services, self._ctx, self._caller, answer, hit=True)
+        self._services.limits.withdraw(answer)
+        return None
+
+    def close(self) -> None:
+        if self._taken:
+            return
+        if not self._task.done():
+            self._task.cancel()  # `Limits.ask` gives back what its script may have reserved
+        elif not self._task.cancelled() and self._task.exception() is None:
+            self._services.limits.withdraw(self._task.result())
 
 
 async def complete(
@@ -109,14 +179,20 @@ async def complete(
     routing: RoutingControls,
     caller: Caller,
     lookup: CacheLookup | None,
+    ahead: AdmissionAhead | None = None,
 ) -> Response:
     """Plan, admit and call upstream (this request leads, or the cache is not involved)."""
     services, pipeline, ctx = services_of(request), pipeline_of(request), context_of(request)
-    plan = pipeline.plan_chat(req, route, routing)
-    ctx.policy = plan.policy
     reservation = None  # a caller without limits: nothing to check or reserve
-    if has_limits(caller):
-        reservation = await admit(services, ctx, caller, *estimate(plan, req))
+    if ahead is not None:
+        plan = ahead.plan
+        ctx.policy = plan.policy
+        reservation = await ahead.for_upstream()
+    else:
+        plan = pipeline.plan_chat(req, route, routing)
+        ctx.policy = plan.policy
+        if has_limits(caller):
+            reservation = await admit(services, ctx, caller, *estimate(plan, req))
     log_payloads = route.log_payloads or caller.log_payloads
     if log_payloads:
         ctx.payload_request = req.body
@@ -160,12 +236,18 @@ async def complete(
 
 
 async def serve_hit(
-    request: Request, dialect: Dialect, entry: CacheEntry, req: ChatRequest, caller: Caller
+    request: Request,
+    dialect: Dialect,
+    entry: CacheEntry,
+    req: ChatRequest,
+    caller: Caller,
+    ahead: AdmissionAhead | None,
 ) -> Response:
     """A stored answer, or one an identical request in flight produced: costs nothing."""
     services, ctx = services_of(request), context_of(request)
-    reservation = None
-    if caller.rpm is not None:  # a hit counts as a request, but uses no tokens and no budget
+    reservation = await ahead.for_hit() if ahead is not None else None
+    if reservation is None and caller.rpm is not None:
+        # A hit counts as a request, but uses no tokens and no budget.
         reservation = await admit(services, ctx, caller, 0, 0.0)
     assert services.cache is not None
     services.cache.account_hit(entry, ctx)

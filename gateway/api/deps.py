@@ -19,7 +19,7 @@ from gateway.errors import (
     RequestTimeoutError,
 )
 from gateway.keys import Caller
-from gateway.limits import Reservation
+from gateway.limits import Answer, Reservation
 from gateway.pipeline import Pipeline
 from gateway.services import Services
 
@@ -148,7 +148,15 @@ async def admit(
 ) -> Reservation:
     """The caller's admission (for a caller with limits), its x-ratelimit-* headers set
     on the request's answer."""
-    reservation = await services.limits.admit(caller, tokens, cost_usd)
+    answer = await services.limits.ask(caller, tokens, cost_usd)
+    return await concluded(services, ctx, caller, answer)
+
+
+async def concluded(
+    services: Services, ctx: RequestContext, caller: Caller, answer: Answer, hit: bool = False
+) -> Reservation:
+    """An admission's answer acted on (`Limits.conclude`), its headers set as `admit`'s."""
+    reservation = await services.limits.conclude(caller, answer, hit)
     ctx.rate_headers = rate_limit_headers(caller, reservation)
     return reservation
 

@@ -92,6 +92,7 @@ class ResponseCache:
         wait_timeout_s: float,
     ) -> None:
         self.backend = backend
+        self._redis = backend if isinstance(backend, RedisCache) else None
         self.config = config
         self.flights: SingleFlight[FlightResult] = SingleFlight()
         self.wait_timeout_s = wait_timeout_s
@@ -130,6 +131,12 @@ class ResponseCache:
             self.record(ctx, "bypass")
         key = cache_key(caller.tenant, body, routing, dialect)
         return CacheLookup(self, key, read, write, min(ttl_s, MAX_TTL_S), ctx)
+
+    @property
+    def reads_now(self) -> bool:
+        """The next read goes to Redis at the end of this event-loop turn (none in flight
+        to wait for): a command sent in this turn shares its write and round trip."""
+        return self._redis is not None and not self._redis.reading
 
     def record(self, ctx: RequestContext, result: str) -> None:
         ctx.cache = result.upper()

@@ -178,6 +178,12 @@ class RedisCache:
         self._queued_reads: list[tuple[str, asyncio.Future[bytes | None]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
+    @property
+    def reading(self) -> bool:
+        """A read is in flight: the next waits for it, then goes in one MGET with every
+        read queued meanwhile."""
+        return self._reading
+
     async def get(self, key: str) -> bytes | None:
         pending = self._pending.get(key)
         if pending is not None:

@@ -5,7 +5,7 @@ This module is the wing's front door: other parts of the gateway import from her
 
 from __future__ import annotations
 
-from gateway.limits.admission import Limits, Reservation, build_limits, has_limits
+from gateway.limits.admission import Answer, Limits, Reservation, build_limits, has_limits
 from gateway.limits.budget_metrics import export_budgets
 from gateway.limits.usage_report import (
     ReportRangeError,
@@ -16,6 +16,7 @@ from gateway.limits.usage_report import (
 )
 
 __all__ = [
+    "Answer",
     "Limits",
     "Reservation",
     "ReportRangeError",

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from gateway.config import Deployment, GatewayConfig
 from gateway.context import RequestContext
@@ -90,6 +91,18 @@ class Reservation:
         return self
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What the store said to one admission (`Limits.ask`), not acted on yet."""
+
+    admission: Admission
+    decision: Decision | None  # None: the store was unreachable
+
+    @property
+    def admitted(self) -> bool:
+        return self.decision is not None and self.decision.reason is None
+
+
 class Limits:
     def __init__(
         self,
@@ -120,20 +133,45 @@ class Limits:
         """For a caller with limits (`has_limits`); callers skip it for one without:
         nothing to check or reserve, and its settle (with no reservation) bills it in a
         tally."""
+        answer = await self.ask(caller, estimated_tokens, estimated_cost_usd)
+        return await self.conclude(caller, answer)
+
+    async def ask(self, caller: Caller, estimated_tokens: int, estimated_cost_usd: float) -> Answer:
+        """The store's answer to the caller's admission, not acted on yet: `conclude`
+        turns it into a reservation or the refusal, `withdraw` gives back what it
+        reserved when the request is served without it (`admit` is both)."""
         admission = new_admission(caller, estimated_tokens, estimated_cost_usd, floor=self._floor)
         try:
-            decision = await self.store.admit(admission)
+            return Answer(admission, await self.store.admit(admission))
         except RedisUnavailableError:
-            await self._admit_unchecked(caller, admission)
-            return Reservation(admission, reserved=False)
+            return Answer(admission, None)
         except asyncio.CancelledError:
             if self.store.shared:  # the script may have run: give its reservation back
                 self._writes.enqueue(Release(admission))
             raise
+
+    async def conclude(self, caller: Caller, answer: Answer, hit: bool = False) -> Reservation:
+        """The reservation an answer made, or its refusal raised (and counted). `hit`: the
+        request is a cache hit, settled at zero: what is left of the key's tpm does not
+        count its estimate."""
+        decision = answer.decision
+        if decision is None:
+            await self._admit_unchecked(caller, answer.admission)
+            return Reservation(answer.admission, reserved=False)
         if decision.reason is not None:
             self._metrics.record_rejection(decision.reason, caller.name, caller.team or "none")
-            raise refusal(caller, decision, admission.cost_usd)
-        return Reservation(admission, True, decision.requests, decision.tokens)
+            raise refusal(caller, decision, answer.admission.cost_usd)
+        tokens = decision.tokens
+        if hit and tokens is not None and caller.tpm is not None:
+            left = min(caller.tpm, tokens.left + answer.admission.tokens)
+            tokens = Headroom(left, tokens.reset_s)
+        return Reservation(answer.admission, True, decision.requests, tokens)
+
+    def withdraw(self, answer: Answer) -> None:
+        """An answer not acted on: what it reserved, or may have (the store did not
+        answer), is given back in the background. A refusal reserved nothing."""
+        if answer.decision is None or answer.decision.reason is None:
+            self._writes.enqueue(Release(answer.admission))
 
     async def _admit_unchecked(self, caller: Caller, admission: Admission) -> None:
         """The store is unreachable: refuse or serve, per `limits.on_redis_error`."""
