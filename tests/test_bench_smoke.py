@@ -78,3 +78,15 @@ def test_bench_runs_reports_a_table_and_stops_everything(tmp_path: Path) -> None
                 assert run["events"] == per_stream * run["requests"], run
                 assert run["incomplete_streams"] == 0
     assert _bench_processes(proc.pid) == []
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+def test_compare_interleaves_scenarios_and_reports_each_against_the_first() -> None:
+    cmd = [sys.executable, "-m", "bench.compare", "--scenarios", "realistic", "realistic-limits"]
+    cmd += ["--rounds", "2", "--duration-s", "1", "--concurrency", "2"]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    medians = [line for line in done.stdout.splitlines() if "(medians of 2)" in line]
+    assert len(medians) == 2, done.stdout
+    assert all(float(line.split("CPU/request")[1].split()[0]) > 0 for line in medians)
+    assert "realistic-limits against realistic, c=2: CPU per request" in done.stdout
