@@ -183,16 +183,13 @@ async def complete(
 ) -> Response:
     """Plan, admit and call upstream (this request leads, or the cache is not involved)."""
     services, pipeline, ctx = services_of(request), pipeline_of(request), context_of(request)
+    plan = ahead.plan if ahead is not None else pipeline.plan_chat(req, route, routing)
+    ctx.policy = plan.policy
     reservation = None  # a caller without limits: nothing to check or reserve
     if ahead is not None:
-        plan = ahead.plan
-        ctx.policy = plan.policy
         reservation = await ahead.for_upstream()
-    else:
-        plan = pipeline.plan_chat(req, route, routing)
-        ctx.policy = plan.policy
-        if has_limits(caller):
-            reservation = await admit(services, ctx, caller, *estimate(plan, req))
+    elif has_limits(caller):
+        reservation = await admit(services, ctx, caller, *estimate(plan, req))
     log_payloads = route.log_payloads or caller.log_payloads
     if log_payloads:
         ctx.payload_request = req.body

@@ -2,17 +2,18 @@
 
 The pipeline calls these hooks:
 
-- `admit` before any upstream call: one store call (a Lua script with Redis) checks
-  the key's budget, rpm and tpm and reserves the estimates together, or refuses
-  (keys with none of the three are not admitted at all, `has_limits`: nothing to
-  check or reserve):
+- `ask`, then `conclude`, before any upstream call: one store call (a Lua script with
+  Redis) checks the key's budget, rpm and tpm and reserves the estimates together,
+  then the reservation is taken or the refusal raised (keys with none of the three
+  are not admitted at all, `has_limits`: nothing to check or reserve):
   budget -> 429 insufficient_quota (x-should-retry: false), rpm/tpm -> 429
-  rate_limit_exceeded with retry-after;
+  rate_limit_exceeded with retry-after. Apart, so that the question can go to Redis
+  with the cache read and the answer be acted on once the read is known (`withdraw`
+  gives back an answer not acted on: gateway.api.chat.AdmissionAhead);
 - `settle` once the real usage and cost are on the context (streams included, and
-  client disconnects): replaces the estimates with the real numbers and adds the
-  usage report row, exactly once per request id, written in the background (a key
-  without limits reserved nothing: its requests are billed in tallies, see
-  gateway.limits.sync);
+  client disconnects): replaces the estimates with the real numbers, exactly once
+  per request id, written in the background (a key without limits reserved nothing:
+  its requests are billed in tallies, see gateway.limits.sync);
 - `release` when the request failed: gives every reservation back;
 - `deployment_headroom` when planning: local numbers, no Redis round trip;
 - `deployment_used` after each successful upstream call.
@@ -64,7 +65,7 @@ _MIN_RESERVATION_TTL_S = 120.0
 
 
 class Reservation:
-    """What `Limits.admit` returns: the request holds it and hands it to `settle` or
+    """What `Limits.conclude` returns: the request holds it and hands it to `settle` or
     `release`, which take it once (a release after the settle gives nothing back). Never
     settled (a crash), its store entries expire on their own."""
 
@@ -127,19 +128,12 @@ class Limits:
         await self._quotas.aclose()
         await self._writes.aclose()
 
-    async def admit(
-        self, caller: Caller, estimated_tokens: int, estimated_cost_usd: float
-    ) -> Reservation:
-        """For a caller with limits (`has_limits`); callers skip it for one without:
-        nothing to check or reserve, and its settle (with no reservation) bills it in a
-        tally."""
-        answer = await self.ask(caller, estimated_tokens, estimated_cost_usd)
-        return await self.conclude(caller, answer)
-
     async def ask(self, caller: Caller, estimated_tokens: int, estimated_cost_usd: float) -> Answer:
         """The store's answer to the caller's admission, not acted on yet: `conclude`
         turns it into a reservation or the refusal, `withdraw` gives back what it
-        reserved when the request is served without it (`admit` is both)."""
+        reserved when the request is served without it. For a caller with limits
+        (`has_limits`); callers skip it for one without: nothing to check or reserve,
+        and its settle (with no reservation) bills it in a tally."""
         admission = new_admission(caller, estimated_tokens, estimated_cost_usd, floor=self._floor)
         try:
             return Answer(admission, await self.store.admit(admission))
