@@ -80,29 +80,31 @@ def left(answer: httpx.Response, unit: str) -> int:
     return int(answer.headers[f"x-ratelimit-remaining-{unit}"])
 
 
-def test_a_hit_is_served_when_the_budget_refuses_a_new_request(gateway: GatewayProcess) -> None:
-    cached = prompt("budget")
-    assert ask(gateway, BUDGET_KEY, cached).status_code == 200  # 1.00 of 1.50 USD
-    refused = ask(gateway, BUDGET_KEY, prompt("budget"))
+def served_then_refused_then_hit(
+    gateway: GatewayProcess, key: str, tag: str, code: str
+) -> tuple[httpx.Response, httpx.Response]:
+    """A prompt served, a new one refused with `code`, the first again: a hit, served.
+    Returns (the first answer, the hit)."""
+    cached = prompt(tag)
+    first = ask(gateway, key, cached)
+    assert first.status_code == 200, first.text
+    refused = ask(gateway, key, prompt(tag))
     assert refused.status_code == 429
-    assert refused.json()["error"]["code"] == "insufficient_quota"
-    hit = ask(gateway, BUDGET_KEY, cached)
+    assert refused.json()["error"]["code"] == code
+    hit = ask(gateway, key, cached)
     assert hit.status_code == 200, hit.text
     assert hit.headers["x-gateway-cache"] == "HIT"
+    return first, hit
+
+
+def test_a_hit_is_served_when_the_budget_refuses_a_new_request(gateway: GatewayProcess) -> None:
+    served_then_refused_then_hit(gateway, BUDGET_KEY, "budget", "insufficient_quota")
     assert ask(gateway, BUDGET_KEY, prompt("budget")).status_code == 429  # it cost nothing
 
 
 def test_a_hit_is_served_when_tokens_refuse_a_new_request(gateway: GatewayProcess) -> None:
-    cached = prompt("tpm")
-    first = ask(gateway, TPM_KEY, cached)
-    assert first.status_code == 200
+    first, hit = served_then_refused_then_hit(gateway, TPM_KEY, "tpm", "rate_limit_exceeded")
     assert first.json()["usage"]["total_tokens"] == 27
-    refused = ask(gateway, TPM_KEY, prompt("tpm"))
-    assert refused.status_code == 429
-    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
-    hit = ask(gateway, TPM_KEY, cached)
-    assert hit.status_code == 200, hit.text
-    assert hit.headers["x-gateway-cache"] == "HIT"
     # It counted as a request (as every hit of a key with rpm); the refused one did not.
     assert left(hit, "requests") == left(first, "requests") - 1
 
