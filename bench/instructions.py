@@ -1,7 +1,7 @@
 """Instructions per request under callgrind: a before/after figure that does not drift.
 
-    .venv/bin/python -m bench.instructions [--config chat|realistic|stream] [--requests 300]
-        [--src DIR ...]
+    .venv/bin/python -m bench.instructions [--config chat|realistic|realistic-limits|stream]
+        [--requests 300] [--src DIR ...]
 
 On a shared VM, wall-clock and CPU-time figures move by a fifth between runs; the
 instructions the gateway process executes per request repeat to about 0.2%. Each
@@ -40,7 +40,9 @@ STARTUP_S = 300.0  # under callgrind the gateway starts some 50 times slower
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.instructions")
-    parser.add_argument("--config", choices=("chat", "realistic", "stream"), default="chat")
+    parser.add_argument(
+        "--config", choices=("chat", "realistic", "realistic-limits", "stream"), default="chat"
+    )
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--idle-s", type=float, default=10.0)
     parser.add_argument("--src", type=Path, action="append", help="source tree (repeatable)")
@@ -60,8 +62,9 @@ def measure(src: Path, config_name: str, requests: int, idle_s: float) -> float:
         group = ProcessGroup()
         try:
             upstream = start_nginx(group, workdir, gw.MODEL)
-            if config_name == "realistic":
-                config = gw.realistic_config(upstream, gw.start_redis(group, workdir))
+            if config_name.startswith("realistic"):  # `-limits`: rpm and tpm on its key
+                features = gw.FEATURES | ({"limits"} if config_name.endswith("-limits") else set())
+                config = gw.realistic_config(upstream, gw.start_redis(group, workdir), features)
                 model, key = gw.ROUTE, gw.BENCH_KEY
             elif config_name == "stream":  # the minimal config, its SSE model, streamed
                 config, model, key = gw.minimal_config(upstream), gw.STREAM_MODEL, None
