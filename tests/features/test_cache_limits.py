@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from tests.features.governance import bearer, governance_config
@@ -26,6 +27,7 @@ BUDGET_KEY = f"gw-hit-budget-CANARY-{RUN}"  # 1.5 USD: one request (1.00 USD) fi
 TPM_KEY = f"gw-hit-tpm-CANARY-{RUN}"
 HEADERS_KEY = f"gw-hit-headers-CANARY-{RUN}"
 WAIT_KEY = f"gw-hit-wait-CANARY-{RUN}"
+SDK_KEY = f"gw-hit-sdk-CANARY-{RUN}"  # 1.5 USD, as BUDGET_KEY
 RPM, TPM = 100, 100_000
 SETTLED_S = 0.5  # settlements are written in the background within milliseconds
 
@@ -39,6 +41,7 @@ def gateway(
         {"name": f"hit-tpm-{RUN}", "key": TPM_KEY, "rpm": RPM, "tpm": 35},
         {"name": f"hit-headers-{RUN}", "key": HEADERS_KEY, "rpm": RPM, "tpm": TPM},
         {"name": f"hit-wait-{RUN}", "key": WAIT_KEY, "rpm": RPM, "tpm": TPM},
+        {"name": f"hit-sdk-{RUN}", "key": SDK_KEY, "budget_usd": 1.5},
     ]
     config = governance_config(backend_of(request), keys)
     config["cache"] = {"enabled": True}
@@ -154,3 +157,22 @@ def test_a_request_that_leaves_while_it_waits_on_an_identical_one_holds_nothing(
     assert later.status_code == 200
     assert left(later, "requests") == left(first, "requests") - 1
     assert left(later, "tokens") == TPM - used - estimate
+
+
+def test_the_sdk_reads_a_refusal_made_with_the_cache_read(gateway: GatewayProcess) -> None:
+    """The refusal of an admission sent with the cache read is the same OpenAI error as
+    any: the official SDK raises RateLimitError with the code, and serves the hit."""
+    client = openai.OpenAI(base_url=gateway.base_url, api_key=SDK_KEY, max_retries=0)
+    with client:
+        messages: Any = [{"role": "user", "content": prompt("sdk")}]
+        first = client.chat.completions.create(model="sim-chat", messages=messages, max_tokens=10)
+        again: Any = [{"role": "user", "content": prompt("sdk")}]
+        with pytest.raises(openai.RateLimitError) as refused:
+            client.chat.completions.create(model="sim-chat", messages=again, max_tokens=10)
+        assert refused.value.code == "insufficient_quota"
+        assert refused.value.response.headers["x-should-retry"] == "false"
+        hit = client.chat.completions.with_raw_response.create(
+            model="sim-chat", messages=messages, max_tokens=10
+        )
+        assert hit.headers["x-gateway-cache"] == "HIT"
+        assert hit.parse().choices[0].message.content == first.choices[0].message.content
