@@ -4,6 +4,7 @@ PostgreSQL): exact decimal sums, idempotent batches, and an outage that loses no
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from decimal import Decimal
 
 import pytest
@@ -149,6 +150,41 @@ def test_a_batch_written_twice_bills_once(database: DatabaseConfig) -> None:
         await records._engine.dispose()
 
     asyncio.run(main())
+
+
+def test_sqlite_stores_nones_as_null_and_bools_as_integers(
+    tmp_path: pytest.TempPathFactory,
+) -> None:
+    """The engine registers sqlite3 adapters for None and bool (a faster bind): what is
+    stored is what sqlite3 stores without them, SQL NULL and the integers 1 and 0."""
+    path = f"{tmp_path}/g.db"
+    config = DatabaseConfig(url=f"sqlite+aiosqlite:///{path}")
+
+    async def main() -> None:
+        await upgrade(config)
+        records = writer(config)
+        streamed = finished("streamed", Usage(3, 4, estimated=True))
+        streamed.stream, streamed.ttft_s, streamed.stream_outcome = True, 0.25, "complete"
+        records.add(streamed)
+        records.add(finished("refused", None, status=429))
+        assert await records.flush()
+        await records.aclose()
+        await records._engine.dispose()
+
+    asyncio.run(main())
+    columns = "stream, usage_estimated, error_code, input_tokens, cost_usd, ttft_ms"
+    typed = ", ".join(f"typeof({c}), {c}" for c in columns.split(", "))
+    with sqlite3.connect(path) as conn:
+        found = dict(
+            (row[0], row[1:])
+            for row in conn.execute(f"SELECT request_id, {typed} FROM gateway_requests")
+        )
+    assert found["streamed"] == (
+        ("integer", 1, "integer", 1, "null", None) + ("integer", 3, "real", 1.0, "real", 250.0)
+    )
+    assert found["refused"] == (
+        ("integer", 0, "null", None, "null", None) + ("null", None, "null", None, "null", None)
+    )
 
 
 def test_the_buffer_is_bounded(tmp_path: pytest.TempPathFactory) -> None:
