@@ -7,8 +7,9 @@ request-log rows go out in batches from a background task (gateway.records.write
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
@@ -47,7 +48,8 @@ def _bind_null_and_bool_directly() -> None:
     micro-benchmark). The registry is the sqlite3 module's, for the whole process;
     with these two entries every value binds exactly as before. (`{}.get` and `int`
     are C callables: None -> None, True -> 1.)"""
-    sqlite3.register_adapter(type(None), {}.get)
+    null: Callable[[None], None] = cast(Callable[[None], None], {}.get)
+    sqlite3.register_adapter(type(None), null)
     sqlite3.register_adapter(bool, int)
 
 
