@@ -1,6 +1,7 @@
 """Instructions per request under callgrind: a before/after figure that does not drift.
 
-    .venv/bin/python -m bench.instructions [--config chat|realistic|realistic-limits|stream]
+    .venv/bin/python -m bench.instructions [--config chat|realistic|realistic-limits|
+        realistic-no-records|stream]
         [--requests 300] [--src DIR ...]
 
 On a shared VM, wall-clock and CPU-time figures move by a fifth between runs; the
@@ -9,9 +10,11 @@ instructions the gateway process executes per request repeat to about 0.2%. Each
 with the `bench` config of that name, against nginx (and Redis for `realistic`). After
 300 warm-up requests the counters are zeroed; an idle interval measures what the
 process executes on its own (timers, the event loop's polling: the rate is subtracted);
-then `--requests` sequential POSTs go through one keep-alive connection. The figure
-counts user-space instructions of every thread, not system calls, so a change that
-saves a write call shows in the CPU figures of `bench.run`, not here. Needs valgrind.
+then `--requests` sequential POSTs go through one keep-alive connection, and the
+process has 2 s more for what they leave to do in the background (the request log's
+flush). The figure counts user-space instructions of every thread, not system calls, so a
+change that saves a write call shows in the CPU figures of `bench.run`, not here. Needs
+valgrind.
 """
 
 from __future__ import annotations
@@ -35,13 +38,16 @@ from bench.procs import ProcessGroup, free_port, wait_for_http, wait_for_port
 
 WARMUP_REQUESTS = 300
 SETTLE_S = 5.0  # after the warm-up: its background work (flushes, batches) drains
+AFTER_S = 2.0  # after the measured requests: the same, counted (database.flush_interval_s 1)
 STARTUP_S = 300.0  # under callgrind the gateway starts some 50 times slower
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.instructions")
     parser.add_argument(
-        "--config", choices=("chat", "realistic", "realistic-limits", "stream"), default="chat"
+        "--config",
+        choices=("chat", "realistic", "realistic-limits", "realistic-no-records", "stream"),
+        default="chat",
     )
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--idle-s", type=float, default=10.0)
@@ -64,6 +70,8 @@ def measure(src: Path, config_name: str, requests: int, idle_s: float) -> float:
             upstream = start_nginx(group, workdir, gw.MODEL)
             if config_name.startswith("realistic"):  # `-limits`: rpm and tpm on its key
                 features = gw.FEATURES | ({"limits"} if config_name.endswith("-limits") else set())
+                if config_name.endswith("-no-records"):  # no request log, no ledger
+                    features -= {"records"}
                 config = gw.realistic_config(upstream, gw.start_redis(group, workdir), features)
                 model, key = gw.ROUTE, gw.BENCH_KEY
             elif config_name == "stream":  # the minimal config, its SSE model, streamed
@@ -79,6 +87,7 @@ def measure(src: Path, config_name: str, requests: int, idle_s: float) -> float:
             idle = _dump(pid, out)
             started = time.monotonic()
             client.send(requests, "measured")
+            time.sleep(AFTER_S)  # the writer's next flush: those requests' rows count
             busy = _dump(pid, out)
             wall_s = time.monotonic() - started
             return (busy - idle / idle_s * wall_s) / requests
