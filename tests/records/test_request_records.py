@@ -90,7 +90,8 @@ async def logged(records: RequestRecords) -> int:
 def test_rows_and_ledger_sums_are_exact(database: DatabaseConfig) -> None:
     async def main() -> None:
         await upgrade(database)
-        records = writer(database)
+        # Batches of 64 rows: the later ones add to ledger rows the first one made.
+        records = writer(database.model_copy(update={"batch_rows": 64}))
         usages = [Usage(1000 + i, 37 * i, cached_tokens=3 * i) for i in range(200)]
         for i, usage in enumerate(usages):
             records.add(finished(f"r{i}", usage, key=f"k{i % 3}"))
@@ -98,6 +99,9 @@ def test_rows_and_ledger_sums_are_exact(database: DatabaseConfig) -> None:
         records.add(finished("refused", None, status=429))  # logged, not in the ledger
         while records.pending():
             assert await records.flush()
+        async with records._engine.connect() as conn:
+            batches = select(func.count()).select_from(tables.record_batches)
+            assert await conn.scalar(batches) == 4  # 64 + 64 + 64 + 10 rows
         n, inp, cached, out, cost = await ledger_totals(records)
         assert n == 201  # the cache hit is a request, with no tokens paid for
         assert (inp, cached, out) == (
