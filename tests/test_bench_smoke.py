@@ -90,3 +90,12 @@ def test_compare_interleaves_scenarios_and_reports_each_against_the_first() -> N
     assert len(medians) == 2, done.stdout
     assert all(float(line.split("CPU/request")[1].split()[0]) > 0 for line in medians)
     assert "realistic-limits against realistic, c=2: CPU per request" in done.stdout
+
+
+def test_records_reports_the_cost_per_request_of_add_and_flush() -> None:
+    cmd = [sys.executable, "-m", "bench.records", "--rows", "50", "--rounds", "2"]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    line = done.stdout.strip().splitlines()[-1]
+    assert line.startswith("50 rows per flush, medians of 2 rounds, per request: add "), line
+    assert float(line.split("total ")[1].split()[0]) > 0, line
