@@ -120,6 +120,9 @@ class RequestRecords:
         self._deployments = deployments
         self._metrics = metrics
         self._insert_rows = _pg_insert_rows_sql() if not is_sqlite(str(engine.url)) else None
+        self._max_rows = config.buffer_max_rows
+        self._batch_rows = config.batch_rows
+        self._day_starts, self._day = 0.0, utc_day(0.0)  # the UTC day of the last row
         self._segments: deque[_Segment] = deque([_Segment()])  # the last one is open
         self._buffered = 0  # rows in the segments
         self._batch: _Batch | None = None  # made, not committed yet
@@ -135,17 +138,21 @@ class RequestRecords:
 
     def add(self, ctx: RequestContext) -> None:
         """Called once per finished request: a row made and appended, nothing waited for."""
-        if self._buffered >= self._config.buffer_max_rows:
+        if self._buffered >= self._max_rows:
             self._metrics.records_dropped.inc()
             return
         segment = self._segments[-1]
-        if len(segment.rows) >= self._config.batch_rows:
+        if len(segment.rows) >= self._batch_rows:
             segment = _Segment()
             self._segments.append(segment)
         latency_s = perf_counter() - ctx.started
         started = time.time() - latency_s
-        day = utc_day(started)
+        if not self._day_starts <= started < self._day_starts + 86_400:
+            self._day_starts = started // 86_400 * 86_400
+            self._day = utc_day(started)
+        day = self._day
         usage, failed, ttft_s = ctx.usage, ctx.failed_attempts, ctx.ttft_s
+        payloads = _NO_PAYLOADS if ctx.payload_request is None else _payloads(ctx)
         segment.rows.append(
             (  # in _COLUMNS order
                 ctx.request_id,
@@ -174,7 +181,8 @@ class RequestRecords:
                 ctx.cost_usd,
                 latency_s * 1000,
                 ttft_s * 1000 if ttft_s is not None else None,
-                *(_payloads(ctx) if ctx.payload_request is not None else _NO_PAYLOADS),
+                payloads[0],
+                payloads[1],
             )
         )
         self._buffered += 1
@@ -319,13 +327,14 @@ class RequestRecords:
         group.requests += 1
         if hit or usage is None:
             return
-        group.input_tokens += usage.prompt_tokens
-        group.cached_tokens += usage.cached_tokens
-        group.cache_write_tokens += usage.cache_write_tokens
-        group.uncached_tokens += max(
-            usage.prompt_tokens - max(usage.cached_tokens, 0) - max(usage.cache_write_tokens, 0),
-            0,
-        )
+        prompt, cached, written = usage.prompt_tokens, usage.cached_tokens, usage.cache_write_tokens
+        group.input_tokens += prompt
+        group.cached_tokens += cached
+        group.cache_write_tokens += written
+        # max(prompt - max(cached, 0) - max(written, 0), 0), without three calls
+        uncached = prompt - (cached if cached > 0 else 0) - (written if written > 0 else 0)
+        if uncached > 0:
+            group.uncached_tokens += uncached
         group.output_tokens += usage.completion_tokens
         if ctx.deployment_id not in self._deployments:
             group.unpriced_usd += ctx.cost_usd or 0.0

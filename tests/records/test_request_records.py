@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -127,6 +129,35 @@ def test_rows_and_ledger_sums_are_exact(database: DatabaseConfig) -> None:
         assert Decimal(rows[0]["cost_usd"]) > 0
         usage = await Ledger(records._engine).usage([rows[0]["day"]])
         assert sum(r.requests for r in usage) == 201
+        await records.aclose()
+        await records._engine.dispose()
+
+    asyncio.run(main())
+
+
+def test_each_row_has_the_utc_day_it_started_on(tmp_path: pytest.TempPathFactory) -> None:
+    """The writer keeps the last row's day; a request that started before midnight
+    (a long one, finished after it) still gets the day before, in log and ledger."""
+    config = DatabaseConfig(url=f"sqlite+aiosqlite:///{tmp_path}/g.db")
+
+    async def main() -> None:
+        await upgrade(config)
+        records = writer(config)
+        since_midnight_s = time.time() % 86_400
+        for name, age_s in (("today", 0.0), ("yesterday", since_midnight_s + 5), ("now", 0.0)):
+            ctx = finished(name, Usage(10, 1))
+            ctx.started = time.perf_counter() - age_s  # how long ago it started
+            records.add(ctx)
+        assert await records.flush()
+        log = RequestLog(records._engine)
+        days = {name: (await log.get(name))[0]["day"] for name in ("today", "yesterday", "now")}
+        today = datetime.now(UTC).strftime("%Y-%m-%d")
+        yesterday = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%d")
+        if today != days["now"]:  # midnight came while the test ran: too close to call
+            pytest.skip("the UTC day changed during the test")
+        assert days == {"today": today, "yesterday": yesterday, "now": today}
+        ledger = await Ledger(records._engine).usage([yesterday, today])
+        assert sorted((r.day, r.requests) for r in ledger) == [(yesterday, 1), (today, 2)]
         await records.aclose()
         await records._engine.dispose()
 
