@@ -305,12 +305,17 @@ class RequestRecords:
         if self._insert_rows is not None:
             await conn.exec_driver_sql(self._insert_rows, (jsonutil.dumps(rows).decode(),))
             return
+        # aiosqlite's own execute_insert: one hand-off to its thread per chunk, where
+        # SQLAlchemy's cursor makes three (open, execute, close). Same connection, so
+        # the same transaction.
+        driver = (await conn.get_raw_connection()).driver_connection
+        assert driver is not None  # a connection checked out of the pool is open
         start = 0
         for size in _chunks(len(rows)):
             chunk = rows[start : start + size]
             start += size
             flat = tuple(chain.from_iterable(chunk))
-            await conn.exec_driver_sql(_sqlite_insert_rows_sql(size), flat)
+            await driver.execute_insert(_sqlite_insert_rows_sql(size), flat)
 
     def _add_spend(
         self, sums: dict[tuple[Any, ...], _Spend], ctx: RequestContext, day: str
