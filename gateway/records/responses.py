@@ -26,12 +26,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Row, delete, literal, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway import jsonutil
 from gateway.config import DatabaseConfig
+from gateway.records.db import is_sqlite
 from gateway.records.tables import responses
-from gateway.records.writer import SQL_ERRORS, _dialect_insert
+from gateway.records.writer import SQL_ERRORS
 from gateway.types import JSONObject
 
 log = logging.getLogger("gateway")
@@ -236,3 +238,8 @@ def _stored(row: Row[Any]) -> StoredResponse:
         input_items=jsonutil.loads(row.input_items),
         response=jsonutil.loads(row.response),
     )
+
+
+def _dialect_insert(engine: AsyncEngine) -> Any:
+    """The INSERT with ON CONFLICT of the engine's dialect (both spell it the same)."""
+    return sqlite.insert if is_sqlite(str(engine.url)) else postgresql.insert

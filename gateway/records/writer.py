@@ -47,7 +47,6 @@ from typing import Any
 
 import asyncpg
 from sqlalchemy import TextClause, bindparam, delete, text, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -523,8 +522,3 @@ def _day_of(day_index: int) -> str:
 def utc_day(unix_s: float) -> str:
     """ "YYYY-MM-DD" in UTC (a UTC day is 86,400 Unix seconds); formatted once per day."""
     return _day_of(int(unix_s // 86_400))
-
-
-def _dialect_insert(engine: AsyncEngine) -> Any:
-    """The INSERT with ON CONFLICT of the engine's dialect (both spell it the same)."""
-    return sqlite.insert if is_sqlite(str(engine.url)) else postgresql.insert
