@@ -7,11 +7,15 @@
 by a fifth within minutes, the difference between two scenarios measured a few
 minutes apart is mostly that drift. Here every scenario's gateway runs at once (one
 nginx upstream, one Redis, a SQLite file each) and each round drives wrk through each
-of them in turn, a few seconds each; after a warm-up round, the first scenario is the
-reference and each other is compared with it round by round: the median of the rounds'
-CPU-per-request ratios and of their p50 differences is what a slower or faster machine
-phase changes least. The issue targets (CPU per request within a percentage of
-`realistic`, added p50 at c=1) are read from these lines.
+of them in turn, a few seconds each, the order turned by one each round (whichever
+runs first in a round seemed favoured: without turning, the same config
+measured twice came out 2.7% cheaper in the first place); after a warm-up round,
+the first scenario is the reference and each other is compared with it round by round:
+the median of the rounds' CPU-per-request ratios and of their p50 differences is what a
+slower or faster machine phase changes least. A gateway's CPU is read `--settle-s` after
+its wrk ends, so the background work its requests leave (the request log's last flush,
+`database.flush_interval_s` 1 s) is counted with them. The issue targets (CPU per
+request within a percentage of `realistic`, added p50 at c=1) are read from these lines.
 """
 
 from __future__ import annotations
@@ -52,6 +56,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 64])
     parser.add_argument("--rounds", type=int, default=10, help="measured, after a warm-up")
     parser.add_argument("--duration-s", type=int, default=4, help="seconds per scenario per round")
+    parser.add_argument(
+        "--settle-s", type=float, default=1.5, help="after wrk, before the CPU is read"
+    )
     return parser.parse_args(argv)
 
 
@@ -77,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
                 config = gw.realistic_config(upstream, redis_url, features)
                 servers.append((name, gw.start_gateway(group, workdir, name, config, 1)))
             for connections in args.concurrency:
-                series = _rounds(servers, workdir, connections, args.rounds, args.duration_s)
+                series = _rounds(
+                    servers, workdir, connections, args.rounds, args.duration_s, args.settle_s
+                )
                 _report(series, connections)
         finally:
             group.close()
@@ -90,11 +99,14 @@ def _rounds(
     connections: int,
     rounds: int,
     duration_s: int,
+    settle_s: float,
 ) -> list[Series]:
     body = chat_body(gw.ROUTE, stream=False, unique=True)
     series = [Series(name) for name, _ in servers]
+    pairs = list(zip(servers, series, strict=True))
     for round_index in range(rounds + 1):  # round 0 warms up
-        for (name, server), out in zip(servers, series, strict=True):
+        turn = round_index % len(pairs)
+        for (name, server), out in pairs[turn:] + pairs[:turn]:
             script = workdir / f"{name}.lua"
             nonce = f"r{time.time_ns()}"  # unique bodies across rounds: every request a miss
             script.write_text(lua_script(body, gw.BENCH_KEY, unique=True, nonce=nonce))
@@ -104,6 +116,7 @@ def _rounds(
             )
             if load.errors or not load.requests:
                 raise RuntimeError(f"{name}: {load.errors} errors in {load.requests} requests")
+            time.sleep(settle_s)
             cpu_us = (tree_cpu_s(server.pid) - cpu_before_s) * 1e6 / load.requests
             if round_index:
                 out.rounds.append((cpu_us, load.p50_ms, load.rps))
@@ -121,9 +134,11 @@ def _report(series: list[Series], connections: int) -> None:
     for s in series[1:]:
         ratios = [a[0] / b[0] for a, b in zip(s.rounds, reference.rounds, strict=True)]
         added = [a[1] - b[1] for a, b in zip(s.rounds, reference.rounds, strict=True)]
+        quartile1, _, quartile3 = statistics.quantiles(ratios, n=4)
         print(
             f"  {s.name} against {reference.name}, c={connections}: CPU per request "
-            f"{statistics.median(ratios) - 1:+.1%} (rounds {min(ratios) - 1:+.0%} to "
+            f"{statistics.median(ratios) - 1:+.1%} (middle half of the rounds "
+            f"{quartile1 - 1:+.1%} to {quartile3 - 1:+.1%}, all {min(ratios) - 1:+.0%} to "
             f"{max(ratios) - 1:+.0%}), p50 {statistics.median(added):+.3f} ms (rounds "
             f"{min(added):+.3f} to {max(added):+.3f})",
             flush=True,
