@@ -9,7 +9,7 @@ closed segment (and the open one) as a batch, in one transaction:
 
 1. the batch's id (`gateway_record_batches`, `INSERT ... ON CONFLICT DO NOTHING`): when
    it is there already, the batch was written before and nothing else is done;
-2. the request-log rows (one `executemany`);
+2. the request-log rows (see `_insert_log_rows`);
 3. their sums per day, key, team, route, deployment and estimated flag, added to the
    ledger (`INSERT ... ON CONFLICT DO UPDATE`).
 
@@ -91,9 +91,14 @@ class _Spend:
 
 @dataclass(slots=True)
 class _Segment:
-    """Rows not written yet, with the ledger sums of exactly those rows."""
+    """Rows not written yet, with the ledger sums of exactly those rows. A row whose
+    `_SPARSE` columns are all NULL (most: an answer without a stream, a retry or an
+    error) is kept without them, in `plain`: SQL NULL is their default, and sqlite3
+    binds each None through its adapter registry (a tuple built, hashed and looked up
+    per value), a fifth of the insert's instructions."""
 
     rows: list[tuple[Any, ...]] = field(default_factory=list)  # in `_COLUMNS` order
+    plain: list[tuple[Any, ...]] = field(default_factory=list)  # in `_PLAIN_COLUMNS` order
     spend: dict[tuple[Any, ...], _Spend] = field(default_factory=dict)
 
 
@@ -103,7 +108,12 @@ class _Batch:
 
     id: str
     rows: list[tuple[Any, ...]]  # request-log rows, in `_COLUMNS` order
+    plain: list[tuple[Any, ...]]  # request-log rows, in `_PLAIN_COLUMNS` order
     spend: list[dict[str, Any]]  # ledger rows
+
+    @property
+    def size(self) -> int:
+        return len(self.rows) + len(self.plain)
 
 
 class RequestRecords:
@@ -118,7 +128,7 @@ class RequestRecords:
         self._config = config
         self._deployments = deployments
         self._metrics = metrics
-        self._insert_rows = _pg_insert_rows_sql() if not is_sqlite(str(engine.url)) else None
+        self._pg = not is_sqlite(str(engine.url))
         self._max_rows = config.buffer_max_rows
         self._batch_rows = config.batch_rows
         self._day_starts, self._day = 0.0, utc_day(0.0)  # the UTC day of the last row
@@ -141,7 +151,7 @@ class RequestRecords:
             self._metrics.records_dropped.inc()
             return
         segment = self._segments[-1]
-        if len(segment.rows) >= self._batch_rows:
+        if len(segment.rows) + len(segment.plain) >= self._batch_rows:
             segment = _Segment()
             self._segments.append(segment)
         latency_s = perf_counter() - ctx.started
@@ -151,39 +161,51 @@ class RequestRecords:
             self._day = utc_day(started)
         day = self._day
         usage, failed, ttft_s = ctx.usage, ctx.failed_attempts, ctx.ttft_s
-        payloads = _NO_PAYLOADS if ctx.payload_request is None else _payloads(ctx)
-        segment.rows.append(
-            (  # in _COLUMNS order
-                ctx.request_id,
-                started,
-                day,
-                ctx.endpoint,
-                ctx.key_id,
-                ctx.key_name,
-                ctx.team,
-                ctx.route,
-                ctx.policy,
-                ctx.deployment_id,
-                ctx.provider,
-                ctx.model,
-                ctx.status,
-                ctx.error_code,
-                ctx.attempts,
-                jsonutil.dumps(failed).decode() if failed else None,
-                ctx.stream,
-                ctx.stream_outcome,
-                ctx.cache,
-                usage.prompt_tokens if usage else None,
-                usage.cached_tokens if usage else None,
-                usage.completion_tokens if usage else None,
-                usage.estimated if usage else None,
-                ctx.cost_usd,
-                latency_s * 1000,
-                ttft_s * 1000 if ttft_s is not None else None,
-                payloads[0],
-                payloads[1],
-            )
+        row = (  # in _PLAIN_COLUMNS order; booleans as 1 and 0 (bound without an adapter)
+            ctx.request_id,
+            started,
+            day,
+            ctx.endpoint,
+            ctx.key_id,
+            ctx.key_name,
+            ctx.team,
+            ctx.route,
+            ctx.policy,
+            ctx.deployment_id,
+            ctx.provider,
+            ctx.model,
+            ctx.status,
+            ctx.attempts,
+            1 if ctx.stream else 0,
+            ctx.cache,
+            usage.prompt_tokens if usage else None,
+            usage.cached_tokens if usage else None,
+            usage.completion_tokens if usage else None,
+            (1 if usage.estimated else 0) if usage else None,
+            ctx.cost_usd,
+            latency_s * 1000,
         )
+        if (
+            ttft_s is None
+            and not failed
+            and ctx.error_code is None
+            and ctx.stream_outcome is None
+            and ctx.payload_request is None
+        ):
+            segment.plain.append(row)
+        else:
+            payloads = _NO_PAYLOADS if ctx.payload_request is None else _payloads(ctx)
+            segment.rows.append(
+                row
+                + (  # the rest of _COLUMNS: _SPARSE
+                    ctx.error_code,
+                    jsonutil.dumps(failed).decode() if failed else None,
+                    ctx.stream_outcome,
+                    ttft_s * 1000 if ttft_s is not None else None,
+                    payloads[0],
+                    payloads[1],
+                )
+            )
         self._buffered += 1
         if ctx.route is not None and (usage is not None or ctx.cache == "HIT"):
             self._add_spend(segment.spend, ctx, day)
@@ -219,7 +241,7 @@ class RequestRecords:
             pass
 
     def pending(self) -> int:
-        return self._buffered + (len(self._batch.rows) if self._batch else 0)
+        return self._buffered + (self._batch.size if self._batch else 0)
 
     async def _run(self) -> None:
         delay_s = self._config.flush_interval_s
@@ -257,8 +279,8 @@ class RequestRecords:
             self._failed("write", exc)
             self._metrics.records_pending.set(self.pending())
             return False
-        self._metrics.records_written.inc(len(batch.rows))
-        self.written_rows += len(batch.rows)
+        self._metrics.records_written.inc(batch.size)
+        self.written_rows += batch.size
         self._batch = None
         self._metrics.records_pending.set(self.pending())
         self._recovered()
@@ -282,27 +304,35 @@ class RequestRecords:
         segment = self._segments.popleft()
         if not self._segments:
             self._segments.append(_Segment())
-        self._buffered -= len(segment.rows)
+        self._buffered -= len(segment.rows) + len(segment.plain)
         spend = [self._ledger_row(key, group) for key, group in segment.spend.items()]
-        return _Batch(new_id(), segment.rows, spend)
+        return _Batch(new_id(), segment.rows, segment.plain, spend)
 
     async def _write(self, conn: AsyncConnection, batch: _Batch) -> None:
         marked = await conn.execute(_MARK_BATCH, {"id": batch.id, "written_at": time.time()})
         if marked.rowcount == 0:
             return  # this batch committed before; its answer was lost
-        await self._insert_log_rows(conn, batch.rows)
+        for columns, rows in ((_COLUMNS, batch.rows), (_PLAIN_COLUMNS, batch.plain)):
+            if rows:
+                await self._insert_log_rows(conn, columns, rows)
         if batch.spend:
             await conn.execute(_ADD_SPEND, batch.spend)
 
-    async def _insert_log_rows(self, conn: AsyncConnection, rows: list[tuple[Any, ...]]) -> None:
-        """No per-row work in SQLAlchemy or the driver. PostgreSQL: the batch as one JSON
+    async def _insert_log_rows(
+        self, conn: AsyncConnection, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
+    ) -> None:
+        """Rows of one shape (`columns`), inserted in the order they came (a batch's
+        plain rows after its others: readers order by `ts`).
+
+        No per-row work in SQLAlchemy or the driver. PostgreSQL: the rows as one JSON
         parameter of one statement (the server unpacks it). SQLite: multi-row VALUES of a
         few fixed sizes (one cached statement each), because sqlite3 gives up the GIL
         around every statement it steps, and aiosqlite steps in its own thread: one row per
         statement (an executemany) is a GIL hand-off per row, which under load cost more
         than the insert; JSON unpacked by SQLite re-parses each row per column."""
-        if self._insert_rows is not None:
-            await conn.exec_driver_sql(self._insert_rows, (jsonutil.dumps(rows).decode(),))
+        if self._pg:
+            rows_json = jsonutil.dumps(rows).decode()
+            await conn.exec_driver_sql(_pg_insert_rows_sql(columns), (rows_json,))
             return
         # aiosqlite's own execute_insert: one hand-off to its thread per chunk, where
         # SQLAlchemy's cursor makes three (open, execute, close). Same connection, so
@@ -314,7 +344,7 @@ class RequestRecords:
             chunk = rows[start : start + size]
             start += size
             flat = tuple(chain.from_iterable(chunk))
-            await driver.execute_insert(_sqlite_insert_rows_sql(size), flat)
+            await driver.execute_insert(_sqlite_insert_rows_sql(columns, size), flat)
 
     def _add_spend(
         self, sums: dict[tuple[Any, ...], _Spend], ctx: RequestContext, day: str
@@ -403,7 +433,7 @@ class RequestRecords:
             log.warning("sql available again; request records written")
 
 
-_COLUMNS = (  # of a request-log row; `id` is the database's
+_PLAIN_COLUMNS = (  # of a request-log row without its `_SPARSE` ones; `id` is the database's
     "request_id",
     "ts",
     "day",
@@ -417,11 +447,8 @@ _COLUMNS = (  # of a request-log row; `id` is the database's
     "provider",
     "model",
     "status",
-    "error_code",
     "attempts",
-    "failed_attempts",
     "stream",
-    "stream_outcome",
     "cache",
     "input_tokens",
     "cached_tokens",
@@ -429,10 +456,16 @@ _COLUMNS = (  # of a request-log row; `id` is the database's
     "usage_estimated",
     "cost_usd",
     "latency_ms",
+)
+_SPARSE = (  # NULL for most requests
+    "error_code",
+    "failed_attempts",
+    "stream_outcome",
     "ttft_ms",
     "request_payload",
     "response_payload",
 )
+_COLUMNS = _PLAIN_COLUMNS + _SPARSE  # of a request-log row
 _NO_PAYLOADS = (None, None)
 
 
@@ -447,13 +480,14 @@ def _payloads(ctx: RequestContext) -> tuple[str | None, str | None]:
     return request, redact(jsonutil.dumps(answer).decode()) if answer is not None else None
 
 
-def _pg_insert_rows_sql() -> str:
-    """The request-log INSERT of a batch given as one JSON array of rows (arrays in
-    `_COLUMNS` order), unpacked by PostgreSQL."""
-    casts = [_PG_CASTS[type(requests.c[name].type).__name__] for name in _COLUMNS]
+@functools.lru_cache(maxsize=2)
+def _pg_insert_rows_sql(columns: tuple[str, ...]) -> str:
+    """The request-log INSERT of rows given as one JSON array (arrays in `columns`
+    order), unpacked by PostgreSQL. Booleans arrive as 1 and 0 (`'1'::boolean`)."""
+    casts = [_PG_CASTS[type(requests.c[name].type).__name__] for name in columns]
     values = ", ".join(f"(r->>{i}){cast}" for i, cast in enumerate(casts))
     return (
-        f"INSERT INTO {requests.name} ({', '.join(_COLUMNS)}) "
+        f"INSERT INTO {requests.name} ({', '.join(columns)}) "
         f"SELECT {values} FROM json_array_elements($1::json) AS r"
     )
 
@@ -497,11 +531,11 @@ def _chunks(count: int) -> list[int]:
     return sizes
 
 
-@functools.lru_cache(maxsize=len(_SQLITE_CHUNK_SIZES))
-def _sqlite_insert_rows_sql(rows: int) -> str:
-    one = "(" + ", ".join("?" for _ in _COLUMNS) + ")"
+@functools.lru_cache(maxsize=2 * len(_SQLITE_CHUNK_SIZES))
+def _sqlite_insert_rows_sql(columns: tuple[str, ...], rows: int) -> str:
+    one = "(" + ", ".join("?" for _ in columns) + ")"
     values = ", ".join(one for _ in range(rows))
-    return f"INSERT INTO {requests.name} ({', '.join(_COLUMNS)}) VALUES {values}"
+    return f"INSERT INTO {requests.name} ({', '.join(columns)}) VALUES {values}"
 
 
 _PG_CASTS = {  # text out of JSON, into each column's type

@@ -222,6 +222,58 @@ def test_sqlite_stores_nones_as_null_and_bools_as_integers(
     )
 
 
+def test_plain_rows_and_rows_with_sparse_columns_are_stored_alike(
+    database: DatabaseConfig,
+) -> None:
+    """Most rows are written without the columns that are NULL for them (no stream, no
+    retry, no error, no payload); in one batch with rows that have them, every column
+    of every row reads back as it was, booleans included."""
+    plain = finished("plain", Usage(10, 20, estimated=True))
+    plain.failed_attempts = None
+    refused = finished("refused", None, status=429)
+    streamed = finished("streamed", Usage(3, 4))
+    streamed.stream, streamed.ttft_s, streamed.stream_outcome = True, 0.25, "complete"
+    streamed.failed_attempts = None
+    failed = finished("failed", None, status=502)
+    failed.error_code, failed.failed_attempts = "upstream_error", ["openai/a: 502"]
+    logged_payload = finished("payload", Usage(1, 2))
+    logged_payload.failed_attempts = None
+    logged_payload.payload_request = {"model": "gpt-4o-mini", "messages": []}
+    logged_payload.payload_response = {"id": "chatcmpl-1"}
+    contexts = [plain, streamed, refused, failed, logged_payload]
+
+    async def main() -> dict[str, dict[str, object]]:
+        await upgrade(database)
+        records = writer(database)
+        for ctx in contexts:
+            records.add(ctx)
+        assert records.pending() == 5
+        assert await records.flush()
+        assert records.pending() == 0 and records.written_rows == 5
+        log = RequestLog(records._engine)
+        found = {ctx.request_id: (await log.get(ctx.request_id))[0] for ctx in contexts}
+        await records.aclose()
+        await records._engine.dispose()
+        return found
+
+    found = asyncio.run(main())
+    for ctx in contexts:
+        row, usage = found[ctx.request_id], ctx.usage
+        assert row["status"] == ctx.status and row["stream"] is ctx.stream
+        assert row["key_name"] == ctx.key_name and row["deployment"] == ctx.deployment_id
+        assert row["usage_estimated"] == (usage.estimated if usage else None)
+        assert row["input_tokens"] == (usage.prompt_tokens if usage else None)
+        assert row["error_code"] == ctx.error_code
+        assert row["stream_outcome"] == ctx.stream_outcome
+        assert row["failed_attempts"] == (ctx.failed_attempts or [])
+        assert row["ttft_ms"] == (250.0 if ctx is streamed else None)
+    assert found["plain"]["usage_estimated"] is True
+    assert found["streamed"]["usage_estimated"] is False
+    assert found["payload"]["request_payload"] == logged_payload.payload_request
+    assert found["payload"]["response_payload"] == {"id": "chatcmpl-1"}
+    assert found["plain"]["request_payload"] is None
+
+
 def test_the_buffer_is_bounded(tmp_path: pytest.TempPathFactory) -> None:
     config = DatabaseConfig(url=f"sqlite+aiosqlite:///{tmp_path}/g.db", buffer_max_rows=10)
     records = writer(config)
