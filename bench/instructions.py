@@ -82,13 +82,13 @@ def measure(src: Path, config_name: str, requests: int, idle_s: float) -> float:
             client = _Client(port, model, key, stream=config_name == "stream")
             client.send(WARMUP_REQUESTS, "warm-up")
             time.sleep(SETTLE_S)
-            _control("-z", pid)
+            callgrind_control("-z", pid)
             time.sleep(idle_s)
-            idle = _dump(pid, out)
+            idle = callgrind_dump(pid, out)
             started = time.monotonic()
             client.send(requests, "measured")
             time.sleep(AFTER_S)  # the writer's next flush: those requests' rows count
-            busy = _dump(pid, out)
+            busy = callgrind_dump(pid, out)
             wall_s = time.monotonic() - started
             return (busy - idle / idle_s * wall_s) / requests
         finally:
@@ -111,14 +111,14 @@ def _start_under_callgrind(
     return port, proc.pid, out
 
 
-def _control(option: str, pid: int) -> None:
+def callgrind_control(option: str, pid: int) -> None:
     subprocess.run(["callgrind_control", option, str(pid)], check=True, capture_output=True)
 
 
-def _dump(pid: int, out: Path) -> int:
+def callgrind_dump(pid: int, out: Path) -> int:
     """Dumps the counts since the last dump (or zeroing): a new part file; its total."""
     before = set(out.parent.glob(f"{out.name}.*"))
-    _control("-d", pid)
+    callgrind_control("-d", pid)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         for part in set(out.parent.glob(f"{out.name}.*")) - before:

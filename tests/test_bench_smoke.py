@@ -99,3 +99,15 @@ def test_records_reports_the_cost_per_request_of_add_and_flush() -> None:
     line = done.stdout.strip().splitlines()[-1]
     assert line.startswith("50 rows per flush, medians of 2 rounds, per request: add "), line
     assert float(line.split("total ")[1].split()[0]) > 0, line
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="needs valgrind")
+def test_records_counts_instructions_per_request_under_callgrind() -> None:
+    cmd = [sys.executable, "-m", "bench.records", "--rows", "20", "--rounds", "1"]
+    cmd += ["--instructions"]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    line = done.stdout.strip().splitlines()[-1]
+    assert line.startswith("20 rows per flush, 1 rounds: add and flush "), line
+    counted = int(line.split("add and flush ")[1].split()[0].replace(",", ""))
+    assert 1_000 < counted < 10_000_000, line  # a request's adds and flushes, not the start-up
