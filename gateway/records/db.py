@@ -38,23 +38,22 @@ def create_engine(config: DatabaseConfig) -> AsyncEngine:
     )
 
 
-def _bind_null_and_bool_directly() -> None:
-    """Registers sqlite3 adapters for None and bool that give what sqlite3 binds anyway
-    (NULL; 1 or 0), but cheaply. sqlite3 binds only exact int, float and str without
-    adapting them; any other value goes through its adapter registry, and when none is
-    registered it looks for `__adapt__` and `__conform__`, making and clearing an
-    AttributeError each time. A request-log row has about eight Nones and bools: that
-    lookup was most of the cost of inserting it (5.3 against 2.4 µs per row, in a
-    micro-benchmark). The registry is the sqlite3 module's, for the whole process;
-    with these two entries every value binds exactly as before. (`{}.get` and `int`
-    are C callables: None -> None, True -> 1.)"""
+def _bind_null_directly() -> None:
+    """Registers an sqlite3 adapter for None that gives what sqlite3 binds anyway (NULL),
+    but cheaply. sqlite3 binds only exact int, float and str without adapting them; any
+    other value goes through its adapter registry, and when none is registered it looks
+    for `__adapt__` and `__conform__`, making and clearing an AttributeError each time:
+    that lookup was most of the cost of inserting a request-log row (5.3 against 2.4 µs
+    per row, in a micro-benchmark). The registry is the sqlite3 module's, for the whole
+    process; with this entry every value binds exactly as before. (`{}.get` is a C
+    callable: None -> None.) Booleans need none: the request-log writer binds them as
+    1 and 0 itself, and SQLAlchemy converts its own for SQLite."""
     null: Callable[[None], None] = cast(Callable[[None], None], {}.get)
     sqlite3.register_adapter(type(None), null)
-    sqlite3.register_adapter(bool, int)
 
 
 def _sqlite_engine(url: str) -> AsyncEngine:
-    _bind_null_and_bool_directly()
+    _bind_null_directly()
     database = make_url(url).database
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)

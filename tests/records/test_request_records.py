@@ -190,8 +190,9 @@ def test_a_batch_written_twice_bills_once(database: DatabaseConfig) -> None:
 def test_sqlite_stores_nones_as_null_and_bools_as_integers(
     tmp_path: pytest.TempPathFactory,
 ) -> None:
-    """The engine registers sqlite3 adapters for None and bool (a faster bind): what is
-    stored is what sqlite3 stores without them, SQL NULL and the integers 1 and 0."""
+    """The engine registers an sqlite3 adapter for None (a faster bind) and the writer
+    binds booleans as 1 and 0: what is stored is what sqlite3 stores without either,
+    SQL NULL and the integers 1 and 0."""
     path = f"{tmp_path}/g.db"
     config = DatabaseConfig(url=f"sqlite+aiosqlite:///{path}")
 
